@@ -1,0 +1,67 @@
+"""The ``diffucoder`` command line.
+
+Each subcommand lives in its own module under ``diffucoder_lsp.commands`` and exposes ``register(subparsers)``;
+modules import torch lazily inside their handlers so ``diffucoder --help`` stays fast.
+
+Exit codes (a contract tests and editors rely on): 0 success, 2 bad input (no holes, unreadable file, bad
+option, broken or unsupported checkpoint) with a one-line reason on stderr, 1 runtime failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+# Subcommand modules, in help order. A module missing here is simply not offered.
+COMMAND_MODULES = ["fill", "serve", "demo", "doctor", "make_tiny", "train", "eval", "bench", "analyze"]
+
+EXIT_OK, EXIT_RUNTIME, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="diffucoder", description="Code infilling with masked diffusion language models."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug information to stderr")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"diffucoder_lsp.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name and exc.name.startswith("diffucoder_lsp.commands"):
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        stream=sys.stderr,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return EXIT_BAD_INPUT
+    from .errors import BadInputError
+
+    try:
+        return int(args.func(args) or 0)
+    except BadInputError as exc:
+        print(f"diffucoder: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # a runtime failure: one line, details with -v
+        logging.getLogger("diffucoder").debug("runtime failure", exc_info=True)
+        print(f"diffucoder: runtime error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+
+
+if __name__ == "__main__":
+    sys.exit(main())

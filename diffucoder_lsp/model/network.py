@@ -1,0 +1,220 @@
+"""The DiffuCoder / Dream network: a Qwen2 decoder whose attention is fully bidirectional.
+
+Parameter names follow ``Qwen2ForCausalLM`` exactly (``model.layers.{i}.self_attn.q_proj.weight`` ...) so a real
+checkpoint loads with ``strict=True``. The model keeps its autoregressive head: the prediction for position ``i``
+is read from the output at ``i - 1`` (see :func:`shift_logits`). The network itself returns unshifted logits so it
+can be compared one to one with a Hugging Face Qwen2 run.
+
+Attention layers accept an optional block of extra keys/values (``extra_kv``) placed before the layer's own
+keys: that is the slot a context cache uses (issue: fast inference), the exact path leaves it empty.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig
+
+KV = tuple[torch.Tensor, torch.Tensor]
+
+
+def shift_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Move predictions one position right: position i is predicted by the output at i - 1."""
+    return torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
+
+
+def positions_from_valid(valid: torch.Tensor) -> torch.Tensor:
+    """Position ids that skip padding: cumsum(valid) - 1, clamped so pads sit at 0."""
+    return (valid.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def attention_mask_from_valid(valid_q: torch.Tensor, valid_k: torch.Tensor) -> torch.Tensor:
+    """Boolean SDPA mask (B, 1, Lq, Lk): a valid query sees valid keys only.
+
+    An invalid (padding) query is allowed to see every key instead of none: a row with no visible key makes SDPA
+    return NaN, and NaN in a padded row used to poison whole batches upstream ("!!!!" outputs). Padding outputs are
+    never read, so what they attend to does not matter.
+    """
+    return (valid_k[:, None, None, :] | ~valid_q[:, None, :, None]).contiguous()
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(dtype)
+
+
+def rope_cos_sin(cfg: ModelConfig, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotary tables for ``positions`` (B, L), computed in fp32 and cast, as Qwen2 does."""
+    dim = cfg.head_dim
+    inv_freq = 1.0 / (
+        cfg.rope_theta ** (torch.arange(0, dim, 2, device=positions.device, dtype=torch.float32) / dim)
+    )
+    freqs = positions.float()[..., None] * inv_freq
+    emb = torch.cat([freqs, freqs], dim=-1)
+    return emb.cos().to(dtype)[:, None], emb.sin().to(dtype)[:, None]
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    return x * cos + _rotate_half(x) * sin
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.n_heads = cfg.num_attention_heads
+        self.n_kv = cfg.num_key_value_heads
+        self.head_dim = cfg.head_dim
+        h = cfg.hidden_size
+        self.q_proj = nn.Linear(h, self.n_heads * self.head_dim, bias=cfg.attention_bias)
+        self.k_proj = nn.Linear(h, self.n_kv * self.head_dim, bias=cfg.attention_bias)
+        self.v_proj = nn.Linear(h, self.n_kv * self.head_dim, bias=cfg.attention_bias)
+        self.o_proj = nn.Linear(self.n_heads * self.head_dim, h, bias=False)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor | None,
+        extra_kv: KV | None = None,
+        causal: bool = False,
+    ) -> tuple[torch.Tensor, KV]:
+        b, n, _ = x.shape
+        q = self.q_proj(x).view(b, n, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(b, n, self.n_kv, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(b, n, self.n_kv, self.head_dim).transpose(1, 2)
+        q = apply_rope(q, cos, sin)
+        k = apply_rope(k, cos, sin)
+        own_kv = (k, v)
+        if extra_kv is not None:
+            k = torch.cat([extra_kv[0], k], dim=2)
+            v = torch.cat([extra_kv[1], v], dim=2)
+        if self.n_kv != self.n_heads:
+            rep = self.n_heads // self.n_kv
+            k = k.repeat_interleave(rep, dim=1)
+            v = v.repeat_interleave(rep, dim=1)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None)
+        out = out.transpose(1, 2).reshape(b, n, self.n_heads * self.head_dim)
+        return self.o_proj(out), own_kv
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.self_attn = Attention(cfg)
+        self.mlp = MLP(cfg)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+    def forward(self, x, cos, sin, mask, extra_kv=None, causal=False):
+        attn, kv = self.self_attn(self.input_layernorm(x), cos, sin, mask, extra_kv, causal)
+        x = x + attn
+        x = x + self.mlp(self.post_attention_layernorm(x))
+        return x, kv
+
+
+class Backbone(nn.Module):
+    """``model.*`` in the state dict: embeddings, layers, final norm."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+
+class DreamModel(nn.Module):
+    """Bidirectional Qwen2 with an untied LM head. ``forward`` returns unshifted logits."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        self.model = Backbone(cfg)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        if cfg.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.embed_tokens.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.embed_tokens.weight.dtype
+
+    def hidden_states(
+        self,
+        input_ids: torch.Tensor,
+        valid: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        extra_kv: list[KV] | None = None,
+        extra_valid: torch.Tensor | None = None,
+        causal: bool = False,
+        return_kv: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, list[KV]]:
+        """Final-norm hidden states (B, L, H).
+
+        ``valid`` (B, L) marks real tokens (False = padding). ``extra_kv`` is a per-layer block of keys/values
+        already computed for other positions (``extra_valid`` marks which of them are real); queries attend to
+        them and to ``input_ids``. ``causal`` turns the network into the autoregressive baseline.
+        """
+        b, n = input_ids.shape
+        if valid is None:
+            valid = torch.ones(b, n, dtype=torch.bool, device=input_ids.device)
+        if position_ids is None:
+            position_ids = positions_from_valid(valid)
+        x = self.model.embed_tokens(input_ids)
+        cos, sin = rope_cos_sin(self.config, position_ids, x.dtype)
+        keys_valid = valid if extra_valid is None else torch.cat([extra_valid, valid], dim=1)
+        mask = None
+        if causal:
+            m = extra_valid.shape[1] if extra_valid is not None else 0
+            causal_mask = torch.ones(n, m + n, dtype=torch.bool, device=x.device).tril(m)
+            mask = attention_mask_from_valid(valid, keys_valid) & causal_mask
+        elif not bool(keys_valid.all()):
+            mask = attention_mask_from_valid(valid, keys_valid)
+        kvs: list[KV] = []
+        for i, layer in enumerate(self.model.layers):
+            x, kv = layer(x, cos, sin, mask, extra_kv[i] if extra_kv is not None else None)
+            if return_kv:
+                kvs.append(kv)
+        x = self.model.norm(x)
+        return (x, kvs) if return_kv else x
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        valid: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        return self.lm_head(self.hidden_states(input_ids, valid, position_ids))
+
+    def denoise_logits(self, input_ids: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """Shifted logits over the whole canvas: entry i is the model's prediction for token i."""
+        return shift_logits(self(input_ids, valid))
