@@ -1,0 +1,109 @@
+"""``diffucoder fill FILE|-``: print the file with every hole filled (or a JSON record with ``--json``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ..errors import BadInputError
+
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    """Model selection flags shared by every command that loads a model."""
+    p.add_argument("--model", default=None, help="checkpoint folder or hub id (default: the bundled model)")
+    p.add_argument("--quant", choices=["none", "8bit", "4bit"], default="none", help="bitsandbytes quantization")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--dtype", choices=["auto", "bf16", "fp32", "fp16"], default="auto")
+
+
+def add_sampling_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--steps", type=int, default=None, help="denoising steps (default: one per token)")
+    p.add_argument("--tokens-per-step", type=int, default=1, help="used when --steps is not given")
+    p.add_argument("--alg", choices=["entropy", "maskgit_plus", "topk_margin", "origin"], default="entropy")
+    p.add_argument("--alg-temp", type=float, default=0.0, help="sample positions instead of greedy (0 = greedy)")
+    p.add_argument("--temperature", type=float, default=0.2)
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eos-penalty", type=float, default=0.0, help="subtracted from eos/pad logits")
+    p.add_argument("--exact", action="store_true", help="reference decoder: full canvas, reference schedule")
+
+
+def sampling_options(args: argparse.Namespace):
+    from ..engine.sampler import SamplingOptions
+
+    return SamplingOptions(
+        steps=args.steps,
+        tokens_per_step=args.tokens_per_step,
+        alg=args.alg,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        alg_temp=args.alg_temp,
+        seed=args.seed,
+        exact=args.exact,
+        eos_penalty=args.eos_penalty,
+    )
+
+
+def parse_length(value: str) -> int | str:
+    if value == "auto":
+        return value
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of tokens or 'auto', got {value!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError("length must be at least 1")
+    return n
+
+
+def register(sub) -> None:
+    p = sub.add_parser("fill", help="fill the <|mask|> holes of a file", description=__doc__)
+    p.add_argument("file", help="a file with <|mask|> holes, or - for standard input")
+    add_model_options(p)
+    add_sampling_options(p)
+    p.add_argument("--length", type=parse_length, default="auto", help="tokens per hole, or auto (trim pads)")
+    p.add_argument("--marker", default="<|mask|>", help="the hole marker in the text")
+    p.add_argument("--context-tokens", type=int, default=None, help="context window budget in tokens")
+    p.add_argument("--json", action="store_true", help="print a JSON record instead of the text")
+    p.set_defaults(func=run)
+
+
+def read_input(path: str) -> str:
+    try:
+        if path == "-":
+            data = sys.stdin.buffer.read()
+        else:
+            with open(path, "rb") as f:
+                data = f.read()
+    except OSError as exc:
+        raise BadInputError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    if b"\0" in data[:8192]:
+        raise BadInputError(f"{path} looks like a binary file")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadInputError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+
+
+def run(args: argparse.Namespace) -> int:
+    text = read_input(args.file)
+    options = sampling_options(args)
+    from ..engine.infill import infill, split_holes
+
+    split_holes(text, args.marker)  # bad input before paying for a model load
+    from ..model.loading import load_model
+
+    lm = load_model(args.model, device=args.device, dtype=args.dtype, quant=args.quant)
+    result = infill(
+        lm, text, length=args.length, options=options, marker=args.marker, max_context_tokens=args.context_tokens
+    )
+    if args.json:
+        json.dump(result.to_json(), sys.stdout, ensure_ascii=False)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(result.text)
+    sys.stdout.flush()
+    return 0

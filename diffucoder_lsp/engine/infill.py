@@ -1,0 +1,277 @@
+"""Infill API: fill one or several holes in a text at once, jointly, in one denoising run.
+
+Holes are written with a marker (``<|mask|>`` by default). The text between holes is tokenized segment by
+segment with no special tokens; each hole becomes N mask tokens (a fixed N, or ``auto``: a generous span whose
+trailing eos/pad tokens are trimmed after denoising). When the text is longer than the context window, the text
+before the first hole and after the last one is cut at line boundaries to fit a prefix/suffix budget; the cut
+parts are not sent to the model but are kept in the returned text, so nothing is lost.
+
+:func:`prepare_infill` builds the canvas, :func:`infill_stream` runs the sampler and yields its step events
+(for the server, TUI and RL), :func:`infill` drains it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import BadInputError
+from .denoiser import FullCanvasDenoiser
+from .sampler import SamplingOptions, StepEvent, denoise
+
+DEFAULT_MARKER = "<|mask|>"
+AUTO_LENGTH = 48  # tokens given to an ``auto`` hole; trailing pads are trimmed
+MAX_HOLE_TOKENS = 1024
+DEFAULT_CONTEXT_TOKENS = 2048  # Dream's tested prompt+output limit; real configs advertise far more
+Length = int | str
+
+__all__ = [
+    "AUTO_LENGTH",
+    "DEFAULT_MARKER",
+    "HoleResult",
+    "InfillCanvas",
+    "InfillResult",
+    "SamplingOptions",
+    "infill",
+    "infill_stream",
+    "prepare_infill",
+]
+
+
+@dataclass(frozen=True)
+class HoleResult:
+    text: str
+    token_ids: list[int]
+    reveal_step: list[int]
+    confidence: list[float]
+
+
+@dataclass(frozen=True)
+class InfillResult:
+    text: str
+    holes: list[HoleResult]
+    steps: int
+    elapsed_ms: float
+    forward_passes: int = 0
+
+    def to_json(self) -> dict:
+        return {
+            "text": self.text,
+            "holes": [
+                {
+                    "text": h.text,
+                    "token_ids": h.token_ids,
+                    "reveal_step": h.reveal_step,
+                    "confidence": [round(c, 6) for c in h.confidence],
+                }
+                for h in self.holes
+            ],
+            "steps": self.steps,
+            "forward_passes": self.forward_passes,
+            "elapsed_ms": round(self.elapsed_ms, 3),
+        }
+
+
+@dataclass
+class InfillCanvas:
+    """A text with holes laid out as token ids. ``hole_spans[j]`` is hole j's [start, end) in ``ids``."""
+
+    ids: list[int]
+    hole_spans: list[tuple[int, int]]
+    auto: list[bool]
+    kept_prefix: str  # the text before the first hole that was cut off (not seen by the model)
+    kept_suffix: str  # the text after the last hole that was cut off
+    segments: list[str]  # the text between holes, as seen by the model (first/last already cut)
+
+    @property
+    def num_holes(self) -> int:
+        return len(self.hole_spans)
+
+
+def split_holes(text: str, marker: str = DEFAULT_MARKER) -> list[str]:
+    if not marker:
+        raise BadInputError("the hole marker must not be empty")
+    parts = text.split(marker)
+    if len(parts) < 2:
+        raise BadInputError(f"no holes: the text contains no {marker!r} marker")
+    return parts
+
+
+def _lengths(length: Length | Sequence[Length], holes: int) -> list[Length]:
+    if isinstance(length, (int, str)):
+        lengths = [length] * holes
+    else:
+        lengths = list(length)
+        if len(lengths) != holes:
+            raise BadInputError(f"{len(lengths)} lengths given for {holes} holes")
+    for n in lengths:
+        if isinstance(n, str):
+            if n != "auto":
+                raise BadInputError(f"length must be a number of tokens or 'auto', got {n!r}")
+        elif not 1 <= n <= MAX_HOLE_TOKENS:
+            raise BadInputError(f"hole length must be between 1 and {MAX_HOLE_TOKENS} tokens, got {n}")
+    return lengths
+
+
+def _cut_lines(text: str, budget: int, encode, keep_end: bool) -> tuple[str, str]:
+    """Keep whole lines of ``text`` nearest the hole within ``budget`` tokens. Returns (kept, dropped)."""
+    if budget <= 0:
+        return "", text
+    if len(encode(text)) <= budget:
+        return text, ""
+    lines = text.splitlines(keepends=True)
+    order = reversed(range(len(lines))) if keep_end else range(len(lines))
+    used, count = 0, 0
+    for i in order:
+        n = len(encode(lines[i]))
+        if used + n > budget:
+            break
+        used += n
+        count += 1
+    while True:
+        if keep_end:
+            kept = "".join(lines[len(lines) - count :]) if count else ""
+            dropped = "".join(lines[: len(lines) - count])
+        else:
+            kept = "".join(lines[:count])
+            dropped = "".join(lines[count:])
+        # Per-line token counts can undercount where merges cross a line break: re-check the joined text.
+        if count == 0 or len(encode(kept)) <= budget:
+            return kept, dropped
+        count -= 1
+
+
+def prepare_infill(
+    tokenizer,
+    text: str,
+    *,
+    length: Length | Sequence[Length] = "auto",
+    marker: str = DEFAULT_MARKER,
+    context_window: int = 2048,
+    prefix_share: float = 0.7,
+    auto_length: int = AUTO_LENGTH,
+) -> InfillCanvas:
+    """Lay out ``text`` as a canvas that fits ``context_window`` tokens."""
+    parts = split_holes(text, marker)
+    holes = len(parts) - 1
+    lengths = _lengths(length, holes)
+    sizes = [auto_length if n == "auto" else int(n) for n in lengths]
+    middle = [tokenizer.encode(p) for p in parts[1:-1]]
+    fixed = sum(sizes) + sum(len(m) for m in middle)
+    available = context_window - fixed
+    if available < 0:
+        raise BadInputError(
+            f"the holes and the text between them need {fixed} tokens, more than the context window "
+            f"({context_window}); fill fewer holes at once or shorter spans"
+        )
+    pre_budget = int(available * prefix_share)
+    prefix, dropped_pre = _cut_lines(parts[0], pre_budget, tokenizer.encode, keep_end=True)
+    pre_ids = tokenizer.encode(prefix)
+    suffix, dropped_suf = _cut_lines(parts[-1], available - len(pre_ids), tokenizer.encode, keep_end=False)
+    if dropped_pre and not dropped_suf:  # the suffix left room: give it back to the prefix
+        prefix, dropped_pre = _cut_lines(
+            parts[0], available - len(tokenizer.encode(suffix)), tokenizer.encode, keep_end=True
+        )
+        pre_ids = tokenizer.encode(prefix)
+    segments = [prefix, *parts[1:-1], suffix]
+    seg_ids = [pre_ids, *middle, tokenizer.encode(suffix)]
+    ids: list[int] = []
+    spans: list[tuple[int, int]] = []
+    for j in range(holes):
+        ids.extend(seg_ids[j])
+        spans.append((len(ids), len(ids) + sizes[j]))
+        ids.extend([tokenizer.mask_id] * sizes[j])
+    ids.extend(seg_ids[-1])
+    return InfillCanvas(
+        ids=ids,
+        hole_spans=spans,
+        auto=[n == "auto" for n in lengths],
+        kept_prefix=dropped_pre,
+        kept_suffix=dropped_suf,
+        segments=segments,
+    )
+
+
+def _hole_result(tokenizer, ids: list[int], steps: list[int], conf: list[float], auto: bool) -> HoleResult:
+    if auto:  # everything from the first stop token on is padding the model used to end early
+        stops = tokenizer.stop_ids
+        end = next((i for i, t in enumerate(ids) if t in stops), len(ids))
+        ids, steps, conf = ids[:end], steps[:end], conf[:end]
+    return HoleResult(text=tokenizer.decode(ids), token_ids=ids, reveal_step=steps, confidence=conf)
+
+
+def infill_stream(
+    lm,
+    text: str,
+    *,
+    length: Length | Sequence[Length] = "auto",
+    options: SamplingOptions = SamplingOptions(),
+    marker: str = DEFAULT_MARKER,
+    max_context_tokens: int | None = None,
+    denoiser=None,
+) -> Generator[tuple[InfillCanvas, StepEvent], None, InfillResult]:
+    """Fill every hole of ``text``; yields ``(canvas, event)`` per denoising step, returns the result.
+
+    Closing the generator between steps cancels the run (the model is not called again).
+    """
+    start = time.perf_counter()
+    tok = lm.tokenizer
+    window = min(lm.config.max_position_embeddings, max_context_tokens or DEFAULT_CONTEXT_TOKENS)
+    canvas = prepare_infill(tok, text, length=length, marker=marker, context_window=window)
+    x = torch.tensor([canvas.ids], dtype=torch.long, device=lm.device)
+    denoiser = denoiser or FullCanvasDenoiser(lm.model)
+    gen = denoise(
+        denoiser,
+        x,
+        None,
+        mask_id=tok.mask_id,
+        options=options,
+        allowed_vocab=min(tok.vocab_size, lm.config.vocab_size),
+        banned_ids=(tok.mask_id,),
+        stop_ids=tuple(sorted(tok.stop_ids)),
+    )
+    reveal_step = [-1] * len(canvas.ids)
+    confidence = [0.0] * len(canvas.ids)
+    steps = 0
+    while True:
+        try:
+            event = next(gen)
+        except StopIteration as stop:
+            final = stop.value
+            break
+        steps = event.step + 1
+        for c, p in zip(event.cols.tolist(), event.confidence.tolist(), strict=True):
+            reveal_step[c] = event.step
+            confidence[c] = p
+        yield canvas, event
+    out_ids = final[0].tolist()
+    holes = [
+        _hole_result(tok, out_ids[a:b], reveal_step[a:b], confidence[a:b], auto)
+        for (a, b), auto in zip(canvas.hole_spans, canvas.auto, strict=True)
+    ]
+    pieces = [canvas.kept_prefix]
+    for j, hole in enumerate(holes):
+        pieces.append(canvas.segments[j])
+        pieces.append(hole.text)
+    pieces.append(canvas.segments[-1])
+    pieces.append(canvas.kept_suffix)
+    return InfillResult(
+        text="".join(pieces),
+        holes=holes,
+        steps=steps,
+        elapsed_ms=(time.perf_counter() - start) * 1000,
+        forward_passes=getattr(denoiser, "forward_passes", 0),
+    )
+
+
+def infill(lm, text: str, **kwargs) -> InfillResult:
+    """Fill every hole of ``text`` and return the result (see :func:`infill_stream` for the arguments)."""
+    gen = infill_stream(lm, text, **kwargs)
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value

@@ -1,0 +1,256 @@
+"""The one denoising sampler: a generator that yields a :class:`StepEvent` per step and returns the final canvas.
+
+Everything that generates text (``diffucoder fill``, the language server, the TUI, evaluation, RL rollouts)
+drains this generator. Stopping iteration between steps is how a request is cancelled.
+
+A canvas is a batch of token ids ``x`` (B, L) with a ``valid`` mask (False = padding); positions holding the mask
+id (and valid) are still to be generated. Each step asks a :class:`~diffucoder_lsp.engine.denoiser.Denoiser` for
+logits at the masked positions only, picks a token and a confidence per position, and reveals some of them:
+
+* ``exact`` reproduces the reference decoder: ``timesteps = linspace(1, 1e-3, steps + 1)``, at step i reveal
+  ``k = int(masked * (1 - s / t))`` (all remaining at the last step). Note that k is often 0 in early steps:
+  those forward passes are wasted, which is what the reference does.
+* otherwise the same number of steps reveals a balanced count, at least one per step, so no pass is wasted.
+
+Confidence per algorithm (higher = surer): ``maskgit_plus`` the chosen token's probability, ``topk_margin``
+top-1 minus top-2 probability, ``entropy`` sum p log p; ``origin`` reveals each masked position independently
+with probability ``1 - s / t``. With ``alg_temp > 0`` the k positions are sampled from softmax(confidence /
+alg_temp) instead of taken greedily (Gumbel top-k, the same distribution as sampling without replacement).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Generator
+from dataclasses import dataclass, field
+
+import torch
+
+from ..errors import BadInputError
+
+ALGORITHMS = ("entropy", "maskgit_plus", "topk_margin", "origin")
+EPS = 1e-3
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """How to denoise. ``steps`` None means ``ceil(masked / tokens_per_step)``."""
+
+    steps: int | None = None
+    tokens_per_step: int = 1
+    alg: str = "entropy"
+    temperature: float = 0.2
+    top_p: float | None = 0.95
+    top_k: int | None = None
+    alg_temp: float = 0.0
+    seed: int = 0
+    exact: bool = False
+    eos_penalty: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.alg not in ALGORITHMS:
+            raise BadInputError(f"unknown algorithm {self.alg!r}; choose one of {', '.join(ALGORITHMS)}")
+        if self.steps is not None and self.steps < 1:
+            raise BadInputError(f"steps must be >= 1, got {self.steps}")
+        if self.tokens_per_step < 1:
+            raise BadInputError(f"tokens_per_step must be >= 1, got {self.tokens_per_step}")
+        if self.temperature < 0:
+            raise BadInputError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise BadInputError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k is not None and self.top_k < 1:
+            raise BadInputError(f"top_k must be >= 1, got {self.top_k}")
+        if self.alg_temp < 0:
+            raise BadInputError(f"alg_temp must be >= 0, got {self.alg_temp}")
+
+    def num_steps(self, max_masked: int) -> int:
+        if self.steps is not None:
+            return self.steps
+        return max(1, math.ceil(max_masked / self.tokens_per_step))
+
+
+@dataclass
+class StepEvent:
+    """What one denoising step revealed. Tensors are on the canvas's device; ``rows``/``cols`` index the canvas."""
+
+    step: int
+    total_steps: int
+    rows: torch.Tensor
+    cols: torch.Tensor
+    tokens: torch.Tensor
+    confidence: torch.Tensor
+    remaining: int = field(default=0)  # masked positions left after this step, all rows together
+
+    def per_row(self, batch: int) -> list[list[tuple[int, int, float]]]:
+        """(position, token, confidence) triples grouped by row, in host memory."""
+        out: list[list[tuple[int, int, float]]] = [[] for _ in range(batch)]
+        for r, c, t, p in zip(
+            self.rows.tolist(), self.cols.tolist(), self.tokens.tolist(), self.confidence.tolist(), strict=True
+        ):
+            out[r].append((c, t, p))
+        return out
+
+
+# --- pure pieces -------------------------------------------------------------------------------------------
+
+
+def reference_schedule(masked: int, steps: int) -> list[int]:
+    """Tokens revealed per step by the reference decoder for one row with ``masked`` masks (no ``origin``)."""
+    ts = torch.linspace(1, EPS, steps + 1)
+    counts = []
+    left = masked
+    for i in range(steps):
+        t, s = ts[i].item(), ts[i + 1].item()
+        k = left if i == steps - 1 else int(left * (1 - s / t))
+        counts.append(k)
+        left -= k
+    return counts
+
+
+def balanced_count(left: torch.Tensor, steps_left: int) -> torch.Tensor:
+    """Reveal ceil(left / steps_left) per row: every step does work and the last one empties the canvas."""
+    return torch.div(left + steps_left - 1, steps_left, rounding_mode="floor")
+
+
+def filter_logits(logits: torch.Tensor, top_p: float | None, top_k: int | None) -> torch.Tensor:
+    """Nucleus and top-k filtering: excluded entries become -inf. The most likely token always survives."""
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop_sorted = cum > top_p
+        drop_sorted[..., 1:] = drop_sorted[..., :-1].clone()
+        drop_sorted[..., 0] = False
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def pick_tokens(
+    logits: torch.Tensor, opts: SamplingOptions, generator: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Choose a token per row of ``logits`` (n, V) and its confidence under ``opts.alg``."""
+    logits = logits.float()
+    if opts.temperature > 0:
+        logits = logits / opts.temperature
+    logits = filter_logits(logits, opts.top_p, opts.top_k)
+    probs = logits.softmax(-1)
+    if opts.temperature > 0:
+        tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        chosen = probs.gather(-1, tokens[:, None]).squeeze(-1)
+    else:
+        chosen, tokens = probs.max(-1)
+    if opts.alg == "topk_margin":
+        top2 = probs.topk(2, dim=-1).values
+        conf = top2[:, 0] - top2[:, 1]
+    elif opts.alg == "entropy":
+        conf = (probs * torch.log(probs + 1e-10)).sum(-1)
+    else:  # maskgit_plus; origin ignores it
+        conf = chosen
+    return tokens, conf
+
+
+def choose_positions(
+    confidence: torch.Tensor, masked: torch.Tensor, k: torch.Tensor, alg_temp: float, generator
+) -> torch.Tensor:
+    """Boolean (B, L): the ``k[b]`` most confident masked positions of each row (sampled when alg_temp > 0)."""
+    score = confidence.masked_fill(~masked, float("-inf"))
+    if alg_temp > 0:
+        u = torch.rand(score.shape, generator=generator, device=score.device).clamp_(1e-20, 1.0)
+        gumbel = -torch.log(-torch.log(u))
+        score = torch.where(masked, score / alg_temp + gumbel, score)
+    order = score.argsort(dim=-1, descending=True, stable=True)
+    ranks = torch.arange(score.shape[1], device=score.device).expand_as(score)
+    take_sorted = ranks < k[:, None]
+    take = torch.zeros_like(masked).scatter(1, order, take_sorted)
+    return take & masked
+
+
+# --- the generator -----------------------------------------------------------------------------------------
+
+
+def denoise(
+    denoiser,
+    x: torch.Tensor,
+    valid: torch.Tensor | None,
+    *,
+    mask_id: int,
+    options: SamplingOptions,
+    allowed_vocab: int | None = None,
+    banned_ids: tuple[int, ...] = (),
+    stop_ids: tuple[int, ...] = (),
+) -> Generator[StepEvent, None, torch.Tensor]:
+    """Denoise ``x`` in place step by step; yields one :class:`StepEvent` per step, returns the final canvas.
+
+    ``allowed_vocab``: ids at or beyond it are never sampled (the logits cover more ids than the tokenizer has).
+    ``banned_ids``: never sampled either (the mask token itself). ``stop_ids`` get ``options.eos_penalty``
+    subtracted from their logits: long canvases otherwise fill up with eos/pad.
+    """
+    x = x.clone()
+    if valid is None:
+        valid = torch.ones_like(x, dtype=torch.bool)
+    masked = (x == mask_id) & valid
+    per_row = masked.sum(1)
+    max_masked = int(per_row.max()) if x.numel() else 0
+    if max_masked == 0:
+        return x
+    steps = options.num_steps(max_masked)
+    generator = torch.Generator(device=x.device).manual_seed(options.seed)
+    ts = torch.linspace(1, EPS, steps + 1).tolist()
+    for i in range(steps):
+        if not bool(masked.any()):
+            break
+        t, s = ts[i], ts[i + 1]
+        last = i == steps - 1
+        logits = denoiser(x, valid, masked)
+        if allowed_vocab is not None and allowed_vocab < logits.shape[-1]:
+            logits[:, allowed_vocab:] = float("-inf")
+        if banned_ids:
+            logits[:, list(banned_ids)] = float("-inf")
+        if options.eos_penalty and stop_ids:
+            logits[:, list(stop_ids)] -= options.eos_penalty
+        tokens, conf = pick_tokens(logits, options, generator)
+        full_tokens = torch.full_like(x, mask_id)
+        full_tokens[masked] = tokens
+        full_conf = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
+        full_conf[masked] = conf
+        left = masked.sum(1)
+        if options.alg == "origin":
+            if last:
+                take = masked.clone()
+            else:
+                draw = torch.rand(x.shape, generator=generator, device=x.device)
+                take = masked & (draw < 1 - s / t)
+        else:
+            if last:
+                k = left
+            elif options.exact:
+                k = (left.double() * (1 - s / t)).floor().long()
+            else:
+                k = balanced_count(left, steps - i)
+            take = choose_positions(full_conf, masked, k, options.alg_temp, generator)
+        x[take] = full_tokens[take]
+        masked &= ~take
+        rows, cols = take.nonzero(as_tuple=True)
+        yield StepEvent(
+            step=i,
+            total_steps=steps,
+            rows=rows,
+            cols=cols,
+            tokens=full_tokens[rows, cols],
+            confidence=full_conf[rows, cols],
+            remaining=int(masked.sum()),
+        )
+    return x
+
+
+def run_to_end(gen: Generator[StepEvent, None, torch.Tensor]) -> tuple[list[StepEvent], torch.Tensor]:
+    """Drain a sampler generator: all its events and its return value."""
+    events: list[StepEvent] = []
+    while True:
+        try:
+            events.append(next(gen))
+        except StopIteration as stop:
+            return events, stop.value

@@ -1,0 +1,237 @@
+"""Properties of the one sampler, on fake denoisers (fast) and on a tiny real model (padding equivalence)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from diffucoder_lsp.engine.sampler import (
+    ALGORITHMS,
+    SamplingOptions,
+    balanced_count,
+    denoise,
+    filter_logits,
+    reference_schedule,
+    run_to_end,
+)
+from diffucoder_lsp.errors import BadInputError
+
+MASK = 7
+VOCAB = 40
+
+
+class RandomDenoiser:
+    """Logits that depend on the canvas content (so steps differ) but are reproducible."""
+
+    def __init__(self, vocab: int = VOCAB, hot: dict[int, float] | None = None) -> None:
+        self.vocab = vocab
+        self.hot = hot or {}
+        self.forward_passes = 0
+
+    def __call__(self, x, valid, masked):
+        self.forward_passes += 1
+        g = torch.Generator().manual_seed(int(x.sum()) * 31 + int(masked.sum()))
+        logits = torch.randn(int(masked.sum()), self.vocab, generator=g) * 3
+        for token, value in self.hot.items():
+            logits[:, token] = value
+        return logits
+
+
+def make_canvas(lengths: list[int], masks: list[list[int]], seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    width = max(lengths)
+    x = torch.randint(10, VOCAB, (len(lengths), width), generator=g)
+    valid = torch.zeros(len(lengths), width, dtype=torch.bool)
+    for r, n in enumerate(lengths):
+        valid[r, :n] = True
+        for c in masks[r]:
+            if c < n:
+                x[r, c] = MASK
+    x[~valid] = 0
+    return x, valid
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    rows=st.lists(
+        st.tuples(st.integers(1, 24), st.lists(st.integers(0, 23), min_size=1, max_size=16)), min_size=1, max_size=3
+    ),
+    alg=st.sampled_from(ALGORITHMS),
+    exact=st.booleans(),
+    temperature=st.sampled_from([0.0, 0.7]),
+    steps=st.one_of(st.none(), st.integers(1, 12)),
+    alg_temp=st.sampled_from([0.0, 0.5]),
+)
+def test_context_kept_all_revealed_once(rows, alg, exact, temperature, steps, alg_temp):
+    lengths = [n for n, _ in rows]
+    x, valid = make_canvas(lengths, [m for _, m in rows])
+    masked0 = (x == MASK) & valid
+    opts = SamplingOptions(steps=steps, alg=alg, exact=exact, temperature=temperature, alg_temp=alg_temp)
+    events, final = run_to_end(denoise(RandomDenoiser(), x, valid, mask_id=MASK, options=opts))
+    # context and padding never change
+    assert torch.equal(final[~masked0], x[~masked0])
+    # no mask remains
+    assert not ((final == MASK) & valid).any()
+    # each masked position revealed exactly once, to the token the event says
+    seen = torch.zeros_like(x, dtype=torch.long)
+    for ev in events:
+        seen[ev.rows, ev.cols] += 1
+        assert torch.equal(final[ev.rows, ev.cols], ev.tokens)
+    assert torch.equal(seen, masked0.long())
+    if masked0.any() and alg != "origin" and not exact:
+        # balanced schedule: one pass per step, finishing early when there are more steps than tokens
+        most = int(masked0.sum(1).max())
+        assert len(events) == min(opts.num_steps(most), most)
+
+
+def independent_reference_counts(masked: int, steps: int) -> list[int]:
+    """The reference schedule written out again, from the formula in the facts doc."""
+    eps = 1e-3
+    out, left = [], masked
+    for i in range(steps):
+        t = 1 - (1 - eps) * i / steps
+        s = 1 - (1 - eps) * (i + 1) / steps
+        k = left if i == steps - 1 else int(left * (1 - s / t))
+        out.append(k)
+        left -= k
+    return out
+
+
+@pytest.mark.parametrize("masked,steps", [(32, 32), (32, 8), (64, 16), (5, 5), (17, 3), (100, 7)])
+def test_exact_schedule_matches_formula(masked, steps):
+    x = torch.full((1, masked + 4), MASK)
+    x[0, :2] = 11
+    x[0, -2:] = 12
+    opts = SamplingOptions(steps=steps, exact=True, temperature=0.0)
+    events, _ = run_to_end(denoise(RandomDenoiser(), x, None, mask_id=MASK, options=opts))
+    counts = [len(ev.cols) for ev in events]
+    expected = independent_reference_counts(masked, steps)
+    assert counts == expected
+    assert reference_schedule(masked, steps) == expected
+    # the reference wastes early steps: with one token per step the first step reveals nothing
+    if masked == steps:
+        assert counts[0] == 0
+
+
+def test_fast_schedule_reveals_every_step():
+    x = torch.full((1, 20), MASK)
+    opts = SamplingOptions(steps=6, temperature=0.0)
+    events, _ = run_to_end(denoise(RandomDenoiser(), x, None, mask_id=MASK, options=opts))
+    counts = [len(ev.cols) for ev in events]
+    assert len(counts) == 6 and min(counts) >= 1 and sum(counts) == 20
+    assert torch.equal(balanced_count(torch.tensor([20, 3]), 6), torch.tensor([4, 1]))
+
+
+def test_tokens_per_step_sets_steps():
+    x = torch.full((1, 16), MASK)
+    den = RandomDenoiser()
+    events, _ = run_to_end(denoise(den, x, None, mask_id=MASK, options=SamplingOptions(tokens_per_step=4)))
+    assert len(events) == 4 and den.forward_passes == 4
+    assert all(len(ev.cols) == 4 for ev in events)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_seed_determinism(temperature):
+    x, valid = make_canvas([20, 15], [list(range(3, 18)), list(range(0, 15, 2))])
+    opts = SamplingOptions(temperature=temperature, seed=123, alg_temp=0.3 if temperature else 0.0)
+    a = run_to_end(denoise(RandomDenoiser(), x, valid, mask_id=MASK, options=opts))[1]
+    b = run_to_end(denoise(RandomDenoiser(), x, valid, mask_id=MASK, options=opts))[1]
+    assert torch.equal(a, b)
+    if temperature:
+        other = SamplingOptions(temperature=temperature, seed=124, alg_temp=0.3)
+        c = run_to_end(denoise(RandomDenoiser(), x, valid, mask_id=MASK, options=other))[1]
+        assert not torch.equal(a, c)
+
+
+def test_never_samples_outside_vocab_or_mask():
+    # The denoiser strongly prefers ids past the tokenizer and the mask id itself: neither may appear.
+    den = RandomDenoiser(vocab=VOCAB + 8, hot={VOCAB + 3: 50.0, MASK: 49.0})
+    x = torch.full((2, 12), MASK)
+    for temperature in (0.0, 1.0):
+        opts = SamplingOptions(temperature=temperature, top_p=None)
+        _, final = run_to_end(
+            denoise(den, x, None, mask_id=MASK, options=opts, allowed_vocab=VOCAB, banned_ids=(MASK,))
+        )
+        assert int(final.max()) < VOCAB
+        assert not (final == MASK).any()
+
+
+def test_eos_penalty_suppresses_stop_tokens():
+    eos = 3
+    den = RandomDenoiser(hot={eos: 30.0})
+    x = torch.full((1, 24), MASK)
+    plain = run_to_end(denoise(den, x, None, mask_id=MASK, options=SamplingOptions(temperature=0.0)))[1]
+    opts = SamplingOptions(temperature=0.0, eos_penalty=100.0)
+    penalised = run_to_end(denoise(den, x, None, mask_id=MASK, options=opts, stop_ids=(eos,)))[1]
+    assert (plain == eos).all()
+    assert not (penalised == eos).any()
+
+
+def test_filter_logits_top_k_and_top_p():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    kept_k = torch.isfinite(filter_logits(logits, None, 2))
+    assert kept_k.tolist() == [[True, True, False, False]]
+    # nucleus 0.7: 0.5 alone is below 0.7, so 0.3 joins; 0.15 is not needed
+    kept_p = torch.isfinite(filter_logits(logits, 0.7, None))
+    assert kept_p.tolist() == [[True, True, False, False]]
+    kept_small = torch.isfinite(filter_logits(logits, 0.1, None))
+    assert kept_small.tolist() == [[True, False, False, False]]
+    assert torch.isfinite(filter_logits(logits, 1.0, None)).all()
+
+
+def test_confidence_algorithms_order_positions():
+    """With 1 token per step, maskgit_plus reveals the position whose top probability is highest first."""
+    sure, unsure = 5, 1
+    # The fixed denoiser prefers token 20 at canvas position `sure` strongly and is flat at position `unsure`.
+    class Fixed:
+        forward_passes = 0
+
+        def __call__(self, x, valid, masked):
+            cols = masked.nonzero(as_tuple=True)[1]
+            logits = torch.zeros(len(cols), VOCAB)
+            for i, c in enumerate(cols.tolist()):
+                logits[i, 20] = 9.0 if c == sure else 0.1
+            return logits
+
+    x = torch.full((1, 8), 11)
+    x[0, [sure, unsure]] = MASK
+    for alg in ("maskgit_plus", "topk_margin", "entropy"):
+        opts = SamplingOptions(temperature=0.0, alg=alg, steps=2)
+        events, _ = run_to_end(denoise(Fixed(), x, None, mask_id=MASK, options=opts))
+        assert events[0].cols.tolist() == [sure], alg
+
+
+def test_cancel_by_closing_the_generator():
+    den = RandomDenoiser()
+    gen = denoise(den, torch.full((1, 30), MASK), None, mask_id=MASK, options=SamplingOptions())
+    next(gen)
+    next(gen)
+    gen.close()
+    assert den.forward_passes == 2
+
+
+def test_invalid_options_are_bad_input():
+    for kwargs in ({"alg": "nope"}, {"steps": 0}, {"temperature": -1}, {"top_p": 0}, {"tokens_per_step": 0}):
+        with pytest.raises(BadInputError):
+            SamplingOptions(**kwargs)
+
+
+def test_no_masks_returns_input_without_calling_model():
+    den = RandomDenoiser()
+    x = torch.arange(10, 20)[None]
+    events, final = run_to_end(denoise(den, x, None, mask_id=MASK, options=SamplingOptions()))
+    assert events == [] and torch.equal(final, x) and den.forward_passes == 0
+
+
+def test_per_row_groups_events():
+    x, valid = make_canvas([6, 6], [[1, 2], [4]])
+    events, _ = run_to_end(
+        denoise(RandomDenoiser(), x, valid, mask_id=MASK, options=SamplingOptions(tokens_per_step=3))
+    )
+    rows = events[0].per_row(2)
+    assert sorted(c for c, _, _ in rows[0]) == [1, 2] and [c for c, _, _ in rows[1]] == [4]
+    assert all(math.isfinite(p) for _, _, p in rows[0])
