@@ -12,7 +12,9 @@ from ..errors import BadInputError
 def add_model_options(p: argparse.ArgumentParser) -> None:
     """Model selection flags shared by every command that loads a model."""
     p.add_argument("--model", default=None, help="checkpoint folder or hub id (default: the bundled model)")
-    p.add_argument("--quant", choices=["none", "8bit", "4bit"], default="none", help="bitsandbytes quantization")
+    p.add_argument(
+        "--quant", choices=["none", "8bit", "4bit"], default="none", help="bitsandbytes quantization"
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--dtype", choices=["auto", "bf16", "fp32", "fp16"], default="auto")
 
@@ -21,7 +23,9 @@ def add_sampling_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=None, help="denoising steps (default: one per token)")
     p.add_argument("--tokens-per-step", type=int, default=1, help="used when --steps is not given")
     p.add_argument("--alg", choices=["entropy", "maskgit_plus", "topk_margin", "origin"], default="entropy")
-    p.add_argument("--alg-temp", type=float, default=0.0, help="sample positions instead of greedy (0 = greedy)")
+    p.add_argument(
+        "--alg-temp", type=float, default=0.0, help="sample positions instead of greedy (0 = greedy)"
+    )
     p.add_argument("--temperature", type=float, default=0.2)
     p.add_argument("--top-p", type=float, default=0.95)
     p.add_argument("--top-k", type=int, default=None)
@@ -98,7 +102,12 @@ def run(args: argparse.Namespace) -> int:
 
     lm = load_model(args.model, device=args.device, dtype=args.dtype, quant=args.quant)
     result = infill(
-        lm, text, length=args.length, options=options, marker=args.marker, max_context_tokens=args.context_tokens
+        lm,
+        text,
+        length=args.length,
+        options=options,
+        marker=args.marker,
+        max_context_tokens=args.context_tokens,
     )
     if args.json:
         json.dump(result.to_json(), sys.stdout, ensure_ascii=False)

@@ -37,7 +37,7 @@ class FullCanvasDenoiser:
         self.model = model
         self.forward_passes = 0
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def __call__(self, x: torch.Tensor, valid: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
         self.forward_passes += 1
         hidden = self.model.hidden_states(x, valid)

@@ -208,7 +208,7 @@ def infill_stream(
     text: str,
     *,
     length: Length | Sequence[Length] = "auto",
-    options: SamplingOptions = SamplingOptions(),
+    options: SamplingOptions | None = None,
     marker: str = DEFAULT_MARKER,
     max_context_tokens: int | None = None,
     denoiser=None,
@@ -218,6 +218,7 @@ def infill_stream(
     Closing the generator between steps cancels the run (the model is not called again).
     """
     start = time.perf_counter()
+    options = options or SamplingOptions()
     tok = lm.tokenizer
     window = min(lm.config.max_position_embeddings, max_context_tokens or DEFAULT_CONTEXT_TOKENS)
     canvas = prepare_infill(tok, text, length=length, marker=marker, context_window=window)

@@ -85,7 +85,11 @@ class StepEvent:
         """(position, token, confidence) triples grouped by row, in host memory."""
         out: list[list[tuple[int, int, float]]] = [[] for _ in range(batch)]
         for r, c, t, p in zip(
-            self.rows.tolist(), self.cols.tolist(), self.tokens.tolist(), self.confidence.tolist(), strict=True
+            self.rows.tolist(),
+            self.cols.tolist(),
+            self.tokens.tolist(),
+            self.confidence.tolist(),
+            strict=True,
         ):
             out[r].append((c, t, p))
         return out

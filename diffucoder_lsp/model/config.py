@@ -59,7 +59,9 @@ class ModelConfig:
         for tok in ("mask_token_id", "pad_token_id", "eos_token_id"):
             value = getattr(self, tok)
             if not 0 <= value < self.vocab_size:
-                raise CheckpointError(f"{tok}={value} is outside the vocabulary (vocab_size={self.vocab_size})")
+                raise CheckpointError(
+                    f"{tok}={value} is outside the vocabulary (vocab_size={self.vocab_size})"
+                )
 
     @property
     def num_parameters(self) -> int:

@@ -53,7 +53,9 @@ class RMSNorm(nn.Module):
         return self.weight * x32.to(dtype)
 
 
-def rope_cos_sin(cfg: ModelConfig, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+def rope_cos_sin(
+    cfg: ModelConfig, positions: torch.Tensor, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Rotary tables for ``positions`` (B, L), computed in fp32 and cast, as Qwen2 does."""
     dim = cfg.head_dim
     inv_freq = 1.0 / (

@@ -46,7 +46,7 @@ with open(path, "r", encoding="utf-8") as f:
 return {key: value for key, value in data.items() if value is not None}
 '''
 
-REMOTE_CODE = '''raise RuntimeError("remote code from a checkpoint must never be executed")\n'''
+REMOTE_CODE = """raise RuntimeError("remote code from a checkpoint must never be executed")\n"""
 
 
 def tiny_config(vocab_size: int, mask_id: int, eos_id: int, **overrides) -> ModelConfig:
@@ -105,7 +105,10 @@ def write_tiny_checkpoint(
     tok.save(str(folder / "tokenizer.json"))
     cfg_dict = cfg.to_dict()
     cfg_dict["torch_dtype"] = str(dtype).removeprefix("torch.")
-    cfg_dict["auto_map"] = {"AutoModel": "modeling_dream.DreamModel", "AutoConfig": "configuration_dream.DreamConfig"}
+    cfg_dict["auto_map"] = {
+        "AutoModel": "modeling_dream.DreamModel",
+        "AutoConfig": "configuration_dream.DreamConfig",
+    }
     write_side_files(folder, cfg_dict, tok)
     (folder / "modeling_dream.py").write_text(REMOTE_CODE)
     return folder
@@ -149,7 +152,12 @@ def write_side_files(folder: Path, cfg_dict: dict, tok) -> None:
         },
     }
     (folder / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2))
-    special_map = {"eos_token": EOS, "pad_token": EOS, "mask_token": MASK, "additional_special_tokens": [DLM_PAD]}
+    special_map = {
+        "eos_token": EOS,
+        "pad_token": EOS,
+        "mask_token": MASK,
+        "additional_special_tokens": [DLM_PAD],
+    }
     (folder / "special_tokens_map.json").write_text(json.dumps(special_map, indent=2))
     gen = {"eos_token_id": cfg_dict["eos_token_id"], "pad_token_id": cfg_dict["pad_token_id"]}
     (folder / "generation_config.json").write_text(json.dumps(gen, indent=2))

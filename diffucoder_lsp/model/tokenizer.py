@@ -23,9 +23,7 @@ SPECIAL_TOKENS = [EOS, "<|im_start|>", "<|im_end|>", "<|beginoftext|>", MASK, DL
 
 # Qwen2-style pre-tokenization: digits one by one, words with a leading space, runs of whitespace kept apart.
 # Byte-level after the split, so any text (any whitespace, any unicode) round-trips exactly.
-_SPLIT_PATTERN = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
+_SPLIT_PATTERN = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 
 
 class CodeTokenizer:
@@ -74,7 +72,9 @@ class CodeTokenizer:
         folder = Path(folder)
         path = folder / "tokenizer.json"
         if not path.is_file():
-            raise CheckpointError(f"no tokenizer.json in {folder} (only the fast-tokenizer format is supported)")
+            raise CheckpointError(
+                f"no tokenizer.json in {folder} (only the fast-tokenizer format is supported)"
+            )
         try:
             tok = Tokenizer.from_file(str(path))
         except Exception as exc:  # tokenizers raises bare Exceptions for malformed files

@@ -58,7 +58,9 @@ def make_canvas(lengths: list[int], masks: list[list[int]], seed: int = 0):
 @settings(max_examples=40, deadline=None)
 @given(
     rows=st.lists(
-        st.tuples(st.integers(1, 24), st.lists(st.integers(0, 23), min_size=1, max_size=16)), min_size=1, max_size=3
+        st.tuples(st.integers(1, 24), st.lists(st.integers(0, 23), min_size=1, max_size=16)),
+        min_size=1,
+        max_size=3,
     ),
     alg=st.sampled_from(ALGORITHMS),
     exact=st.booleans(),
@@ -186,6 +188,7 @@ def test_filter_logits_top_k_and_top_p():
 def test_confidence_algorithms_order_positions():
     """With 1 token per step, maskgit_plus reveals the position whose top probability is highest first."""
     sure, unsure = 5, 1
+
     # The fixed denoiser prefers token 20 at canvas position `sure` strongly and is flat at position `unsure`.
     class Fixed:
         forward_passes = 0

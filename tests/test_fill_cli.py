@@ -1,0 +1,142 @@
+"""The `diffucoder fill` contract: output, --json fields, exit codes 0 / 2 / 1."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+
+import pytest
+
+from diffucoder_lsp.cli import main
+
+M = "<|mask|>"
+
+
+def run(argv, capsys, stdin: bytes | None = None, monkeypatch=None):
+    if stdin is not None:
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin)))
+    rc = main(argv)
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_fill_file_prints_filled_text(tiny_ckpt, tmp_path, capsys):
+    src = tmp_path / "a.py"
+    src.write_text(f"def f(x):\n    return {M}\n\nprint(f(1))\n", encoding="utf-8")
+    rc, out, err = run(
+        ["fill", str(src), "--model", str(tiny_ckpt), "--length", "5", "--temperature", "0"], capsys
+    )
+    assert rc == 0, err
+    assert out.startswith("def f(x):\n    return ") and out.endswith("\n\nprint(f(1))\n")
+    assert M not in out
+
+
+def test_fill_json_from_stdin(tiny_ckpt, capsys, monkeypatch):
+    text = f"a = {M}\nb = {M}\n".encode()
+    argv = ["fill", "-", "--model", str(tiny_ckpt), "--json", "--length", "3", "--steps", "3", "--exact"]
+    rc, out, err = run(argv, capsys, stdin=text, monkeypatch=monkeypatch)
+    assert rc == 0, err
+    record = json.loads(out)
+    assert set(record) >= {"text", "holes", "elapsed_ms"}
+    assert len(record["holes"]) == 2
+    for hole in record["holes"]:
+        assert set(hole) >= {"text", "token_ids", "reveal_step", "confidence"}
+        assert len(hole["token_ids"]) == len(hole["reveal_step"]) == len(hole["confidence"]) == 3
+        assert all(0 <= s < 3 for s in hole["reveal_step"])
+    assert record["text"] == f"a = {record['holes'][0]['text']}\nb = {record['holes'][1]['text']}\n"
+
+
+def test_seeded_fill_is_deterministic(tiny_ckpt, tmp_path, capsys):
+    src = tmp_path / "s.py"
+    src.write_text(f"x = {M}\n")
+    argv = [
+        "fill",
+        str(src),
+        "--model",
+        str(tiny_ckpt),
+        "--length",
+        "6",
+        "--temperature",
+        "0.8",
+        "--seed",
+        "5",
+    ]
+    first = run(argv, capsys)[1]
+    second = run(argv, capsys)[1]
+    assert first == second
+
+
+@pytest.mark.parametrize(
+    "content,extra,needle",
+    [
+        (b"no holes here\n", [], "no holes"),
+        (b"\x00\x01binary" + M.encode(), [], "binary"),
+        (b"\xff\xfe bad utf8 " + M.encode(), [], "UTF-8"),
+        (f"x = {M}".encode(), ["--steps", "0"], "steps"),
+        (f"x = {M}".encode(), ["--top-p", "2"], "top_p"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(tiny_ckpt, tmp_path, capsys, content, extra, needle):
+    src = tmp_path / "bad.py"
+    src.write_bytes(content)
+    rc, out, err = run(["fill", str(src), "--model", str(tiny_ckpt), *extra], capsys)
+    assert rc == 2
+    assert out == ""
+    lines = [line for line in err.splitlines() if line.startswith("diffucoder:")]
+    assert len(lines) == 1 and needle in lines[0]
+
+
+def test_missing_file_and_broken_checkpoint_exit_2(tmp_path, capsys):
+    rc, _, err = run(["fill", str(tmp_path / "missing.py")], capsys)
+    assert rc == 2 and "cannot read" in err
+    src = tmp_path / "a.py"
+    src.write_text(f"x = {M}")
+    broken = tmp_path / "ckpt"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    rc, _, err = run(["fill", str(src), "--model", str(broken)], capsys)
+    assert rc == 2 and "JSON" in err
+
+
+def test_bad_option_exits_2(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["fill", "-", "--alg", "nope"])
+    assert exc.value.code == 2
+
+
+def test_runtime_failure_exits_1(tiny_ckpt, tmp_path, capsys, monkeypatch):
+    import diffucoder_lsp.engine.infill as infill_mod
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("simulated backend failure")
+
+    monkeypatch.setattr(infill_mod, "infill", boom)
+    src = tmp_path / "a.py"
+    src.write_text(f"x = {M}")
+    rc, out, err = run(["fill", str(src), "--model", str(tiny_ckpt)], capsys)
+    assert rc == 1 and out == "" and "simulated backend failure" in err
+
+
+def test_console_script_runs_as_subprocess(tiny_ckpt, tmp_path):
+    src = tmp_path / "a.py"
+    src.write_text(f"y = {M}\n")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "diffucoder_lsp.cli",
+            "fill",
+            str(src),
+            "--model",
+            str(tiny_ckpt),
+            "--length",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("y = ") and proc.stdout.endswith("\n")
