@@ -231,7 +231,6 @@ def infill_stream(
         mask_id=tok.mask_id,
         options=options,
         allowed_vocab=min(tok.vocab_size, lm.config.vocab_size),
-        banned_ids=(tok.mask_id,),
         stop_ids=tuple(sorted(tok.stop_ids)),
     )
     reveal_step = [-1] * len(canvas.ids)

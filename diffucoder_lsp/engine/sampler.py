@@ -189,7 +189,7 @@ def denoise(
     """Denoise ``x`` in place step by step; yields one :class:`StepEvent` per step, returns the final canvas.
 
     ``allowed_vocab``: ids at or beyond it are never sampled (the logits cover more ids than the tokenizer has).
-    ``banned_ids``: never sampled either (the mask token itself). ``stop_ids`` get ``options.eos_penalty``
+    ``banned_ids``: never sampled either; the mask id never is. ``stop_ids`` get ``options.eos_penalty``
     subtracted from their logits: long canvases otherwise fill up with eos/pad.
     """
     x = x.clone()
@@ -211,8 +211,7 @@ def denoise(
         logits = denoiser(x, valid, masked)
         if allowed_vocab is not None and allowed_vocab < logits.shape[-1]:
             logits[:, allowed_vocab:] = float("-inf")
-        if banned_ids:
-            logits[:, list(banned_ids)] = float("-inf")
+        logits[:, [mask_id, *banned_ids]] = float("-inf")
         if options.eos_penalty and stop_ids:
             logits[:, list(stop_ids)] -= options.eos_penalty
         tokens, conf = pick_tokens(logits, options, generator)

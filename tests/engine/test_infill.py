@@ -132,7 +132,7 @@ def test_padded_batch_equals_rows_alone(lm):
         x[r, : len(ids)] = torch.tensor(ids)
         valid[r, : len(ids)] = True
     opts = SamplingOptions(temperature=0.0, steps=5)
-    kw = dict(mask_id=tok.mask_id, options=opts, allowed_vocab=tok.vocab_size, banned_ids=(tok.mask_id,))
+    kw = dict(mask_id=tok.mask_id, options=opts, allowed_vocab=tok.vocab_size)
     _, batch = run_to_end(denoise(FullCanvasDenoiser(lm.model), x, valid, **kw))
     for r, ids in enumerate(rows):
         _, alone = run_to_end(denoise(FullCanvasDenoiser(lm.model), torch.tensor([ids]), None, **kw))

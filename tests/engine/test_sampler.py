@@ -155,9 +155,7 @@ def test_never_samples_outside_vocab_or_mask():
     x = torch.full((2, 12), MASK)
     for temperature in (0.0, 1.0):
         opts = SamplingOptions(temperature=temperature, top_p=None)
-        _, final = run_to_end(
-            denoise(den, x, None, mask_id=MASK, options=opts, allowed_vocab=VOCAB, banned_ids=(MASK,))
-        )
+        _, final = run_to_end(denoise(den, x, None, mask_id=MASK, options=opts, allowed_vocab=VOCAB))
         assert int(final.max()) < VOCAB
         assert not (final == MASK).any()
 
