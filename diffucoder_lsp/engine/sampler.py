@@ -16,6 +16,9 @@ Confidence per algorithm (higher = surer): ``maskgit_plus`` the chosen token's p
 top-1 minus top-2 probability, ``entropy`` sum p log p; ``origin`` reveals each masked position independently
 with probability ``1 - s / t``. With ``alg_temp > 0`` the k positions are sampled from softmax(confidence /
 alg_temp) instead of taken greedily (Gumbel top-k, the same distribution as sampling without replacement).
+
+Parallel unmasking (``threshold``): every masked position whose chosen token has probability >= threshold is
+revealed (at least one per row per step), so the number of steps adapts to how sure the model is.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ class SamplingOptions:
     seed: int = 0
     exact: bool = False
     eos_penalty: float = 0.0
+    threshold: float | None = None  # parallel unmasking: reveal every position this sure (>= 1 per step)
 
     def __post_init__(self) -> None:
         if self.alg not in ALGORITHMS:
@@ -62,8 +66,16 @@ class SamplingOptions:
             raise BadInputError(f"top_k must be >= 1, got {self.top_k}")
         if self.alg_temp < 0:
             raise BadInputError(f"alg_temp must be >= 0, got {self.alg_temp}")
+        if self.threshold is not None and not 0 < self.threshold <= 1:
+            raise BadInputError(f"threshold must be in (0, 1], got {self.threshold}")
+        if self.threshold is not None and (self.exact or self.alg == "origin"):
+            raise BadInputError(
+                "threshold decoding cannot be combined with exact mode or the origin algorithm"
+            )
 
     def num_steps(self, max_masked: int) -> int:
+        if self.threshold is not None:  # an upper bound: at least one token per step, usually far fewer steps
+            return max(1, max_masked)
         if self.steps is not None:
             return self.steps
         return max(1, math.ceil(max_masked / self.tokens_per_step))
@@ -134,8 +146,8 @@ def filter_logits(logits: torch.Tensor, top_p: float | None, top_k: int | None) 
 
 def pick_tokens(
     logits: torch.Tensor, opts: SamplingOptions, generator: torch.Generator | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Choose a token per row of ``logits`` (n, V) and its confidence under ``opts.alg``."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Choose a token per row of ``logits`` (n, V): (tokens, confidence under ``opts.alg``, probability)."""
     logits = logits.float()
     if opts.temperature > 0:
         logits = logits / opts.temperature
@@ -153,7 +165,7 @@ def pick_tokens(
         conf = (probs * torch.log(probs + 1e-10)).sum(-1)
     else:  # maskgit_plus; origin ignores it
         conf = chosen
-    return tokens, conf
+    return tokens, conf, chosen
 
 
 def choose_positions(
@@ -214,7 +226,7 @@ def denoise(
         logits[:, [mask_id, *banned_ids]] = float("-inf")
         if options.eos_penalty and stop_ids:
             logits[:, list(stop_ids)] -= options.eos_penalty
-        tokens, conf = pick_tokens(logits, options, generator)
+        tokens, conf, prob = pick_tokens(logits, options, generator)
         full_tokens = torch.full_like(x, mask_id)
         full_tokens[masked] = tokens
         full_conf = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
@@ -231,9 +243,16 @@ def denoise(
                 k = left
             elif options.exact:
                 k = (left.double() * (1 - s / t)).floor().long()
+            elif options.threshold is not None:
+                sure = torch.zeros(x.shape, dtype=torch.bool, device=x.device)
+                sure[masked] = prob >= options.threshold
+                # rows where nothing is sure enough still reveal their single most confident position
+                k = (sure.sum(1) == 0).long().minimum(left)
             else:
                 k = balanced_count(left, steps - i)
             take = choose_positions(full_conf, masked, k, options.alg_temp, generator)
+            if options.threshold is not None and not last:
+                take |= sure
         x[take] = full_tokens[take]
         masked &= ~take
         rows, cols = take.nonzero(as_tuple=True)

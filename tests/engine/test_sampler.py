@@ -236,3 +236,36 @@ def test_per_row_groups_events():
     rows = events[0].per_row(2)
     assert sorted(c for c, _, _ in rows[0]) == [1, 2] and [c for c, _, _ in rows[1]] == [4]
     assert all(math.isfinite(p) for _, _, p in rows[0])
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    n=st.integers(1, 30),
+    threshold=st.sampled_from([0.05, 0.3, 0.9, 1.0]),
+    temperature=st.sampled_from([0.0, 0.5]),
+)
+def test_threshold_reveals_every_position_once(n, threshold, temperature):
+    x = torch.full((2, n + 2), MASK)
+    x[:, 0] = 11
+    opts = SamplingOptions(threshold=threshold, temperature=temperature)
+    den = RandomDenoiser()
+    events, final = run_to_end(denoise(den, x, None, mask_id=MASK, options=opts))
+    seen = torch.zeros_like(x)
+    for ev in events:
+        seen[ev.rows, ev.cols] += 1
+        assert len(ev.cols) >= 1
+    assert torch.equal(seen, (x == MASK).long())
+    assert not (final == MASK).any()
+    assert den.forward_passes == len(events) <= n + 1
+
+
+def test_threshold_adapts_steps_to_certainty():
+    """A model sure of everything finishes in one step; an unsure one goes one token per step."""
+    x = torch.full((1, 12), MASK)
+    sure = RandomDenoiser(hot={20: 60.0})
+    events, _ = run_to_end(denoise(sure, x, None, mask_id=MASK, options=SamplingOptions(threshold=0.9)))
+    assert len(events) == 1 and len(events[0].cols) == 12
+    flat = RandomDenoiser()
+    opts = SamplingOptions(threshold=0.999, temperature=0.0)
+    events, _ = run_to_end(denoise(flat, x, None, mask_id=MASK, options=opts))
+    assert len(events) == 12

@@ -1,0 +1,94 @@
+"""Context-cached denoising: the infill adaptation of Fast-dLLM's dual cache.
+
+In an infill request most of the canvas is context (the code before, between and after the holes) and never
+changes. The reference decoder still re-reads all of it at every step. Here one full pass computes every layer's
+keys and values; the following steps run only the *active* positions (the holes, plus the token just before
+each hole, whose output predicts the hole's first token through the logit shift) and attend to the cached
+context keys/values. Every ``refresh_every`` steps a full pass brings the context's keys/values up to date with
+the tokens revealed so far (0 = never refresh; 1 = every step, identical to the full-canvas denoiser).
+
+The approximation: between refreshes, context keys/values still see the holes as they were at the last full
+pass. The span itself always sees fresh keys/values of every span token.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..model.network import DreamModel, positions_from_valid
+from .denoiser import shifted_rows
+
+
+def _gather_kv(kvs, idx: torch.Tensor):
+    """Per-layer (k, v) of shape (B, H, L, D) gathered at ``idx`` (B, N) along the sequence axis."""
+    out = []
+    for k, v in kvs:
+        g = idx[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[3])
+        out.append((k.gather(2, g), v.gather(2, g)))
+    return out
+
+
+def _padded_index(select: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Turn a boolean (B, L) selection into an index (B, N) padded with 0s and its validity (B, N)."""
+    counts = select.sum(1)
+    n = int(counts.max()) if select.numel() else 0
+    order = torch.argsort((~select).to(torch.int8), dim=1, stable=True)[:, :n]
+    valid = torch.arange(n, device=select.device)[None, :] < counts[:, None]
+    return torch.where(valid, order, torch.zeros_like(order)), valid
+
+
+class CachedContextDenoiser:
+    """Denoiser with a context key/value cache; same call signature as ``FullCanvasDenoiser``."""
+
+    def __init__(self, model: DreamModel, refresh_every: int = 0) -> None:
+        if refresh_every < 0:
+            raise ValueError("refresh_every must be >= 0")
+        self.model = model
+        self.refresh_every = refresh_every
+        self.forward_passes = 0
+        self.full_passes = 0
+        self.tokens_processed = 0
+        self._ctx_kv = None
+        self._since_refresh = 0
+
+    def _setup(self, valid: torch.Tensor, masked: torch.Tensor) -> None:
+        """Fix the active set from the first call's masks: holes and each hole's predecessor."""
+        active = masked.clone()
+        active[:, :-1] |= masked[:, 1:]
+        active &= valid
+        self._positions = positions_from_valid(valid)
+        self._act_idx, self._act_valid = _padded_index(active)
+        self._ctx_idx, self._ctx_valid = _padded_index(valid & ~active)
+        # canvas position -> slot in the active batch (only meaningful where active)
+        self._slot = torch.zeros_like(self._positions)
+        rows = torch.arange(valid.shape[0], device=valid.device)[:, None].expand_as(self._act_idx)
+        slots = torch.arange(self._act_idx.shape[1], device=valid.device)[None, :].expand_as(self._act_idx)
+        self._slot[rows[self._act_valid], self._act_idx[self._act_valid]] = slots[self._act_valid]
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor, valid: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
+        self.forward_passes += 1
+        first = self._ctx_kv is None
+        if first:
+            self._setup(valid, masked)
+        if first or (self.refresh_every and self._since_refresh >= self.refresh_every):
+            hidden, kvs = self.model.hidden_states(x, valid, self._positions, return_kv=True)
+            self._ctx_kv = _gather_kv(kvs, self._ctx_idx)
+            self._since_refresh = 1
+            self.full_passes += 1
+            self.tokens_processed += int(valid.sum())
+            rows, cols = shifted_rows(masked)
+            return self.model.lm_head(hidden[rows, cols]).float()
+        self._since_refresh += 1
+        x_act = x.gather(1, self._act_idx)
+        pos_act = self._positions.gather(1, self._act_idx)
+        hidden = self.model.hidden_states(
+            x_act,
+            self._act_valid,
+            pos_act,
+            extra_kv=self._ctx_kv,
+            extra_valid=self._ctx_valid,
+        )
+        self.tokens_processed += int(self._act_valid.sum())
+        rows, cols = shifted_rows(masked)
+        return self.model.lm_head(hidden[rows, self._slot[rows, cols]]).float()
