@@ -186,7 +186,7 @@ def run_diffusion(lm, wl: Workload, make, repeat: int) -> tuple[list[float], flo
                 for hole, truth in zip(res.holes, case.truths, strict=True):
                     hits += int(hole.token_ids == truth)
                     total += 1
-                    tok_hits += sum(int(a == b) for a, b in zip(hole.token_ids, truth))
+                    tok_hits += sum(int(a == b) for a, b in zip(hole.token_ids, truth, strict=False))
                     tok_total += len(truth)
                 continue
             lat.append(ms)

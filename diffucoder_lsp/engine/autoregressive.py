@@ -29,7 +29,10 @@ def ar_generate(model: DreamModel, prompt: torch.Tensor, new_tokens: int) -> tup
         hidden, new = model.hidden_states(
             token, ones, position, extra_kv=kvs, extra_valid=past_valid, causal=True, return_kv=True
         )
-        kvs = [(torch.cat([k, nk], dim=2), torch.cat([v, nv], dim=2)) for (k, v), (nk, nv) in zip(kvs, new)]
+        kvs = [
+            (torch.cat([k, nk], dim=2), torch.cat([v, nv], dim=2))
+            for (k, v), (nk, nv) in zip(kvs, new, strict=True)
+        ]
         token = model.lm_head(hidden[:, -1]).argmax(-1, keepdim=True)
         out.append(token)
         passes += 1
