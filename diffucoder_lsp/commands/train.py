@@ -1,0 +1,153 @@
+"""``diffucoder train corpus|tokenizer|pretrain|export``: build the bundled default model from local Python.
+
+Each stage writes into a folder the next one reads, so the whole model is reproducible from four commands
+(listed in ``weights/default/MODEL_CARD.md``). torch is imported inside the handlers: ``diffucoder --help``
+must stay fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ..errors import BadInputError
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("train", help="build the default model: corpus, tokenizer, pretraining, export")
+    sub = p.add_subparsers(dest="train_command", metavar="STAGE")
+    p.set_defaults(func=lambda a: (p.print_help(sys.stderr), 2)[1])
+
+    c = sub.add_parser("corpus", help="collect deduplicated Python files into train/valid jsonl")
+    c.add_argument("folders", nargs="*", help="extra folders of Python source")
+    c.add_argument("--out", required=True, help="corpus folder to write")
+    c.add_argument("--no-stdlib", action="store_true", help="leave out the interpreter's standard library")
+    c.add_argument("--no-site-packages", action="store_true", help="leave out installed packages")
+    c.add_argument("--valid-fraction", type=float, default=0.02)
+    c.set_defaults(func=_corpus)
+
+    t = sub.add_parser("tokenizer", help="train the byte-level BPE tokenizer on a corpus sample")
+    t.add_argument("--corpus", required=True)
+    t.add_argument("--vocab-size", type=int, default=8192)
+    t.add_argument("--out", help="tokenizer.json path (default CORPUS/tokenizer.json)")
+    t.add_argument("--sample-mb", type=float, default=100.0, help="MB of corpus text to learn merges from")
+    t.add_argument("--no-count", action="store_true", help="skip tokenizing the corpus (token counts, cache)")
+    t.set_defaults(func=_tokenizer)
+
+    r = sub.add_parser("pretrain", help="masked-diffusion pretraining (resumable)")
+    r.add_argument("--corpus", required=True)
+    r.add_argument("--out", required=True, help="run folder (checkpoints, metrics.jsonl)")
+    r.add_argument("--config", default="small", help="tiny, small, or a JSON file of model config fields")
+    r.add_argument("--steps", type=int, default=10000)
+    r.add_argument("--batch-size", type=int, default=16)
+    r.add_argument("--seq-len", type=int, default=512)
+    r.add_argument("--lr", type=float, default=1e-3)
+    r.add_argument("--warmup", type=int, default=200)
+    r.add_argument("--infill-fraction", type=float, default=0.5)
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--resume", action="store_true", help="continue from OUT/last.pt when present")
+    r.add_argument("--time-limit", type=float, default=None, metavar="MINUTES", help="stop cleanly and save")
+    r.add_argument("--threads", type=int, default=None)
+    r.add_argument("--autocast", choices=["auto", "bf16", "off"], default="auto")
+    r.add_argument("--eval-every", type=int, default=250)
+    r.add_argument("--ckpt-minutes", type=float, default=5.0)
+    r.set_defaults(func=_pretrain)
+
+    e = sub.add_parser("export", help="write a run's last checkpoint as a HF-layout bf16 model folder")
+    e.add_argument("run_dir")
+    e.add_argument("--out", required=True)
+    e.set_defaults(func=_export)
+
+
+def _corpus(args: argparse.Namespace) -> int:
+    from ..train.corpus import build_corpus
+
+    for folder in args.folders:
+        if not Path(folder).exists():
+            raise BadInputError(f"no such folder: {folder}")
+    if not 0.0 <= args.valid_fraction < 1.0:
+        raise BadInputError("--valid-fraction must be in [0, 1)")
+    stats = build_corpus(
+        args.out,
+        args.folders,
+        stdlib=not args.no_stdlib,
+        site_packages=not args.no_site_packages,
+        valid_fraction=args.valid_fraction,
+    )
+    print(
+        f"kept {stats.kept_files} files, {stats.kept_bytes / 1e6:.1f} MB "
+        f"(train {stats.train_files} / valid {stats.valid_files})"
+    )
+    for reason, n in sorted(stats.dropped.items()):
+        print(f"dropped {n:6d}  {reason}")
+    print(f"wrote {Path(args.out) / 'train.jsonl'}, valid.jsonl, stats.json")
+    return 0
+
+
+def _tokenizer(args: argparse.Namespace) -> int:
+    from ..model.tokenizer import EOS, MASK, CodeTokenizer
+    from ..train.corpus import train_tokenizer, write_stats
+    from ..train.data import tokenize_split
+
+    corpus = Path(args.corpus)
+    if not (corpus / "train.jsonl").is_file():
+        raise BadInputError(f"no train.jsonl in {corpus}: run `diffucoder train corpus` first")
+    out = Path(args.out) if args.out else corpus / "tokenizer.json"
+    tok = train_tokenizer(corpus, args.vocab_size, out, sample_bytes=int(args.sample_mb * 1e6))
+    print(f"tokenizer: {tok.get_vocab_size()} tokens -> {out}")
+    if args.no_count or out.parent.resolve() != corpus.resolve():
+        return 0
+    for stale in corpus.glob("*.npy"):
+        stale.unlink()  # token caches of an older tokenizer
+    eos = tok.token_to_id(EOS)
+    ctok = CodeTokenizer(tok, tok.token_to_id(MASK), eos, eos)
+    counts = {}
+    for split in ("train", "valid"):
+        cache = tokenize_split(corpus, split, ctok)
+        counts[f"{split}_tokens"] = int(len(cache.tokens))
+        print(f"{split}: {cache.num_docs} files, {len(cache.tokens):,} tokens")
+    write_stats(corpus, {**counts, "vocab_size": tok.get_vocab_size()})
+    return 0
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    from ..train.pretrain import PretrainArgs, pretrain
+
+    corpus = Path(args.corpus)
+    if not (corpus / "train.jsonl").is_file():
+        raise BadInputError(f"no train.jsonl in {corpus}: run `diffucoder train corpus` first")
+    pargs = PretrainArgs(
+        corpus=str(corpus),
+        out=args.out,
+        config=args.config,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        seq_len=args.seq_len,
+        lr=args.lr,
+        warmup=args.warmup,
+        infill_fraction=args.infill_fraction,
+        seed=args.seed,
+        resume=args.resume,
+        time_limit=args.time_limit,
+        threads=args.threads,
+        autocast=args.autocast,
+        eval_every=args.eval_every,
+        ckpt_minutes=args.ckpt_minutes,
+    )
+    summary = pretrain(pargs)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from ..train.pretrain import export
+
+    run = Path(args.run_dir)
+    if not (run / "last.pt").is_file():
+        raise BadInputError(f"no last.pt in {run}: nothing to export")
+    out = export(run, args.out)
+    size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
+    print(f"exported {run / 'last.pt'} -> {out} ({size / 2**20:.1f} MiB)")
+    return 0

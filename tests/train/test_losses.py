@@ -1,0 +1,113 @@
+"""The masked diffusion loss against a hand computation with a fixed tiny model and injected noise."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from diffucoder_lsp.model.network import DreamModel
+from diffucoder_lsp.model.tiny import tiny_config
+from diffucoder_lsp.train.losses import EPS, apply_noise, masked_diffusion_loss, sample_t
+
+MASK_ID, EOS_ID, VOCAB = 4, 0, 50
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    m = DreamModel(tiny_config(VOCAB, MASK_ID, EOS_ID))
+    with torch.no_grad():
+        for p in m.parameters():
+            p.normal_(0, 0.3)
+    return m.eval()
+
+
+def _batch():
+    g = torch.Generator().manual_seed(5)
+    ids = torch.randint(6, VOCAB, (2, 8), generator=g)
+    trainable = torch.tensor([[1, 1, 1, 1, 1, 1, 1, 1], [0, 0, 0, 1, 1, 1, 0, 0]], dtype=torch.bool)
+    masked = torch.tensor([[0, 1, 0, 0, 1, 1, 0, 0], [0, 0, 0, 1, 0, 1, 0, 0]], dtype=torch.bool)
+    t = torch.tensor([0.5, 0.25])
+    return ids, trainable, masked, t
+
+
+def test_loss_matches_hand_computation(model):
+    ids, trainable, masked, t = _batch()
+    loss, stats = masked_diffusion_loss(model, ids, trainable, t=t, masked=masked)
+    noisy = torch.where(masked, torch.tensor(MASK_ID), ids)
+    with torch.no_grad():
+        logits = model.denoise_logits(noisy)  # shifted: entry i predicts token i
+    expected = 0.0
+    for b in range(2):
+        for i in range(8):
+            if masked[b, i]:
+                logp = torch.log_softmax(logits[b, i].double(), -1)[ids[b, i]]
+                expected += -float(logp) / float(t[b])
+    expected /= int(trainable.sum())  # normalised by the number of trainable tokens (8 + 3)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    assert stats.masked == 5 and stats.trainable == 11
+
+
+def test_loss_uses_the_logit_shift(model):
+    """Reading predictions from the same position (no shift) gives a different value: the shift is pinned."""
+    ids, trainable, masked, t = _batch()
+    loss, _ = masked_diffusion_loss(model, ids, trainable, t=t, masked=masked)
+    noisy = torch.where(masked, torch.tensor(MASK_ID), ids)
+    with torch.no_grad():
+        unshifted = model(noisy)
+    wrong = (
+        sum(
+            -float(torch.log_softmax(unshifted[b, i], -1)[ids[b, i]]) / float(t[b])
+            for b in range(2)
+            for i in range(8)
+            if masked[b, i]
+        )
+        / 11
+    )
+    assert abs(loss.item() - wrong) > 1e-3
+
+
+def test_masks_outside_trainable_region_are_ignored(model):
+    ids, trainable, masked, t = _batch()
+    masked_everywhere = torch.ones_like(masked)
+    _, stats = masked_diffusion_loss(model, ids, trainable, t=t, masked=masked_everywhere)
+    assert stats.masked == int(trainable.sum())
+    # invalid (padding) positions are never trainable even if flagged so
+    valid = torch.ones_like(trainable)
+    valid[1, 5:] = False
+    _, stats = masked_diffusion_loss(model, ids, trainable, valid=valid, t=t, masked=masked_everywhere)
+    assert stats.masked == 8 + 2 and stats.trainable == 10
+
+
+def test_noise_rate_follows_t_and_respects_trainable():
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(6, VOCAB, (4, 4000), generator=g)
+    trainable = torch.ones_like(ids, dtype=torch.bool)
+    trainable[:, :1000] = False
+    t = torch.tensor([0.1, 0.5, 0.9, 1.0])
+    noisy, masked = apply_noise(ids, trainable, t, MASK_ID, g)
+    assert not masked[:, :1000].any() and (noisy[:, :1000] == ids[:, :1000]).all()
+    rates = masked[:, 1000:].float().mean(1)
+    assert torch.allclose(rates, t, atol=0.03)
+    assert (noisy[masked] == MASK_ID).all() and (noisy[~masked] == ids[~masked]).all()
+
+
+def test_sample_t_range():
+    t = sample_t(10000, torch.Generator().manual_seed(0))
+    assert float(t.min()) >= EPS and float(t.max()) <= 1.0
+    assert abs(float(t.mean()) - 0.5) < 0.02
+
+
+def test_drawn_noise_is_reproducible_and_gradients_flow(model):
+    ids, trainable, _, _ = _batch()
+    m = DreamModel(model.config)
+    m.load_state_dict(model.state_dict())
+    l1, s1 = masked_diffusion_loss(m, ids, trainable, generator=torch.Generator().manual_seed(3))
+    l2, s2 = masked_diffusion_loss(m, ids, trainable, generator=torch.Generator().manual_seed(3))
+    assert l1.item() == l2.item() and s1.masked == s2.masked
+    l1.backward()
+    grads = [p.grad for p in m.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    assert math.isfinite(s1.ce) and 0.0 <= s1.accuracy <= 1.0
