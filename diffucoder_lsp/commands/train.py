@@ -26,6 +26,7 @@ def register(subparsers) -> None:
     c.add_argument("--no-stdlib", action="store_true", help="leave out the interpreter's standard library")
     c.add_argument("--no-site-packages", action="store_true", help="leave out installed packages")
     c.add_argument("--valid-fraction", type=float, default=0.02)
+    c.add_argument("--manifest", help="keep only the files listed in this manifest.txt (exact rebuild)")
     c.set_defaults(func=_corpus)
 
     t = sub.add_parser("tokenizer", help="train the byte-level BPE tokenizer on a corpus sample")
@@ -67,6 +68,8 @@ def _corpus(args: argparse.Namespace) -> int:
     for folder in args.folders:
         if not Path(folder).exists():
             raise BadInputError(f"no such folder: {folder}")
+    if args.manifest and not Path(args.manifest).is_file():
+        raise BadInputError(f"no such manifest: {args.manifest}")
     if not 0.0 <= args.valid_fraction < 1.0:
         raise BadInputError("--valid-fraction must be in [0, 1)")
     stats = build_corpus(
@@ -75,6 +78,7 @@ def _corpus(args: argparse.Namespace) -> int:
         stdlib=not args.no_stdlib,
         site_packages=not args.no_site_packages,
         valid_fraction=args.valid_fraction,
+        manifest=args.manifest,
     )
     print(
         f"kept {stats.kept_files} files, {stats.kept_bytes / 1e6:.1f} MB "
@@ -82,6 +86,10 @@ def _corpus(args: argparse.Namespace) -> int:
     )
     for reason, n in sorted(stats.dropped.items()):
         print(f"dropped {n:6d}  {reason}")
+    if stats.missing_from_manifest:
+        print(
+            f"warning: {stats.missing_from_manifest} manifest files were not found (install the same packages)"
+        )
     print(f"wrote {Path(args.out) / 'train.jsonl'}, valid.jsonl, stats.json")
     return 0
 

@@ -168,3 +168,29 @@ def test_cli_tokenizer_writes_tokenizer_and_token_counts(source_tree, tmp_path, 
     assert stats["vocab_size"] == 300 and stats["train_tokens"] + stats["valid_tokens"] > 40 * 20
     assert (out / "tokenizer.json").is_file() and (out / "train.tokens.npy").is_file()
     assert main(["train", "tokenizer", "--corpus", str(tmp_path / "none")]) == 2
+
+
+def test_manifest_rebuilds_the_same_corpus_after_new_files_appear(source_tree, tmp_path):
+    first = tmp_path / "first"
+    build_corpus(first, [source_tree], stdlib=False, site_packages=False, valid_fraction=0.25)
+    manifest = (first / "manifest.txt").read_text().split()
+    assert len(manifest) == 40 and manifest == sorted(manifest)
+    for i in range(500, 505):  # packages installed later
+        (source_tree / "pkg" / f"late{i}.py").write_text(_good(i))
+    again = tmp_path / "again"
+    stats = build_corpus(
+        again,
+        [source_tree],
+        stdlib=False,
+        site_packages=False,
+        valid_fraction=0.25,
+        manifest=first / "manifest.txt",
+    )
+    assert stats.dropped["not_in_manifest"] == 5 and stats.missing_from_manifest == 0
+    for split in ("train.jsonl", "valid.jsonl"):
+        assert (again / split).read_bytes() == (first / split).read_bytes()
+    (source_tree / "pkg" / "mod0.py").unlink()  # a file the manifest wants has gone
+    stats = build_corpus(
+        tmp_path / "third", [source_tree], stdlib=False, site_packages=False, manifest=first / "manifest.txt"
+    )
+    assert stats.missing_from_manifest == 1 and stats.kept_files == 39
