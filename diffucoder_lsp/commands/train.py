@@ -50,6 +50,13 @@ def register(subparsers) -> None:
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--resume", action="store_true", help="continue from OUT/last.pt when present")
     r.add_argument("--time-limit", type=float, default=None, metavar="MINUTES", help="stop cleanly and save")
+    r.add_argument(
+        "--stop-at",
+        type=int,
+        default=None,
+        metavar="STEP",
+        help="stop and save at STEP (the schedule still spans --steps): replays a time-limited run",
+    )
     r.add_argument("--threads", type=int, default=None)
     r.add_argument("--autocast", choices=["auto", "bf16", "off"], default="auto")
     r.add_argument("--eval-every", type=int, default=250)
@@ -139,6 +146,7 @@ def _pretrain(args: argparse.Namespace) -> int:
         seed=args.seed,
         resume=args.resume,
         time_limit=args.time_limit,
+        stop_at=args.stop_at,
         threads=args.threads,
         autocast=args.autocast,
         eval_every=args.eval_every,

@@ -84,6 +84,7 @@ class PretrainArgs:
     seed: int = 0
     resume: bool = False
     time_limit: float | None = None  # minutes
+    stop_at: int | None = None  # stop (and save) at this step; the schedule is still defined by ``steps``
     threads: int | None = None
     autocast: str = "auto"  # auto | bf16 | off
     eval_every: int = 250
@@ -370,9 +371,10 @@ class Trainer:
                     "args": asdict(args),
                 }
             )
-        reason = "steps"
+        reason = "steps" if args.stop_at is None or args.stop_at >= args.steps else "stop_at"
         window_tokens, window_start = 0, time.monotonic()
-        while self.step < args.steps:
+        last_step = args.steps if args.stop_at is None else min(args.steps, args.stop_at)
+        while self.step < last_step:
             m = self.train_step()
             window_tokens += m["tokens"]
             now = time.monotonic()

@@ -143,32 +143,38 @@ def test_export_loads_and_gives_the_same_logits(corpus, tmp_path):
 
 def test_cli_pretrain_and_export(corpus, tmp_path, capsys):
     run = tmp_path / "clirun"
-    rc = main(
-        [
-            "train",
-            "pretrain",
-            "--corpus",
-            str(corpus),
-            "--out",
-            str(run),
-            "--config",
-            "tiny",
-            "--steps",
-            "2",
-            "--batch-size",
-            "2",
-            "--seq-len",
-            "32",
-            "--threads",
-            "1",
-            "--eval-every",
-            "0",
-            "--autocast",
-            "off",
-        ]
-    )
+    common = [
+        "train",
+        "pretrain",
+        "--corpus",
+        str(corpus),
+        "--out",
+        str(run),
+        "--config",
+        "tiny",
+        "--steps",
+        "4",
+    ]
+    common += [
+        "--batch-size",
+        "2",
+        "--seq-len",
+        "32",
+        "--threads",
+        "1",
+        "--eval-every",
+        "0",
+        "--autocast",
+        "off",
+    ]
+    rc = main(common + ["--stop-at", "2"])  # replaying a time-limited run: stop at 2 of a 4-step schedule
     assert rc == 0 and (run / "last.pt").is_file()
-    assert json.loads(capsys.readouterr().out)["step"] == 2
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["step"] == 2 and summary["reason"] == "stop_at"
+    state = torch.load(run / "last.pt", map_location="cpu", weights_only=False)
+    assert state["scheduler"]["last_epoch"] == 2 and state["args"]["steps"] == 4
+    assert main(common + ["--resume"]) == 0
+    assert json.loads(capsys.readouterr().out)["step"] == 4
     rc = main(["train", "export", str(run), "--out", str(tmp_path / "exp")])
     assert rc == 0 and (tmp_path / "exp" / "model.safetensors").is_file()
     assert main(["train", "export", str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 2
