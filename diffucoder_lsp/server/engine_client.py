@@ -1,0 +1,288 @@
+"""The server's only door to the model: loading it, running infills, reporting state and failures.
+
+* Lifecycle: the model loads in the background (on the model thread, after ``initialized``) under a
+  ``$/progress`` work-done progress when the client supports it; a settings change that touches the model
+  (path, device, dtype, quant) reloads it, dropping the old one first so two models never share memory.
+* State goes out as ``diffucoder/status`` notifications: ``{state: loading|ready|busy|error, model, device,
+  lastLatencyMs, message}`` for editor status bars.
+* Failures: an out-of-memory or backend error during a completion is shown once per kind with
+  ``window/showMessage`` and the server keeps serving (that request answers empty); a failed load puts the state
+  in ``error`` and completions answer empty until the settings change.
+* :meth:`EngineClient.infill` is the one place that calls the engine (``infill_stream``), checking
+  ``should_stop`` between denoising steps. A faster engine path (KV cache) switches here and nowhere else.
+
+Torch is never imported here: the engine and the loader do that, lazily, on the model thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import itertools
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from lsprotocol import types
+
+from .context import build_context
+from .scheduler import Cancelled, Scheduler
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+MARKER = "<|mask|>"
+STATUS_METHOD = "diffucoder/status"
+LOADING, READY, BUSY, ERROR = "loading", "ready", "busy", "error"
+_progress_ids = itertools.count(1)
+
+
+@dataclass(frozen=True)
+class Fill:
+    texts: list[str]  # one per hole, trailing padding trimmed
+    steps: int
+    elapsed_ms: float
+    context_tokens: int = 0
+
+
+def sampling_options(s: Settings):
+    from ..engine.sampler import SamplingOptions
+
+    return SamplingOptions(
+        steps=s.steps,
+        tokens_per_step=s.tokens_per_step,
+        alg=s.alg,
+        temperature=s.temperature,
+        top_p=s.top_p,
+        seed=s.seed,
+        eos_penalty=s.eos_penalty,
+    )
+
+
+def error_kind(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}".lower()
+    if "out of memory" in text or type(exc).__name__ == "OutOfMemoryError":
+        return "oom"
+    return type(exc).__name__
+
+
+class EngineClient:
+    def __init__(self, ls: Any, scheduler: Scheduler) -> None:
+        self.ls = ls
+        self.scheduler = scheduler
+        self.lm: Any = None
+        self.state = LOADING
+        self.model_name = ""
+        self.device = ""
+        self.message = ""
+        self.last_latency_ms: float | None = None
+        self.loaded_key: tuple | None = None
+        self._reported: set[str] = set()
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    # --- status ---------------------------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        return self.lm is not None and self.state in (READY, BUSY)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "state": self.state,
+            "model": self.model_name,
+            "device": self.device,
+            "lastLatencyMs": None if self.last_latency_ms is None else round(self.last_latency_ms, 1),
+            "message": self.message,
+        }
+
+    def set_state(self, state: str, message: str | None = None) -> None:
+        """Change state and notify the client; safe to call from any thread."""
+        self.state = state
+        if message is not None:
+            self.message = message
+        payload = self.status()
+        loop = self.loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            self._send_status(payload)
+        else:
+            loop.call_soon_threadsafe(self._send_status, payload)
+
+    def _send_status(self, payload: dict[str, Any]) -> None:
+        try:
+            self.ls.protocol.notify(STATUS_METHOD, payload)
+        except Exception:  # the client went away
+            log.debug("status notification failed", exc_info=True)
+
+    def report_once(self, exc: BaseException, doing: str) -> None:
+        """Show an engine failure to the user, once per kind of failure; always log it."""
+        kind = error_kind(exc)
+        log.error("%s failed: %s: %s", doing, type(exc).__name__, exc, exc_info=kind != "oom")
+        if kind in self._reported:
+            return
+        self._reported.add(kind)
+        if kind == "oom":
+            text = (
+                f"DiffuCoder ran out of memory while {doing}. Try a smaller contextTokens or maxTokens, "
+                "quant 4bit/8bit, or device cpu. The server keeps running."
+            )
+        else:
+            text = f"DiffuCoder failed while {doing}: {type(exc).__name__}: {exc}. The server keeps running."
+        self.show(types.MessageType.Error, text)
+
+    def show(self, kind: types.MessageType, text: str) -> None:
+        def send() -> None:
+            try:
+                self.ls.window_show_message(types.ShowMessageParams(type=kind, message=text))
+            except Exception:
+                log.debug("showMessage failed", exc_info=True)
+
+        loop = self.loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(send)
+
+    # --- lifecycle ------------------------------------------------------------------------------------------
+
+    async def load(self, settings: Settings) -> bool:
+        """(Re)load the model for ``settings`` on the model thread; True when it is ready."""
+        self.loop = asyncio.get_running_loop()
+        name = settings.model or "default"
+        self.model_name = name
+        self.set_state(LOADING, f"loading {name}")
+        token = await self._progress_begin(f"Loading {name}")
+        ok = False
+        try:
+            lm = await self.scheduler.run(
+                lambda _stop: self._load_blocking(settings), key="__model__", label="load"
+            )
+            ok = True
+        except Cancelled:
+            return False  # a newer load took over
+        except Exception as exc:
+            self.lm, self.loaded_key, self.device = None, None, ""
+            self._reported.discard(error_kind(exc))
+            self.report_once(exc, f"loading the model {name!r}")
+            self.set_state(ERROR, f"cannot load {name}: {exc}")
+            return False
+        finally:
+            self._progress_end(token, ok)
+        self.lm = lm
+        self.loaded_key = settings.model_key()
+        self.model_name = str(getattr(lm, "name", name))
+        self.device = str(getattr(lm, "device", ""))
+        self._reported.clear()
+        self.set_state(READY, f"{self.model_name} on {self.device}")
+        return True
+
+    def _load_blocking(self, settings: Settings) -> Any:
+        from ..model.loading import load_model
+
+        self.lm = None  # drop the old model before reading the new one
+        gc.collect()
+        return load_model(settings.model, device=settings.device, dtype=settings.dtype, quant=settings.quant)
+
+    async def _progress_begin(self, title: str) -> str | None:
+        caps = getattr(self.ls, "client_capabilities", None)
+        window = getattr(caps, "window", None)
+        if not getattr(window, "work_done_progress", False):
+            return None
+        token = f"diffucoder/load/{next(_progress_ids)}"
+        try:
+            await asyncio.wait_for(self.ls.work_done_progress.create_async(token), timeout=10)
+        except Exception:
+            log.debug("client refused a progress token", exc_info=True)
+            return None
+        self.ls.work_done_progress.begin(
+            token, types.WorkDoneProgressBegin(title="DiffuCoder", message=title, cancellable=False)
+        )
+        return token
+
+    def _progress_end(self, token: str | None, ok: bool) -> None:
+        if token is None:
+            return
+        try:
+            self.ls.work_done_progress.end(
+                token, types.WorkDoneProgressEnd(message="ready" if ok else "failed")
+            )
+        except Exception:
+            log.debug("progress end failed", exc_info=True)
+
+    # --- inference (called on the model thread) -------------------------------------------------------------
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.lm.tokenizer.encode(text)) if text else 0
+
+    def complete(
+        self,
+        prefix: str,
+        suffix: str,
+        *,
+        settings: Settings,
+        max_tokens: int,
+        should_stop: Callable[[], bool],
+    ) -> Fill:
+        """Fill ``max_tokens`` masks between the context around the cursor (cut to the token budget)."""
+        ctx = build_context(
+            prefix,
+            suffix,
+            budget=settings.context_tokens,
+            count=self.count_tokens,
+            prefix_share=settings.prefix_share,
+        )
+        fill = self.infill(
+            ctx.prefix + MARKER + ctx.suffix,
+            [max_tokens],
+            settings=settings,
+            should_stop=should_stop,
+            window=ctx.tokens + max_tokens + 64,
+        )
+        return Fill(fill.texts, fill.steps, fill.elapsed_ms, ctx.tokens)
+
+    def infill(
+        self,
+        text: str,
+        lengths: Sequence[int],
+        *,
+        settings: Settings,
+        should_stop: Callable[[], bool],
+        window: int | None = None,
+    ) -> Fill:
+        """THE engine call: fill every ``MARKER`` hole of ``text`` jointly; stops between steps when asked."""
+        from ..engine.infill import infill_stream
+
+        lm = self.lm
+        if lm is None:
+            raise Cancelled("no model loaded")
+        gen = infill_stream(
+            lm,
+            text,
+            length=list(lengths),
+            options=sampling_options(settings),
+            marker=MARKER,
+            max_context_tokens=window or settings.context_tokens + sum(lengths) + 64,
+        )
+        try:
+            while True:
+                if should_stop():
+                    raise Cancelled("stopped between denoising steps")
+                try:
+                    next(gen)
+                except StopIteration as stop:
+                    result = stop.value
+                    break
+        finally:
+            gen.close()
+        tok = lm.tokenizer
+        stops = tok.stop_ids
+        texts = []
+        for hole in result.holes:
+            ids = hole.token_ids
+            end = next((i for i, t in enumerate(ids) if t in stops), len(ids))
+            texts.append(tok.decode(ids[:end]))
+        return Fill(texts, result.steps, result.elapsed_ms)

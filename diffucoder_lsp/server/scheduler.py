@@ -1,0 +1,159 @@
+"""Scheduling model work off the event loop: one model thread, one job at a time, cancellation between steps.
+
+* Inference never runs on the event loop: every job runs on a single model thread, so jobs never compete for
+  the model (or its memory) and the loop stays free to read ``$/cancelRequest`` and new keystrokes.
+* A new job with the same key (a document URI) cancels the previous one, queued or running.
+* A job's work receives ``should_stop()``; the engine calls it between denoising steps and stops there (it closes
+  the sampler generator). It turns true when the job was superseded, when the client cancelled the request
+  (the awaiting task is cancelled: pygls then answers RequestCancelled at once, and the model thread gives up at
+  the next step boundary), or when ``is_current()`` says the document moved on to a newer version.
+* ``debounce_s``: a job waits this long before queuing; a newer job for the same key during the wait means this
+  one never reaches the model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Hashable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class Cancelled(Exception):
+    """A job stopped before it finished (superseded, cancelled by the client, or outdated)."""
+
+    def __init__(self, reason: str = "cancelled") -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Job:
+    def __init__(
+        self,
+        key: Hashable | None,
+        work: Callable[[Callable[[], bool]], Any],
+        is_current: Callable[[], bool] | None,
+        label: str,
+    ) -> None:
+        self.key = key
+        self.work = work
+        self.is_current = is_current
+        self.label = label
+        self.reason: str | None = None
+        self.created = time.perf_counter()
+        self._stop = threading.Event()
+
+    def cancel(self, reason: str) -> None:
+        if not self._stop.is_set():
+            self.reason = reason
+            self._stop.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._stop.is_set()
+
+    def should_stop(self) -> bool:
+        if self._stop.is_set():
+            return True
+        if self.is_current is not None and not self.is_current():
+            self.cancel("outdated")
+            return True
+        return False
+
+
+class Scheduler:
+    def __init__(
+        self,
+        on_start: Callable[[Job], None] | None = None,
+        on_finish: Callable[[Job, float, BaseException | None], None] | None = None,
+    ) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="diffucoder-model")
+        self._latest: dict[Hashable, Job] = {}
+        self._on_start = on_start
+        self._on_finish = on_finish
+        self.running: Job | None = None
+        self.stats: Counter[str] = Counter()
+        self._closed = False
+
+    async def run(
+        self,
+        work: Callable[[Callable[[], bool]], T],
+        *,
+        key: Hashable | None = None,
+        is_current: Callable[[], bool] | None = None,
+        debounce_s: float = 0.0,
+        label: str = "job",
+    ) -> T:
+        """Run ``work(should_stop)`` on the model thread; raises :class:`Cancelled` if it was stopped."""
+        if self._closed:
+            raise Cancelled("shutting down")
+        job = Job(key, work, is_current, label)
+        if key is not None:
+            prev = self._latest.get(key)
+            if prev is not None:
+                prev.cancel("superseded")
+                self.stats["superseded"] += 1
+            self._latest[key] = job
+        try:
+            if debounce_s > 0:
+                await asyncio.sleep(debounce_s)
+                if job.cancelled:
+                    self.stats["debounced"] += 1
+            if job.should_stop():
+                raise Cancelled(job.reason or "cancelled")
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._executor, self._execute, job)
+        except asyncio.CancelledError:
+            job.cancel("cancelled by the client")
+            self.stats["client_cancelled"] += 1
+            raise
+        finally:
+            if key is not None and self._latest.get(key) is job:
+                del self._latest[key]
+
+    def _execute(self, job: Job) -> Any:
+        if job.should_stop():
+            self.stats["skipped"] += 1
+            raise Cancelled(job.reason or "cancelled")
+        self.running = job
+        self.stats["started"] += 1
+        start = time.perf_counter()
+        error: BaseException | None = None
+        if self._on_start is not None:
+            self._on_start(job)
+        try:
+            return job.work(job.should_stop)
+        except Cancelled as exc:
+            error = exc
+            self.stats["stopped"] += 1
+            raise Cancelled(job.reason or exc.reason) from None  # why it was stopped, not where
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            self.running = None
+            if self._on_finish is not None:
+                try:
+                    self._on_finish(job, (time.perf_counter() - start) * 1000, error)
+                except Exception:  # a status callback must never take the model thread down
+                    log.exception("on_finish callback failed")
+
+    def cancel(self, key: Hashable, reason: str = "cancelled") -> None:
+        job = self._latest.get(key)
+        if job is not None:
+            job.cancel(reason)
+
+    def shutdown(self) -> None:
+        self._closed = True
+        for job in list(self._latest.values()):
+            job.cancel("shutting down")
+        if self.running is not None:
+            self.running.cancel("shutting down")
+        self._executor.shutdown(wait=False, cancel_futures=True)

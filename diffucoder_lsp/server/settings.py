@@ -1,0 +1,223 @@
+"""Server settings: one frozen dataclass, read from ``initializationOptions`` and ``didChangeConfiguration``.
+
+Clients send camelCase keys (``maxTokens``), optionally nested under a ``diffucoder`` section; snake_case keys
+are accepted too. Validation never fails the request: every invalid value is replaced by its default and the
+problems are returned as messages, which the server shows once with ``window/showMessage``. Unknown keys are
+reported the same way (a typo in a settings file should not be silent) and ignored.
+
+The sampling defaults are chosen for latency: a few tokens revealed per denoising step, a short span for a
+single-line completion and a longer one for a block, trailing padding trimmed (length "auto").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+from typing import Any
+
+SECTION = "diffucoder"
+ALGORITHMS = ("entropy", "maskgit_plus", "topk_margin", "origin")
+QUANTS = ("none", "8bit", "4bit")
+DTYPES = ("auto", "bf16", "fp32", "fp16")
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+MAX_SPAN_TOKENS = 1024  # the engine's limit for one hole
+
+
+@dataclass(frozen=True)
+class Settings:
+    model: str | None = None  # checkpoint folder or hub id; None = the bundled model
+    device: str = "auto"
+    dtype: str = "auto"
+    quant: str = "none"
+    steps: int | None = None  # denoising steps per completion; None = span / tokensPerStep
+    tokens_per_step: int = 3
+    temperature: float = 0.2
+    top_p: float = 0.95
+    alg: str = "entropy"
+    eos_penalty: float = 0.0
+    seed: int = 0
+    max_tokens: int = 48  # multi-line completion span
+    max_tokens_single_line: int = 20
+    context_tokens: int = 1024  # prefix + suffix budget
+    prefix_share: float = 0.7
+    debounce_ms: int = 50
+    enabled_languages: tuple[str, ...] = ("*",)
+    max_document_chars: int = 1_000_000
+    cache_size: int = 64
+
+    # --- derived --------------------------------------------------------------------------------------------
+
+    def model_key(self) -> tuple:
+        """What identifies the loaded model: a change here means a reload."""
+        return (self.model, self.device, self.dtype, self.quant)
+
+    def sampling_key(self) -> tuple:
+        """What changes a completion for the same text: part of every cache key."""
+        return (
+            self.model_key(),
+            self.steps,
+            self.tokens_per_step,
+            self.temperature,
+            self.top_p,
+            self.alg,
+            self.eos_penalty,
+            self.seed,
+            self.max_tokens,
+            self.max_tokens_single_line,
+            self.context_tokens,
+            self.prefix_share,
+        )
+
+    def language_enabled(self, language_id: str) -> bool:
+        langs = self.enabled_languages
+        return "*" in langs or (language_id or "").lower() in {x.lower() for x in langs}
+
+    def to_json(self) -> dict[str, Any]:
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out[_camel(f.name)] = list(value) if isinstance(value, tuple) else value
+        return out
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(p[:1].upper() + p[1:] for p in rest)
+
+
+_BY_KEY = {}
+for _f in dataclasses.fields(Settings):
+    _BY_KEY[_f.name] = _f.name
+    _BY_KEY[_camel(_f.name)] = _f.name
+
+
+# --- validators: value -> converted value, or raise ValueError with the reason -----------------------------
+
+
+def _int(lo: int, hi: int | None = None, optional: bool = False):
+    def check(v):
+        if v is None and optional:
+            return None
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or int(v) != v:
+            raise ValueError(f"expected an integer, got {v!r}")
+        v = int(v)
+        if v < lo or (hi is not None and v > hi):
+            raise ValueError(f"must be between {lo} and {hi}, got {v}" if hi else f"must be >= {lo}, got {v}")
+        return v
+
+    return check
+
+
+def _float(lo: float, hi: float, lo_open: bool = False):
+    def check(v):
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ValueError(f"expected a number, got {v!r}")
+        v = float(v)
+        if v > hi or v < lo or (lo_open and v == lo):
+            raise ValueError(f"must be in {'(' if lo_open else '['}{lo}, {hi}], got {v}")
+        return v
+
+    return check
+
+
+def _choice(options: tuple[str, ...]):
+    def check(v):
+        if not isinstance(v, str) or v.lower() not in options:
+            raise ValueError(f"expected one of {', '.join(options)}, got {v!r}")
+        return v.lower()
+
+    return check
+
+
+def _model(v):
+    if v is None or v == "" or v == "default":
+        return None
+    if not isinstance(v, str):
+        raise ValueError(f"expected a path or hub id, got {v!r}")
+    return v
+
+
+def _device(v):
+    if not isinstance(v, str) or not _DEVICE.match(v.strip().lower()):
+        raise ValueError(f"expected auto, cpu, cuda, cuda:N or mps, got {v!r}")
+    return v.strip().lower()
+
+
+def _languages(v):
+    if isinstance(v, str):
+        v = [v]
+    if not isinstance(v, (list, tuple)) or not all(isinstance(x, str) and x for x in v):
+        raise ValueError(f"expected a list of language ids, got {v!r}")
+    return tuple(v)
+
+
+VALIDATORS = {
+    "model": _model,
+    "device": _device,
+    "dtype": _choice(DTYPES),
+    "quant": _choice(QUANTS),
+    "steps": _int(1, 4096, optional=True),
+    "tokens_per_step": _int(1, 256),
+    "temperature": _float(0.0, 5.0),
+    "top_p": _float(0.0, 1.0, lo_open=True),
+    "alg": _choice(ALGORITHMS),
+    "eos_penalty": _float(0.0, 100.0),
+    "seed": _int(0),
+    "max_tokens": _int(1, MAX_SPAN_TOKENS),
+    "max_tokens_single_line": _int(1, MAX_SPAN_TOKENS),
+    "context_tokens": _int(16, 32768),
+    "prefix_share": _float(0.0, 1.0),
+    "debounce_ms": _int(0, 5000),
+    "enabled_languages": _languages,
+    "max_document_chars": _int(1),
+    "cache_size": _int(0, 10_000),
+}
+
+
+def known_key(key: str) -> bool:
+    """Whether ``key`` (camelCase or snake_case) names a setting."""
+    return key in _BY_KEY
+
+
+def section_of(raw: Any) -> Any:
+    """The ``diffucoder`` section of a settings object (clients nest it or not)."""
+    if isinstance(raw, dict) and isinstance(raw.get(SECTION), dict):
+        return raw[SECTION]
+    return raw
+
+
+def parse_settings(raw: Any, base: Settings | None = None) -> tuple[Settings, list[str]]:
+    """Settings from a client's object, starting from ``base`` (the defaults when None).
+
+    Keys absent from ``raw`` keep their ``base`` value; invalid ones take the default value. Returns the settings
+    and one human-readable problem per invalid or unknown key.
+    """
+    base = base or Settings()
+    defaults = Settings()
+    raw = section_of(raw)
+    if raw is None:
+        return base, []
+    if not isinstance(raw, dict):
+        return defaults, [f"settings must be an object, got {type(raw).__name__}: using the defaults"]
+    changes: dict[str, Any] = {}
+    problems: list[str] = []
+    for key, value in raw.items():
+        name = _BY_KEY.get(key)
+        if name is None:
+            problems.append(f"unknown setting {key!r} ignored")
+            continue
+        try:
+            changes[name] = VALIDATORS[name](value)
+        except ValueError as exc:
+            default = getattr(defaults, name)
+            changes[name] = default
+            problems.append(f"invalid {_camel(name)}: {exc}; using the default ({default!r})")
+    return dataclasses.replace(base, **changes), problems
+
+
+def problems_message(problems: list[str]) -> str:
+    return "DiffuCoder settings: " + "; ".join(problems)
+
+
+__all__ = ["SECTION", "Settings", "known_key", "parse_settings", "problems_message", "section_of"]

@@ -1,0 +1,94 @@
+"""Settings over LSP: invalid values shown once with window/showMessage and replaced by defaults, enabled
+languages, a model change reloading without a restart, and a broken model reported once while the server
+keeps answering."""
+
+from __future__ import annotations
+
+import pytest
+import pytest_lsp
+from lsp_helpers import (
+    SERVER_CMD,
+    change_config,
+    initialize,
+    inline_params,
+    items_of,
+    make_client,
+    open_doc,
+    wait_status,
+)
+from lsprotocol import types
+from pytest_lsp import ClientServerConfig, LanguageClient
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+DOC = "result = compute(a, b)\n"  # cursor (0, 17): single line
+
+
+@pytest_lsp.fixture(
+    scope="module", config=ClientServerConfig(server_command=SERVER_CMD, client_factory=make_client)
+)
+async def client(lsp_client: LanguageClient, tiny_options):
+    bad = {**tiny_options, "temperature": "hot", "maxTokens": -3, "enabledLanguages": 5, "colour": "blue"}
+    await initialize(lsp_client, bad)
+    await wait_status(lsp_client)
+    yield
+    await lsp_client.shutdown_session()
+
+
+async def test_invalid_initialization_options_show_one_message_and_use_defaults(client: LanguageClient):
+    (msg,) = [m for m in client.messages if "settings" in m.message]
+    assert msg.type == types.MessageType.Warning
+    for key in ("temperature", "maxTokens", "enabledLanguages", "'colour'"):
+        assert key in msg.message
+    assert "using the default (0.2)" in msg.message and "using the default (48)" in msg.message
+    # enabledLanguages fell back to every language: a Python document gets completions.
+    uri = "file:///work/settings.py"
+    open_doc(client, uri, DOC)
+    assert len(items_of(await client.text_document_inline_completion_async(inline_params(uri, 0, 17)))) == 1
+
+
+async def test_invalid_change_is_reported_and_valid_keys_still_apply(client: LanguageClient):
+    before = len(client.messages)
+    change_config(client, {"tokensPerStep": 0, "enabledLanguages": ["rust"]})
+    uri = "file:///work/languages.py"
+    open_doc(client, uri, DOC)
+    result = await client.text_document_inline_completion_async(inline_params(uri, 0, 17))
+    assert items_of(result) == []  # python is no longer enabled
+    (msg,) = client.messages[before:]
+    assert "tokensPerStep" in msg.message and "enabledLanguages" not in msg.message
+    change_config(client, {"enabledLanguages": ["python", "rust"]})
+    assert len(items_of(await client.text_document_inline_completion_async(inline_params(uri, 0, 17)))) == 1
+
+
+async def test_model_change_reloads_without_restart(client: LanguageClient, tiny_ckpt_fp32):
+    mark = len(client.statuses)
+    change_config(client, {"model": str(tiny_ckpt_fp32), "dtype": "fp32"})
+    assert (await wait_status(client, ("loading",), after=mark))["model"] == str(tiny_ckpt_fp32)
+    ready = await wait_status(client, after=mark)
+    assert ready["state"] == "ready" and ready["model"] == str(tiny_ckpt_fp32)
+    assert len(client.progress_reports) == 2  # one work-done progress per load
+    uri = "file:///work/reloaded.py"
+    open_doc(client, uri, DOC)
+    assert len(items_of(await client.text_document_inline_completion_async(inline_params(uri, 0, 17)))) == 1
+
+
+async def test_broken_model_is_reported_once_and_the_server_keeps_answering(
+    client: LanguageClient, tmp_path, tiny_ckpt
+):
+    missing = tmp_path / "no-such-model"
+    before = len(client.messages)
+    mark = len(client.statuses)
+    change_config(client, {"model": str(missing)})
+    err = await wait_status(client, ("error", "ready"), after=mark)
+    assert err["state"] == "error" and "no-such-model" in err["message"]
+    errors = [m for m in client.messages[before:] if m.type == types.MessageType.Error]
+    assert len(errors) == 1 and "no-such-model" in errors[0].message
+    uri = "file:///work/broken.py"
+    open_doc(client, uri, DOC)
+    for _ in range(2):
+        assert items_of(await client.text_document_inline_completion_async(inline_params(uri, 0, 17))) == []
+    assert len([m for m in client.messages[before:] if m.type == types.MessageType.Error]) == 1
+    mark = len(client.statuses)
+    change_config(client, {"model": str(tiny_ckpt), "dtype": "auto"})
+    assert (await wait_status(client, after=mark))["state"] == "ready"
+    assert len(items_of(await client.text_document_inline_completion_async(inline_params(uri, 0, 17)))) == 1

@@ -1,0 +1,125 @@
+"""The scheduler on fake work: one model thread, cancel-previous per key, debounce, client cancellation between
+steps, outdated jobs, callbacks."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from diffucoder_lsp.server.scheduler import Cancelled, Scheduler
+
+
+def stepping(steps: int, delay: float, log: list):
+    """Work that takes ``steps`` steps of ``delay`` seconds, checking should_stop between steps."""
+
+    def work(should_stop):
+        log.append(("start", threading.current_thread().name))
+        for i in range(steps):
+            if should_stop():
+                log.append(("stopped", i))
+                raise Cancelled("stopped")
+            time.sleep(delay)
+        log.append(("done", steps))
+        return steps
+
+    return work
+
+
+@pytest.fixture
+def scheduler():
+    s = Scheduler()
+    yield s
+    s.shutdown()
+
+
+async def test_work_runs_off_the_loop_on_one_model_thread(scheduler):
+    log: list = []
+    results = await asyncio.gather(*(scheduler.run(stepping(2, 0.001, log)) for _ in range(3)))
+    assert results == [2, 2, 2]
+    names = {name for kind, name in log if kind == "start"}
+    assert len(names) == 1 and next(iter(names)).startswith("diffucoder-model")
+    assert threading.current_thread().name not in names
+
+
+async def test_a_new_job_with_the_same_key_stops_the_running_one(scheduler):
+    log: list = []
+    first = asyncio.ensure_future(scheduler.run(stepping(200, 0.01, log), key="doc"))
+    await asyncio.sleep(0.1)
+    second = await scheduler.run(stepping(1, 0.0, log), key="doc")
+    with pytest.raises(Cancelled, match="superseded"):
+        await first
+    assert second == 1
+    stopped = [i for kind, i in log if kind == "stopped"]
+    assert stopped and stopped[0] < 50
+    assert scheduler.stats["superseded"] == 1
+
+
+async def test_other_keys_are_not_cancelled(scheduler):
+    log: list = []
+    a = asyncio.ensure_future(scheduler.run(stepping(5, 0.01, log), key="a"))
+    b = asyncio.ensure_future(scheduler.run(stepping(5, 0.01, log), key="b"))
+    assert await asyncio.gather(a, b) == [5, 5]
+
+
+async def test_debounce_drops_a_job_superseded_while_waiting(scheduler):
+    log: list = []
+    first = asyncio.ensure_future(scheduler.run(stepping(1, 0.0, log), key="d", debounce_s=0.2))
+    await asyncio.sleep(0.05)
+    second = asyncio.ensure_future(scheduler.run(stepping(1, 0.0, log), key="d", debounce_s=0.2))
+    with pytest.raises(Cancelled):
+        await first
+    assert await second == 1
+    assert [k for k, _ in log].count("start") == 1 and scheduler.stats["debounced"] == 1
+
+
+async def test_client_cancellation_stops_the_model_between_steps(scheduler):
+    log: list = []
+    task = asyncio.ensure_future(scheduler.run(stepping(500, 0.01, log), key="c"))
+    await asyncio.sleep(0.1)
+    start = time.monotonic()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert time.monotonic() - start < 0.2
+    assert await scheduler.run(stepping(1, 0.0, log)) == 1  # served right after: the thread is free
+    assert any(kind == "stopped" for kind, _ in log)
+
+
+async def test_outdated_jobs_stop_and_queued_ones_never_start(scheduler):
+    log: list = []
+    version = {"v": 1}
+    blocker = asyncio.ensure_future(scheduler.run(stepping(20, 0.01, log), key="x"))
+    queued = asyncio.ensure_future(
+        scheduler.run(stepping(5, 0.01, log), key="y", is_current=lambda: version["v"] == 1)
+    )
+    await asyncio.sleep(0.05)
+    version["v"] = 2
+    with pytest.raises(Cancelled, match="outdated"):
+        await queued
+    assert await blocker == 20
+    assert [k for k, _ in log].count("start") == 1 and scheduler.stats["skipped"] == 1
+
+
+async def test_callbacks_see_each_job():
+    seen: list = []
+    s = Scheduler(
+        on_start=lambda job: seen.append(("start", job.label)),
+        on_finish=lambda job, ms, err: seen.append(("finish", job.label, err is None, ms >= 0)),
+    )
+    try:
+        await s.run(lambda stop: 1, label="one")
+        with pytest.raises(ZeroDivisionError):
+            await s.run(lambda stop: 1 / 0, label="two")
+    finally:
+        s.shutdown()
+    assert seen == [
+        ("start", "one"),
+        ("finish", "one", True, True),
+        ("start", "two"),
+        ("finish", "two", False, True),
+    ]
+    with pytest.raises(Cancelled):
+        await s.run(lambda stop: 1)

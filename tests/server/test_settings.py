@@ -1,0 +1,49 @@
+"""Settings parsing: camelCase and snake_case, nesting, per-key defaults on invalid values, unknown keys."""
+
+from __future__ import annotations
+
+from diffucoder_lsp.server.settings import Settings, parse_settings, problems_message
+
+
+def test_defaults_are_speed_minded():
+    s = Settings()
+    assert s.tokens_per_step >= 2 and s.temperature == 0.2 and s.alg == "entropy"
+    assert s.max_tokens_single_line < s.max_tokens <= 64
+
+
+def test_camel_snake_and_nested_section():
+    s, problems = parse_settings(
+        {"diffucoder": {"maxTokens": 32, "tokens_per_step": 4, "enabledLanguages": "python"}}
+    )
+    assert problems == []
+    assert (s.max_tokens, s.tokens_per_step, s.enabled_languages) == (32, 4, ("python",))
+    assert s.language_enabled("Python") and not s.language_enabled("rust")
+
+
+def test_invalid_values_take_the_default_and_are_reported():
+    base = Settings(temperature=0.7, max_tokens=30)
+    s, problems = parse_settings(
+        {"temperature": -1, "maxTokens": "many", "steps": 0, "device": "gpu9", "x": 1}, base
+    )
+    assert (s.temperature, s.max_tokens, s.steps, s.device) == (0.2, 48, None, "auto")
+    assert len(problems) == 5 and any("unknown setting 'x'" in p for p in problems)
+    assert "temperature" in problems_message(problems)
+
+
+def test_absent_keys_keep_the_base_and_none_changes_nothing():
+    base = Settings(model="/m", device="cpu")
+    s, problems = parse_settings({"debounceMs": 10}, base)
+    assert (s.model, s.device, s.debounce_ms, problems) == ("/m", "cpu", 10, [])
+    assert parse_settings(None, base) == (base, [])
+    s, problems = parse_settings(["not", "an", "object"], base)
+    assert s == Settings() and problems
+
+
+def test_model_and_sampling_keys():
+    a = Settings()
+    assert a.model_key() != Settings(quant="4bit").model_key()
+    assert a.model_key() == Settings(temperature=0.5).model_key()
+    assert a.sampling_key() != Settings(temperature=0.5).sampling_key()
+    assert a.sampling_key() == Settings(debounce_ms=999).sampling_key()
+    assert parse_settings({"model": "default"})[0].model is None
+    assert Settings().to_json()["maxTokensSingleLine"] == 20
