@@ -17,6 +17,7 @@ must explain them without loading a model. The rules:
 from __future__ import annotations
 
 import logging
+import os
 import re
 from collections.abc import Callable
 from typing import Any
@@ -221,3 +222,13 @@ def dispatch(model: DreamModel, device_map: dict[str, Any]) -> torch.device:
         return torch.device("cpu")
     dispatch_model(model, device_map=device_map, main_device=gpus[0])
     return torch.device("cuda", gpus[0])
+
+
+def tune_cpu_runtime() -> None:
+    """CPU inference settings that cost nothing and help: flush denormals (tiny activations in the deep layers
+    otherwise fall onto the slow subnormal path) and keep torch's thread count at the machine's core count
+    rather than letting a parent process's setting leak in."""
+    torch.set_flush_denormal(True)
+    cores = os.cpu_count() or 1
+    if torch.get_num_threads() > cores:
+        torch.set_num_threads(cores)

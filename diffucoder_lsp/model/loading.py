@@ -43,6 +43,7 @@ from .devices import (
     plan_device_map,
     resolve_device,
     resolve_dtype,
+    tune_cpu_runtime,
 )
 from .network import DreamModel
 from .tokenizer import CodeTokenizer
@@ -397,6 +398,8 @@ def load_model(
     path = resolve_checkpoint(name_or_path)
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
+    if dev.type == "cpu":
+        tune_cpu_runtime()
     cfg = ModelConfig.from_file(path / "config.json")
     headers = _read_headers(*_weight_files(path))
     tokenizer = CodeTokenizer.from_dir(path, cfg)  # fail on a bad tokenizer before the long part

@@ -1,0 +1,138 @@
+"""Fast inference: the context cache, threshold decoding on a real model, the AR baseline, and the bench."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from diffucoder_lsp.engine.autoregressive import ar_generate
+from diffucoder_lsp.engine.cache import CachedContextDenoiser
+from diffucoder_lsp.engine.denoiser import FullCanvasDenoiser
+from diffucoder_lsp.engine.infill import infill
+from diffucoder_lsp.engine.sampler import SamplingOptions, denoise, run_to_end
+
+M = "<|mask|>"
+TEXT = f"def f(x):\n    return {M}\n\n\nclass A:\n    {M}\n\nprint(f(1))\n"
+
+
+@pytest.fixture(scope="module")
+def lm(tiny_ckpt_fp32):
+    from diffucoder_lsp.model.loading import load_model
+
+    return load_model(str(tiny_ckpt_fp32), device="cpu", dtype="fp32")
+
+
+def fill_ids(lm, denoiser, **opts):
+    res = infill(lm, TEXT, length=6, options=SamplingOptions(temperature=0.0, **opts), denoiser=denoiser)
+    return [h.token_ids for h in res.holes], res
+
+
+def test_cache_refreshed_every_step_equals_full_canvas(lm):
+    full, _ = fill_ids(lm, FullCanvasDenoiser(lm.model), steps=12)
+    cached_den = CachedContextDenoiser(lm.model, refresh_every=1)
+    cached, _ = fill_ids(lm, cached_den, steps=12)
+    assert cached == full
+    assert cached_den.full_passes == 12
+
+
+def test_cache_logits_match_full_pass_right_after_a_refresh_and_close_between(lm):
+    """Step 2 with refresh every 2 steps is a full pass: logits equal. Without refresh they are close."""
+    tok = lm.tokenizer
+    ids = tok.encode("a = 1\nb = ") + [tok.mask_id] * 5 + tok.encode("\nc = 3\n")
+    x = torch.tensor([ids])
+    valid = torch.ones_like(x, dtype=torch.bool)
+    masked = x == tok.mask_id
+    full = FullCanvasDenoiser(lm.model)
+    cache = CachedContextDenoiser(lm.model, refresh_every=0)
+    assert torch.allclose(cache(x, valid, masked), full(x, valid, masked), atol=1e-5)
+    # reveal two tokens, then compare: the cached context still sees the old masks, so only approximately equal
+    x2 = x.clone()
+    pos = masked.nonzero(as_tuple=True)[1][:2]
+    x2[0, pos] = torch.tensor(tok.encode("xy")[:1] * 2)
+    m2 = x2 == tok.mask_id
+    approx = cache(x2, valid, m2)
+    exact = full(x2, valid, m2)
+    assert approx.shape == exact.shape
+    assert (approx.argmax(-1) == exact.argmax(-1)).float().mean() >= 0.5
+    assert cache.full_passes == 1 and cache.forward_passes == 2
+    assert cache.tokens_processed < len(ids) + 8  # the second pass ran the span and its predecessor only
+
+
+def test_cache_with_padded_batch_reveals_everything(lm):
+    tok = lm.tokenizer
+    rows = [tok.encode("x = ") + [tok.mask_id] * 4 + tok.encode("\n"), [tok.mask_id] * 2 + tok.encode("y\n")]
+    width = max(map(len, rows))
+    x = torch.full((2, width), tok.pad_id)
+    valid = torch.zeros(2, width, dtype=torch.bool)
+    for r, ids in enumerate(rows):
+        x[r, : len(ids)] = torch.tensor(ids)
+        valid[r, : len(ids)] = True
+    opts = SamplingOptions(temperature=0.0, threshold=0.5)
+    events, final = run_to_end(
+        denoise(CachedContextDenoiser(lm.model), x, valid, mask_id=tok.mask_id, options=opts)
+    )
+    assert not ((final == tok.mask_id) & valid).any()
+    assert sum(len(e.cols) for e in events) == 6
+
+
+def test_threshold_with_cache_on_real_model_fills_all(lm):
+    den = CachedContextDenoiser(lm.model, refresh_every=4)
+    holes, res = fill_ids(lm, den, threshold=0.9)
+    assert all(len(h) == 6 for h in holes)
+    assert res.forward_passes == den.forward_passes <= 12
+
+
+def test_ar_baseline_is_causal_and_matches_uncached_decoding(lm):
+    prompt = torch.randint(10, lm.tokenizer.vocab_size, (1, 15), generator=torch.Generator().manual_seed(0))
+    tokens, passes = ar_generate(lm.model, prompt, 5)
+    assert passes == 5 and tokens.shape == (1, 5)
+    seq = prompt.clone()
+    for _ in range(5):
+        hidden = lm.model.hidden_states(seq, causal=True)
+        seq = torch.cat([seq, lm.model.lm_head(hidden[:, -1]).argmax(-1, keepdim=True)], dim=1)
+    assert torch.equal(tokens, seq[:, 15:])
+    # causal: changing a later token leaves earlier outputs unchanged
+    a = lm.model.hidden_states(seq, causal=True)
+    changed = seq.clone()
+    changed[0, -1] = (changed[0, -1] + 1) % lm.tokenizer.vocab_size
+    b = lm.model.hidden_states(changed, causal=True)
+    assert torch.allclose(a[:, :-1], b[:, :-1], atol=1e-6)
+    assert not torch.allclose(a[:, -1], b[:, -1])
+
+
+def test_bench_runs_end_to_end(tiny_ckpt, capsys):
+    from diffucoder_lsp.cli import main
+
+    argv = [
+        "bench",
+        "--model",
+        str(tiny_ckpt),
+        "--repeat",
+        "1",
+        "--cases",
+        "1",
+        "--contexts",
+        "128",
+        "--spans",
+        "8",
+        "--holes",
+        "1,3",
+        "--json",
+    ]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    rows = out["rows"]
+    assert {r["config"] for r in rows} == {"reference", "cache", "parallel", "all", "ar"}
+    assert {r["workload"] for r in rows} == {"ctx128/span8/holes1", "ctx128/span8/holes3"}
+    for r in rows:
+        assert r["p50_ms"] > 0 and r["p95_ms"] >= r["p50_ms"] and r["forward_passes"] >= 1
+        if r["config"] == "reference":
+            assert r["vs_reference"] == pytest.approx(1.0)
+        if r["config"] == "ar":
+            assert r["exact_match"] is None and r["vs_ar"] == pytest.approx(1.0)
+        else:
+            assert 0.0 <= r["exact_match"] <= 1.0
+    ref = [r for r in rows if r["config"] == "reference" and r["workload"].endswith("holes1")][0]
+    assert ref["forward_passes"] == 8  # one token per step, exact schedule
