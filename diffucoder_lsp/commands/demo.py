@@ -1,0 +1,92 @@
+"""``diffucoder demo [FILE]``: a terminal app that shows a diffusion model filling code, step by step.
+
+Opens FILE (holes written as ``<|mask|>``, or marked in the app) or a built-in sample, and runs fills with the
+bundled model on the CPU unless ``--model`` names another checkpoint. The model loads in the background: the app
+is usable at once. Needs the ``tui`` extra (textual).
+
+While the app owns the terminal, log records are held back instead of written to stderr (a warning printed
+over the screen would corrupt it); they are written out when the app exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from ..errors import BadInputError
+from .fill import add_model_options, add_sampling_options, parse_length, read_input, sampling_options
+
+
+def register(sub) -> None:
+    p = sub.add_parser("demo", help="watch the model fill code in a terminal app", description=__doc__)
+    p.add_argument("file", nargs="?", default=None, help="a source file (default: a built-in sample)")
+    add_model_options(p)
+    add_sampling_options(p)
+    p.add_argument("--length", type=parse_length, default="auto", help="tokens per hole, or auto (trim pads)")
+    p.add_argument("--context-tokens", type=int, default=None, help="context window budget in tokens")
+    p.set_defaults(func=run)
+
+
+def build_app(args: argparse.Namespace):
+    """The app for these arguments, not yet running (tests inspect it; ``run`` runs it)."""
+    try:
+        from ..tui import DemoApp, DemoSettings, EngineRunner
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.startswith("textual"):
+            raise BadInputError("the demo needs textual: pip install 'diffucoder-lsp[tui]'") from exc
+        raise
+    if args.file == "-":
+        raise BadInputError("the demo is interactive: pass a file path, not standard input")
+    source = read_input(args.file) if args.file else None
+    settings = DemoSettings(options=sampling_options(args), length=args.length)
+    runner = EngineRunner(
+        args.model,
+        device=args.device,
+        dtype=args.dtype,
+        quant=args.quant,
+        max_context_tokens=args.context_tokens,
+    )
+    return DemoApp(runner, source, filename=args.file, settings=settings)
+
+
+class _HeldRecords(logging.Handler):
+    """Keeps the last records while the app runs."""
+
+    def __init__(self, keep: int = 200) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: deque[logging.LogRecord] = deque(maxlen=keep)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@contextmanager
+def terminal_logs_held() -> Iterator[None]:
+    """Detach root log handlers that write to the terminal; replay what they missed afterwards."""
+    root = logging.getLogger()
+    streams = {sys.stderr, sys.stdout, sys.__stderr__, sys.__stdout__}
+    terminal = [h for h in root.handlers if isinstance(h, logging.StreamHandler) and h.stream in streams]
+    held = _HeldRecords()
+    for handler in terminal:
+        root.removeHandler(handler)
+    root.addHandler(held)
+    try:
+        yield
+    finally:
+        root.removeHandler(held)
+        for handler in terminal:
+            root.addHandler(handler)
+            for record in held.records:
+                if record.levelno >= handler.level:
+                    handler.handle(record)
+
+
+def run(args: argparse.Namespace) -> int:
+    app = build_app(args)
+    with terminal_logs_held():
+        app.run()
+    return 0 if app.return_code is None else int(app.return_code)

@@ -1,0 +1,146 @@
+"""What the demo runs fills with: a small protocol, its engine implementation, and the user's settings.
+
+The screens never import the model: they talk to a :class:`FillRunner`. The real one, :class:`EngineRunner`,
+loads a checkpoint through :func:`diffucoder_lsp.model.loading.load_model` (lazily, on a worker thread, so the
+app appears at once) and streams :func:`diffucoder_lsp.engine.infill.infill_stream`. Tests pass a scripted
+runner instead, which is how they check the UI shows tokens in the order the sampler revealed them without a
+model in the loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Generator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from ..engine.infill import AUTO_LENGTH, InfillCanvas, InfillResult
+from ..engine.sampler import SamplingOptions, StepEvent
+
+FillStream = Generator[tuple[InfillCanvas, StepEvent], None, InfillResult]
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """The knobs the settings screen edits: the sampler options and the tokens per hole."""
+
+    options: SamplingOptions = dataclasses.field(default_factory=SamplingOptions)
+    length: int | str = "auto"
+
+    @property
+    def hole_width(self) -> int:
+        """How many mask tokens one hole gets on the canvas (``auto`` holes get a generous trimmed span)."""
+        return AUTO_LENGTH if self.length == "auto" else int(self.length)
+
+    def rows(self) -> tuple[tuple[str, str], ...]:
+        """(name, value) pairs for the side panel."""
+        o = self.options
+        return (
+            ("algorithm", o.alg),
+            ("temperature", f"{o.temperature:g}"),
+            ("steps", "1 per token" if o.steps is None else str(o.steps)),
+            (
+                "length",
+                f"auto ({AUTO_LENGTH}, trimmed)" if self.length == "auto" else f"{self.length} tokens",
+            ),
+        )
+
+
+@dataclass(frozen=True)
+class RunnerInfo:
+    """What the side panel says about the model."""
+
+    name: str
+    device: str
+    dtype: str
+    note: str = ""  # e.g. that the fallback tiny model produces noise
+
+
+class FillRunner(Protocol):
+    """A source of fills. ``load`` and ``stream`` run on a worker thread; the token helpers on the UI thread."""
+
+    def load(self) -> RunnerInfo:
+        """Make the model ready (idempotent, may take long) and describe it."""
+        ...
+
+    def stream(self, text: str, settings: DemoSettings) -> FillStream:
+        """Start a fill of every ``<|mask|>`` hole of ``text``: one ``(canvas, event)`` per denoising step."""
+        ...
+
+    def token_text(self, token_id: int) -> str:
+        """How to show a token in the code view."""
+        ...
+
+
+STOP_GLYPH = "⌀"  # an eos/pad token inside a hole: the model chose to end the span there
+SPECIAL_GLYPH = "◆"
+
+
+class EngineRunner:
+    """Fills with a real checkpoint (or the bundled default) through the engine's infill stream."""
+
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        device: str = "auto",
+        dtype: str = "auto",
+        quant: str = "none",
+        max_context_tokens: int | None = None,
+    ) -> None:
+        self.model_spec = model
+        self.device = device
+        self.dtype = dtype
+        self.quant = quant
+        self.max_context_tokens = max_context_tokens
+        self._lm = None
+        self._info: RunnerInfo | None = None
+        self._lock = threading.Lock()
+        self._text_cache: dict[int, str] = {}
+
+    def load(self) -> RunnerInfo:
+        with self._lock:  # the startup load and a first fill may both ask; load once
+            if self._info is None:
+                from ..model.loading import default_model_status, load_model
+
+                lm = load_model(self.model_spec, device=self.device, dtype=self.dtype, quant=self.quant)
+                note = ""
+                if self.model_spec in (None, "", "default") and default_model_status()["kind"] != "bundled":
+                    note = "tiny random fallback model: its output is noise"
+                self._lm = lm
+                local = lm.name == "default" or Path(lm.name).expanduser().exists()
+                self._info = RunnerInfo(
+                    name=lm.path.name if local else lm.name,  # a folder by its name, a hub id as given
+                    device=str(lm.device),
+                    dtype=str(lm.dtype).removeprefix("torch."),
+                    note=note,
+                )
+            return self._info
+
+    def stream(self, text: str, settings: DemoSettings) -> FillStream:
+        from ..engine.infill import infill_stream
+
+        self.load()
+        return infill_stream(
+            self._lm,
+            text,
+            length=settings.length,
+            options=settings.options,
+            max_context_tokens=self.max_context_tokens,
+        )
+
+    def token_text(self, token_id: int) -> str:
+        cached = self._text_cache.get(token_id)
+        if cached is not None:
+            return cached
+        tok = self._lm.tokenizer
+        if token_id in tok.stop_ids:
+            text = STOP_GLYPH
+        elif token_id in tok.special_ids or token_id >= tok.vocab_size:
+            text = SPECIAL_GLYPH
+        else:
+            text = tok.decode([token_id], skip_special=False)
+        self._text_cache[token_id] = text
+        return text
