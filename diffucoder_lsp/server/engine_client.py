@@ -9,7 +9,8 @@
   ``window/showMessage`` and the server keeps serving (that request answers empty); a failed load puts the state
   in ``error`` and completions answer empty until the settings change.
 * :meth:`EngineClient.infill` is the one place that calls the engine (``infill_stream``), checking
-  ``should_stop`` between denoising steps. A faster engine path (KV cache) switches here and nowhere else.
+  ``should_stop`` between denoising steps; it picks the denoiser (the context key/value cache by default,
+  ``contextCache: false`` for full-canvas passes) and the sampling options from the settings.
 
 Torch is never imported here: the engine and the loader do that, lazily, on the model thread.
 """
@@ -57,7 +58,17 @@ def sampling_options(s: Settings):
         top_p=s.top_p,
         seed=s.seed,
         eos_penalty=s.eos_penalty,
+        threshold=s.threshold,
     )
+
+
+def make_denoiser(lm, s: Settings):
+    """The engine's context-cached denoiser (Fast-dLLM-style) unless disabled; None = full-canvas passes."""
+    if not s.context_cache:
+        return None
+    from ..engine.cache import CachedContextDenoiser
+
+    return CachedContextDenoiser(lm.model, refresh_every=s.cache_refresh_every)
 
 
 def error_kind(exc: BaseException) -> str:
@@ -266,6 +277,7 @@ class EngineClient:
             options=sampling_options(settings),
             marker=MARKER,
             max_context_tokens=window or settings.context_tokens + sum(lengths) + 64,
+            denoiser=make_denoiser(lm, settings),
         )
         try:
             while True:

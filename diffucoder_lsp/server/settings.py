@@ -37,6 +37,9 @@ class Settings:
     alg: str = "entropy"
     eos_penalty: float = 0.0
     seed: int = 0
+    threshold: float | None = None  # parallel unmasking: reveal every position at least this sure
+    context_cache: bool = True  # keys/values of the context computed once (refreshed every cacheRefreshEvery)
+    cache_refresh_every: int = 8
     max_tokens: int = 48  # multi-line completion span
     max_tokens_single_line: int = 20
     context_tokens: int = 1024  # prefix + suffix budget
@@ -63,6 +66,9 @@ class Settings:
             self.alg,
             self.eos_penalty,
             self.seed,
+            self.threshold,
+            self.context_cache,
+            self.cache_refresh_every,
             self.max_tokens,
             self.max_tokens_single_line,
             self.context_tokens,
@@ -121,6 +127,21 @@ def _float(lo: float, hi: float, lo_open: bool = False):
     return check
 
 
+def _optional_float(lo: float, hi: float):
+    inner = _float(lo, hi, lo_open=True)
+
+    def check(v):
+        return None if v is None else inner(v)
+
+    return check
+
+
+def _bool(v):
+    if not isinstance(v, bool):
+        raise ValueError(f"expected true or false, got {v!r}")
+    return v
+
+
 def _choice(options: tuple[str, ...]):
     def check(v):
         if not isinstance(v, str) or v.lower() not in options:
@@ -164,6 +185,9 @@ VALIDATORS = {
     "alg": _choice(ALGORITHMS),
     "eos_penalty": _float(0.0, 100.0),
     "seed": _int(0),
+    "threshold": _optional_float(0.0, 1.0),
+    "context_cache": _bool,
+    "cache_refresh_every": _int(0, 100_000),
     "max_tokens": _int(1, MAX_SPAN_TOKENS),
     "max_tokens_single_line": _int(1, MAX_SPAN_TOKENS),
     "context_tokens": _int(16, 32768),

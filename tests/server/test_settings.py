@@ -47,3 +47,11 @@ def test_model_and_sampling_keys():
     assert a.sampling_key() == Settings(debounce_ms=999).sampling_key()
     assert parse_settings({"model": "default"})[0].model is None
     assert Settings().to_json()["maxTokensSingleLine"] == 20
+
+
+def test_engine_speed_settings():
+    s, problems = parse_settings({"threshold": 0.9, "contextCache": False, "cacheRefreshEvery": 2})
+    assert (s.threshold, s.context_cache, s.cache_refresh_every, problems) == (0.9, False, 2, [])
+    s, problems = parse_settings({"threshold": 1.5, "contextCache": "yes"})
+    assert (s.threshold, s.context_cache) == (None, True) and len(problems) == 2
+    assert Settings(threshold=0.9).sampling_key() != Settings().sampling_key()

@@ -1,0 +1,215 @@
+#!/usr/bin/env python
+"""Latency of inline completions over LSP, request to response, as an editor sees it.
+
+Starts ``python -m diffucoder_lsp.server`` (stdio), waits for the model (default: the bundled one), opens real
+Python files (from the standard library, deterministic by --seed) with a piece cut out at the cursor, and sends
+``textDocument/inlineCompletion`` requests one after another (each at a new position, so the cache never
+answers). Half the cursors are mid-line (arguments removed between brackets: a single-line completion), half at
+the end of a line whose remainder was removed (a block completion). Prints p50/p95 per kind and overall.
+
+    .venv/bin/python scripts/bench_lsp.py [--model PATH|HUB_ID] [--device cpu] [-n 40] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import re
+import statistics
+import sys
+import sysconfig
+import time
+from pathlib import Path
+
+from lsprotocol import types
+from pygls.lsp.client import LanguageClient
+
+SOURCES = [
+    "textwrap.py",
+    "json/decoder.py",
+    "json/encoder.py",
+    "shlex.py",
+    "csv.py",
+    "fractions.py",
+    "heapq.py",
+]
+_CALL = re.compile(r"\w\(([^()]{3,60})\)")
+
+
+def load_sources() -> list[tuple[str, str]]:
+    lib = Path(sysconfig.get_paths()["stdlib"])
+    out = []
+    for rel in SOURCES:
+        path = lib / rel
+        if path.is_file():
+            out.append((path.as_uri(), path.read_text(encoding="utf-8")))
+    if not out:
+        raise SystemExit("no standard-library sources found to benchmark on")
+    return out
+
+
+def make_cases(sources: list[tuple[str, str]], n: int, seed: int) -> list[dict]:
+    """(document text with a piece removed, cursor line/character in UTF-16, kind) for n requests."""
+    rng = random.Random(seed)
+    cases = []
+    while len(cases) < n:
+        uri, text = rng.choice(sources)
+        lines = text.split("\n")
+        i = rng.randrange(len(lines))
+        line = lines[i]
+        if len(cases) % 2 == 0:
+            m = _CALL.search(line)
+            if not m:
+                continue
+            lines[i] = line[: m.start(1)] + line[m.end(1) :]
+            col, kind = m.start(1), "single-line"
+        else:
+            body = line.strip()
+            if len(body) < 12 or body.startswith("#"):
+                continue
+            indent = len(line) - len(line.lstrip())
+            col = indent + rng.randrange(4, len(body) // 2 + 4)
+            lines[i] = line[:col]
+            kind = "block"
+        doc = "\n".join(lines)
+        utf16 = len(lines[i][:col].encode("utf-16-le")) // 2
+        cases.append({"uri": f"{uri}#{len(cases)}", "text": doc, "line": i, "character": utf16, "kind": kind})
+    return cases
+
+
+def percentile(values: list[float], q: float) -> float:
+    values = sorted(values)
+    if not values:
+        return float("nan")
+    k = (len(values) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(values) - 1)
+    return values[lo] + (values[hi] - values[lo]) * (k - lo)
+
+
+async def run(args: argparse.Namespace) -> dict:
+    client = LanguageClient("bench-lsp", "1")
+    statuses: list[dict] = []
+
+    @client.feature("diffucoder/status")
+    def on_status(params):
+        statuses.append(params._asdict() if hasattr(params, "_asdict") else dict(params))
+
+    @client.feature(types.WINDOW_LOG_MESSAGE)
+    def on_log(params):
+        if args.verbose:
+            print(f"server log: {params.message}", file=sys.stderr)
+
+    @client.feature(types.WINDOW_SHOW_MESSAGE)
+    def on_message(params):
+        print(f"server: {params.message}", file=sys.stderr)
+
+    options: dict = {"device": args.device, "dtype": args.dtype, "debounceMs": 0}
+    if args.model:
+        options["model"] = args.model
+    for key in ("tokensPerStep", "maxTokens", "maxTokensSingleLine", "contextTokens", "steps"):
+        value = getattr(args, key)
+        if value is not None:
+            options[key] = value
+    await client.start_io(sys.executable, "-m", "diffucoder_lsp.server")
+    start = time.perf_counter()
+    await client.initialize_async(
+        types.InitializeParams(
+            capabilities=types.ClientCapabilities(
+                general=types.GeneralClientCapabilities(position_encodings=["utf-16"])
+            ),
+            initialization_options=options,
+        )
+    )
+    client.initialized(types.InitializedParams())
+    while not any(s.get("state") in ("ready", "error") for s in statuses):
+        await asyncio.sleep(0.05)
+    load_s = time.perf_counter() - start
+    ready = statuses[-1]
+    if ready["state"] == "error":
+        raise SystemExit(f"the model did not load: {ready['message']}")
+
+    cases = make_cases(load_sources(), args.n + args.warmup, args.seed)
+    results = []
+    for i, case in enumerate(cases):
+        client.text_document_did_open(
+            types.DidOpenTextDocumentParams(
+                text_document=types.TextDocumentItem(
+                    uri=case["uri"], language_id="python", version=1, text=case["text"]
+                )
+            )
+        )
+        params = types.InlineCompletionParams(
+            text_document=types.TextDocumentIdentifier(uri=case["uri"]),
+            position=types.Position(line=case["line"], character=case["character"]),
+            context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Invoked),
+        )
+        t0 = time.perf_counter()
+        result = await client.text_document_inline_completion_async(params)
+        ms = (time.perf_counter() - t0) * 1000
+        items = result.items if result is not None and hasattr(result, "items") else (result or [])
+        client.text_document_did_close(
+            types.DidCloseTextDocumentParams(text_document=types.TextDocumentIdentifier(uri=case["uri"]))
+        )
+        if i < args.warmup:
+            continue
+        text = items[0].insert_text if items else ""
+        results.append({"kind": case["kind"], "ms": ms, "chars": len(text), "empty": not items})
+        if args.verbose:
+            print(f"{case['kind']:>11} {ms:8.1f} ms  {text[:60]!r}", file=sys.stderr)
+    await client.shutdown_async(None)
+    client.exit(None)
+    await client.stop()
+
+    summary = {
+        "model": ready["model"],
+        "device": ready["device"],
+        "load_s": round(load_s, 2),
+        "requests": len(results),
+        "options": options,
+    }
+    for kind in ("single-line", "block", "all"):
+        sel = [r for r in results if kind == "all" or r["kind"] == kind]
+        ms = [r["ms"] for r in sel]
+        summary[kind] = {
+            "n": len(sel),
+            "p50_ms": round(percentile(ms, 0.5), 1),
+            "p95_ms": round(percentile(ms, 0.95), 1),
+            "mean_ms": round(statistics.fmean(ms), 1) if ms else None,
+            "non_empty": sum(not r["empty"] for r in sel),
+        }
+    return summary
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=None, help="checkpoint folder or hub id (default: the bundled model)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32", "fp16"])
+    p.add_argument("-n", type=int, default=40, help="timed requests")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tokens-per-step", dest="tokensPerStep", type=int, default=None)
+    p.add_argument("--max-tokens", dest="maxTokens", type=int, default=None)
+    p.add_argument("--max-tokens-single-line", dest="maxTokensSingleLine", type=int, default=None)
+    p.add_argument("--context-tokens", dest="contextTokens", type=int, default=None)
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--json", default=None, help="also write the summary here")
+    p.add_argument("-v", "--verbose", action="store_true", help="one line per request on stderr")
+    args = p.parse_args()
+    summary = asyncio.run(run(args))
+    print(f"model {summary['model']} on {summary['device']} (loaded in {summary['load_s']} s)")
+    for kind in ("single-line", "block", "all"):
+        s = summary[kind]
+        print(
+            f"{kind:>11}: n={s['n']:3d}  p50 {s['p50_ms']:8.1f} ms  p95 {s['p95_ms']:8.1f} ms  "
+            f"mean {s['mean_ms']} ms  non-empty {s['non_empty']}/{s['n']}"
+        )
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
