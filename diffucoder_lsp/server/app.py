@@ -102,6 +102,11 @@ class DiffuCoderServer(LanguageServer):
         task.add_done_callback(self._tasks.discard)
         return task
 
+    def shutdown(self) -> None:
+        """Also on a lost connection (no LSP shutdown): stop the model thread's work at the next step."""
+        self.scheduler.shutdown()
+        super().shutdown()
+
     def report_server_error(self, error: Exception, source) -> None:
         """Malformed input from the client is logged, not shown: the server just carries on."""
         log.error("protocol error (%s): %s", getattr(source, "__name__", source), error)

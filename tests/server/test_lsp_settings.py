@@ -24,6 +24,22 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 DOC = "result = compute(a, b)\n"  # cursor (0, 17): single line
 
 
+@pytest.fixture(scope="module")
+def nan_ckpt(tmp_path_factory):
+    """A tiny checkpoint whose final norm is NaN: every forward pass yields NaN logits (a backend failure)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from diffucoder_lsp.model.tiny import write_tiny_checkpoint
+
+    folder = write_tiny_checkpoint(tmp_path_factory.mktemp("nan") / "ckpt", shards=1)
+    (weights,) = folder.glob("*.safetensors")
+    state = load_file(str(weights))
+    state["model.norm.weight"] = torch.full_like(state["model.norm.weight"], float("nan"))
+    save_file(state, str(weights), metadata={"format": "pt"})
+    return folder
+
+
 @pytest_lsp.fixture(
     scope="module", config=ClientServerConfig(server_command=SERVER_CMD, client_factory=make_client)
 )
@@ -88,6 +104,27 @@ async def test_broken_model_is_reported_once_and_the_server_keeps_answering(
     for _ in range(2):
         assert items_of(await client.text_document_inline_completion_async(inline_params(uri, 0, 17))) == []
     assert len([m for m in client.messages[before:] if m.type == types.MessageType.Error]) == 1
+    mark = len(client.statuses)
+    change_config(client, {"model": str(tiny_ckpt), "dtype": "auto"})
+    assert (await wait_status(client, after=mark))["state"] == "ready"
+    assert len(items_of(await client.text_document_inline_completion_async(inline_params(uri, 0, 17)))) == 1
+
+
+async def test_backend_error_during_completion_is_shown_once_and_the_server_keeps_serving(
+    client: LanguageClient, nan_ckpt, tiny_ckpt
+):
+    mark = len(client.statuses)
+    change_config(client, {"model": str(nan_ckpt), "dtype": "fp32"})
+    assert (await wait_status(client, after=mark))["state"] == "ready"
+    before = len(client.messages)
+    uri = "file:///work/nan.py"
+    open_doc(client, uri, DOC)
+    for character in (17, 18):  # two different requests (no cache): both fail, one message
+        result = await client.text_document_inline_completion_async(inline_params(uri, 0, character))
+        assert items_of(result) == []
+    errors = [m for m in client.messages[before:] if m.type == types.MessageType.Error]
+    assert len(errors) == 1 and "while completing" in errors[0].message
+    assert client.statuses[-1]["state"] == "ready"
     mark = len(client.statuses)
     change_config(client, {"model": str(tiny_ckpt), "dtype": "auto"})
     assert (await wait_status(client, after=mark))["state"] == "ready"

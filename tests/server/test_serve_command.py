@@ -11,7 +11,7 @@ import sys
 import time
 
 import pytest
-from lsp_helpers import initialize, inline_params, items_of, make_client, open_doc, wait_status
+from lsp_helpers import SERVER_CMD, initialize, inline_params, items_of, make_client, open_doc, wait_status
 
 CLI = [sys.executable, "-m", "diffucoder_lsp.cli"]
 
@@ -98,3 +98,30 @@ def test_stray_prints_go_to_stderr_not_the_protocol_stream(tmp_path):
     assert proc.returncode == 0, proc.stderr.decode()
     assert proc.stdout == b""
     assert b"stray print" in proc.stderr and b"stray fd write" in proc.stderr
+
+
+async def test_a_lost_client_stops_the_server_promptly_even_mid_completion(tiny_ckpt):
+    client = make_client()
+    await client.start_io(*SERVER_CMD)
+    server = client._server
+    try:
+        await initialize(
+            client, {"model": str(tiny_ckpt), "device": "cpu", "maxTokens": 256, "tokensPerStep": 1}
+        )
+        await wait_status(client)
+        uri = "file:///work/lost.py"
+        open_doc(client, uri, "def long_function():\n    \n")
+        mark = len(client.statuses)
+        pending = asyncio.ensure_future(
+            client.text_document_inline_completion_async(inline_params(uri, 1, 4))
+        )
+        await wait_status(client, ("busy",), after=mark, timeout=10)
+        start = time.monotonic()
+        server.stdin.close()  # the editor went away without shutdown/exit
+        await asyncio.wait_for(server.wait(), timeout=10)
+        assert time.monotonic() - start < 3.0  # not the seconds the 256-step job would still take
+        pending.cancel()
+    finally:
+        if server.returncode is None:
+            server.kill()
+        await client.stop()
