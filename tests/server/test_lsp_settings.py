@@ -4,6 +4,9 @@ keeps answering."""
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import pytest
 import pytest_lsp
 from lsp_helpers import (
@@ -73,6 +76,20 @@ async def test_invalid_change_is_reported_and_valid_keys_still_apply(client: Lan
     (msg,) = client.messages[before:]
     assert "tokensPerStep" in msg.message and "enabledLanguages" not in msg.message
     change_config(client, {"enabledLanguages": ["python", "rust"]})
+    assert len(items_of(await client.text_document_inline_completion_async(inline_params(uri, 0, 17)))) == 1
+
+
+async def test_settings_are_pulled_with_workspace_configuration_when_not_pushed(client: LanguageClient):
+    client.set_configuration({"enabledLanguages": ["go"]}, section="diffucoder")
+    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings=None))
+    uri = "file:///work/pulled.py"
+    open_doc(client, uri, DOC)
+    # The server answers requests while its workspace/configuration round trip is in flight: poll.
+    deadline = time.monotonic() + 10
+    while items_of(await client.text_document_inline_completion_async(inline_params(uri, 0, 17))):
+        assert time.monotonic() < deadline, "the pulled settings were never applied"
+        await asyncio.sleep(0.05)
+    change_config(client, {"enabledLanguages": ["*"]})
     assert len(items_of(await client.text_document_inline_completion_async(inline_params(uri, 0, 17)))) == 1
 
 
