@@ -16,7 +16,7 @@ from ..errors import BadInputError
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("train", help="build the default model: corpus, tokenizer, pretraining, export")
+    p = subparsers.add_parser("train", help="build the default model or fine-tune one: corpus, tokenizer, pretrain, export, sft, grpo")
     sub = p.add_subparsers(dest="train_command", metavar="STAGE")
     p.set_defaults(func=lambda a: (p.print_help(sys.stderr), 2)[1])
 
@@ -67,6 +67,10 @@ def register(subparsers) -> None:
     e.add_argument("run_dir")
     e.add_argument("--out", required=True)
     e.set_defaults(func=_export)
+
+    from ..train.finetune_cli import register as register_finetune  # sft and grpo (no torch import)
+
+    register_finetune(sub)
 
 
 def _corpus(args: argparse.Namespace) -> int:

@@ -1,0 +1,186 @@
+"""Argument parsing and handlers of ``diffucoder train sft`` and ``diffucoder train grpo``.
+
+Kept out of ``commands/train.py`` so that file stays about the pretraining pipeline; like it, this module
+imports torch only inside the handlers (``diffucoder --help`` stays fast).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..errors import BadInputError
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, help="checkpoint folder or hub id (default: the bundled model)")
+    p.add_argument("--out", required=True, help="run folder: last.pt, metrics.jsonl, model/ and adapter/")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--lora", dest="lora", action="store_true", default=True, help="train a LoRA adapter (default)"
+    )
+    mode.add_argument("--full", dest="lora", action="store_false", help="train every weight")
+    p.add_argument("--lora-r", type=int, default=16)
+    p.add_argument("--lora-alpha", type=int, default=32)
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument(
+        "--lr", type=float, default=None, help="peak learning rate (default depends on --lora/--full)"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt when present")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda (ignored under accelerate launch)")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--ckpt-every", type=int, default=None, help="steps between checkpoints")
+    p.add_argument("--time-limit", type=float, default=None, metavar="MINUTES", help="stop cleanly and save")
+    p.add_argument(
+        "--export",
+        choices=["merged", "adapter", "both", "none"],
+        default="merged",
+        help="merged: HF-layout checkpoint in OUT/model (loads with --model); adapter: OUT/adapter",
+    )
+    p.add_argument("--export-dtype", choices=["bfloat16", "float32", "float16"], default="bfloat16")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def register(sub) -> None:
+    s = sub.add_parser("sft", help="fine-tune on a repository (masked diffusion loss; LoRA or full)")
+    s.add_argument("--repo", help="repository folder (git-tracked files, .gitignore respected)")
+    s.add_argument("--instructions", help='JSONL of {"prompt", "response"} pairs')
+    s.add_argument(
+        "--languages", default="python", help="comma-separated: python,javascript,go,... or .suffix"
+    )
+    s.add_argument(
+        "--holdout", action="append", default=[], metavar="GLOB", help="held-out files (repeatable)"
+    )
+    s.add_argument("--holdout-fraction", type=float, default=0.1, help="share of files held out by path hash")
+    s.add_argument("--batch-size", type=int, default=4)
+    s.add_argument("--grad-accum", type=int, default=1)
+    s.add_argument("--seq-len", type=int, default=512)
+    s.add_argument("--warmup", type=int, default=10)
+    s.add_argument("--eval-lines", type=int, default=40, help="held-out lines for exact match (0: skip)")
+    s.add_argument("--eval-batches", type=int, default=4, help="held-out loss batches (0: skip)")
+    s.add_argument(
+        "--humaneval", type=int, default=0, metavar="N", help="also HumanEval-Infilling on N tasks"
+    )
+    _common(s)
+    s.set_defaults(func=_sft)
+
+    g = sub.add_parser("grpo", help="coupled-GRPO with unit-test rewards in the sandbox")
+    g.add_argument("--tasks", help='JSONL of {"prompt", "tests"} (tests: list of asserts)')
+    g.add_argument("--repo", help="repository: functions its tests exercise get their body masked")
+    g.add_argument("--max-tasks", type=int, default=None)
+    g.add_argument("--prompts-per-step", type=int, default=2)
+    g.add_argument("--group", type=int, default=8, help="completions per prompt (G)")
+    g.add_argument("--completion-len", type=int, default=64, help="hole tokens per completion")
+    g.add_argument("--sampling-steps", type=int, default=None)
+    g.add_argument("--temperature", type=float, default=1.1)
+    g.add_argument("--estimator", choices=["coupled", "decoupled"], default="coupled")
+    g.add_argument("--beta", type=float, default=0.01, help="k3-KL weight")
+    g.add_argument("--clip-eps", type=float, default=0.5)
+    g.add_argument(
+        "--ref-sync", type=int, default=64, help="steps between reference updates (full fine-tuning)"
+    )
+    g.add_argument("--inner-steps", type=int, default=1, help="optimizer steps per rollout batch")
+    g.add_argument("--micro-batch", type=int, default=None, help="rows per backward pass")
+    g.add_argument("--test-weight", type=float, default=1.0)
+    g.add_argument("--format-weight", type=float, default=0.1)
+    g.add_argument("--workers", type=int, default=2, help="parallel sandbox runs")
+    g.add_argument("--test-timeout", type=float, default=5.0, help="seconds per test")
+    g.add_argument("--max-context-tokens", type=int, default=1024)
+    g.add_argument("--no-plot", action="store_true")
+    _common(g)
+    g.set_defaults(func=_grpo)
+
+
+def _opt(args, **names) -> dict:
+    """Only the options the user gave: dataclass defaults stay the single source of truth."""
+    return {k: getattr(args, v) for k, v in names.items() if getattr(args, v) is not None}
+
+
+def _sft(args: argparse.Namespace) -> int:
+    from .sft import SFTArgs, run_sft
+
+    if args.repo and not Path(args.repo).is_dir():
+        raise BadInputError(f"no such repository folder: {args.repo}")
+    sargs = SFTArgs(
+        out=args.out,
+        repo=args.repo,
+        instructions=args.instructions,
+        model=args.model,
+        languages=args.languages,
+        holdout=args.holdout,
+        holdout_fraction=args.holdout_fraction,
+        lora=args.lora,
+        lora_r=args.lora_r,
+        lora_alpha=args.lora_alpha,
+        batch_size=args.batch_size,
+        grad_accum=args.grad_accum,
+        seq_len=args.seq_len,
+        warmup=args.warmup,
+        seed=args.seed,
+        resume=args.resume,
+        device=args.device,
+        threads=args.threads,
+        eval_lines=args.eval_lines,
+        eval_batches=args.eval_batches,
+        humaneval=args.humaneval,
+        export=args.export,
+        export_dtype=args.export_dtype,
+        time_limit=args.time_limit,
+        **_opt(args, steps="steps", lr="lr", ckpt_every="ckpt_every"),
+    )
+    summary = run_sft(sargs, progress=not args.no_progress)
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+def _grpo(args: argparse.Namespace) -> int:
+    from .grpo import GRPOArgs, GRPOTrainer
+    from .repo_tasks import read_jsonl_tasks, repo_tasks
+
+    if not args.tasks and not args.repo:
+        raise BadInputError("give --tasks (JSONL of prompt/tests), --repo, or both")
+    tasks = read_jsonl_tasks(args.tasks) if args.tasks else []
+    if args.repo:
+        if not Path(args.repo).is_dir():
+            raise BadInputError(f"no such repository folder: {args.repo}")
+        tasks += repo_tasks(args.repo, workers=args.workers, max_tasks=args.max_tasks)
+    if args.max_tasks:
+        tasks = tasks[: args.max_tasks]
+    print(f"{len(tasks)} tasks")
+    gargs = GRPOArgs(
+        out=args.out,
+        model=args.model,
+        lora=args.lora,
+        lora_r=args.lora_r,
+        lora_alpha=args.lora_alpha,
+        prompts_per_step=args.prompts_per_step,
+        group=args.group,
+        completion_len=args.completion_len,
+        sampling_steps=args.sampling_steps,
+        temperature=args.temperature,
+        estimator=args.estimator,
+        beta=args.beta,
+        clip_eps=args.clip_eps,
+        ref_sync=args.ref_sync,
+        inner_steps=args.inner_steps,
+        micro_batch=args.micro_batch,
+        test_weight=args.test_weight,
+        format_weight=args.format_weight,
+        workers=args.workers,
+        test_timeout=args.test_timeout,
+        max_context_tokens=args.max_context_tokens,
+        seed=args.seed,
+        resume=args.resume,
+        device=args.device,
+        threads=args.threads,
+        export=args.export,
+        export_dtype=args.export_dtype,
+        plot=not args.no_plot,
+        time_limit=args.time_limit,
+        **_opt(args, steps="steps", lr="lr", ckpt_every="ckpt_every"),
+    )
+    summary = GRPOTrainer(gargs, tasks).fit(progress=not args.no_progress)
+    print(json.dumps(summary, indent=2, default=str))
+    return 0

@@ -1,0 +1,154 @@
+"""SFT: held-out loss goes down, LoRA merge/export is exact and loadable, resume is exact, the CLI works."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from diffucoder_lsp.cli import main
+from diffucoder_lsp.model.loading import load_model
+from diffucoder_lsp.train.lora import load_adapter, merge_lora
+from diffucoder_lsp.train.sft import SFTArgs, SFTTrainer, run_sft
+
+TOYREPO = Path(__file__).resolve().parent.parent / "fixtures" / "toyrepo"
+
+
+def _args(ckpt, out, **kw) -> SFTArgs:
+    base = dict(
+        out=str(out),
+        repo=str(TOYREPO),
+        model=str(ckpt),
+        holdout=["toymath/text.py"],
+        steps=30,
+        batch_size=8,
+        seq_len=128,
+        lora=False,
+        lr=3e-3,
+        warmup=2,
+        threads=1,
+        device="cpu",
+        eval_lines=0,
+        eval_batches=4,
+        export="none",
+        ckpt_every=0,
+    )
+    base.update(kw)
+    return SFTArgs(**base)
+
+
+@pytest.mark.slow
+def test_full_sft_lowers_heldout_loss(tiny_ckpt_fp32, tmp_path, capsys):
+    s = run_sft(_args(tiny_ckpt_fp32, tmp_path / "run", eval_lines=4), progress=False)
+    before, after = s["before"]["heldout_loss"], s["after"]["heldout_loss"]
+    with capsys.disabled():
+        print(f"\n[sft full] held-out loss {before:.3f} -> {after:.3f}")
+    assert after < 0.8 * before
+    assert "intrinsic_exact_match" in s["before"] and "intrinsic_exact_match" in s["after"]
+    assert json.loads((tmp_path / "run" / "eval_after.json").read_text())["heldout_loss"] == after
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in lines if "loss" in r and "event" not in r]
+    assert len(steps) == 30 and all(r["tok_s"] > 0 for r in steps)
+
+
+@pytest.mark.slow
+def test_lora_sft_export_is_exact_and_loads(tiny_ckpt_fp32, tmp_path, capsys):
+    tr = SFTTrainer(_args(tiny_ckpt_fp32, tmp_path / "run", lora=True, lora_r=8, lr=1e-2, steps=20))
+    s = tr.fit(progress=False)
+    with capsys.disabled():
+        print(
+            f"[sft lora] held-out loss {s['before']['heldout_loss']:.3f} -> {s['after']['heldout_loss']:.3f}"
+        )
+    assert s["after"]["heldout_loss"] < s["before"]["heldout_loss"]
+    x = torch.randint(10, 300, (2, 24))
+    tr.core.eval()  # LoRA dropout off
+    with torch.no_grad():
+        adapted = tr.core(x)
+    tr.args.export, tr.args.export_dtype = "both", "float32"
+    out = tr.export()
+    merged = load_model(out["model"], device="cpu", dtype="fp32")
+    base = load_model(tiny_ckpt_fp32, device="cpu", dtype="fp32").model
+    with torch.no_grad():
+        torch.testing.assert_close(merged.model(x), adapted, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(load_adapter(base, out["adapter"])(x), adapted, atol=1e-4, rtol=1e-4)
+        assert not torch.allclose(
+            load_model(tiny_ckpt_fp32, device="cpu", dtype="fp32").model(x), adapted, atol=1e-3
+        )
+    # the exported folder has no remote code and the base's tokenizer
+    names = {p.name for p in Path(out["model"]).iterdir()}
+    assert "tokenizer.json" in names and not any(n.endswith(".py") for n in names)
+    assert "auto_map" not in json.loads((Path(out["model"]) / "config.json").read_text())
+
+
+def test_merge_lora_removes_wrappers(tiny_ckpt_fp32):
+    from diffucoder_lsp.train.lora import apply_lora, has_lora
+
+    m = load_model(tiny_ckpt_fp32, device="cpu", dtype="fp32").model
+    keys = set(m.state_dict())
+    apply_lora(m, r=4, alpha=8, dropout=0.0)
+    assert has_lora(m) and all(p.requires_grad == ("lora_" in n) for n, p in m.named_parameters())
+    merge_lora(m)
+    assert not has_lora(m) and set(m.state_dict()) == keys
+
+
+@pytest.mark.slow
+def test_resume_reproduces_an_uninterrupted_run(tiny_ckpt_fp32, tmp_path):
+    common = dict(steps=4, eval_batches=0, lora=True, lora_r=4, lr=1e-2, grad_accum=2, batch_size=2)
+    straight = SFTTrainer(_args(tiny_ckpt_fp32, tmp_path / "a", **common))
+    straight.fit(progress=False)
+    first = SFTTrainer(_args(tiny_ckpt_fp32, tmp_path / "b", **common))
+    first.args.steps = 2
+    first.fit(progress=False)
+    resumed = SFTTrainer(_args(tiny_ckpt_fp32, tmp_path / "b", resume=True, **common))
+    assert resumed.step == 2
+    resumed.fit(progress=False)
+    a = {n: p for n, p in straight.core.named_parameters() if "lora_" in n}
+    b = {n: p for n, p in resumed.core.named_parameters() if "lora_" in n}
+    assert a.keys() == b.keys() and len(a) > 0
+    assert any(p.abs().sum() > 0 for n, p in a.items() if "lora_B" in n), (
+        "training moved the adapter off zero"
+    )
+    for n in a:
+        torch.testing.assert_close(a[n], b[n], atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_cli_sft_writes_a_loadable_model(tiny_ckpt_fp32, tmp_path, capsys):
+    out = tmp_path / "cli"
+    rc = main(
+        [
+            "train",
+            "sft",
+            "--repo",
+            str(TOYREPO),
+            "--model",
+            str(tiny_ckpt_fp32),
+            "--out",
+            str(out),
+            "--steps",
+            "3",
+            "--batch-size",
+            "2",
+            "--seq-len",
+            "96",
+            "--threads",
+            "1",
+            "--device",
+            "cpu",
+            "--eval-lines",
+            "0",
+            "--eval-batches",
+            "1",
+            "--export",
+            "both",
+            "--no-progress",
+        ]
+    )
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["step"] == 3 and (out / "adapter" / "adapter_config.json").is_file()
+    lm = load_model(summary["exported"]["model"], device="cpu")
+    assert lm.model.dtype == torch.float32 or lm.model.dtype == torch.bfloat16
+    assert main(["train", "sft", "--out", str(out)]) == 2  # neither --repo nor --instructions

@@ -1,0 +1,135 @@
+"""SFT data from a repository: file selection (git and walk), held-out files, hole kinds, instruction rows."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from diffucoder_lsp.errors import BadInputError
+from diffucoder_lsp.model.loading import load_model
+from diffucoder_lsp.train.data import line_end_table
+from diffucoder_lsp.train.repo_data import (
+    RepoExampleSampler,
+    function_bodies,
+    list_repo_files,
+    load_repo,
+    read_instructions,
+    suffixes_for,
+)
+
+TOYREPO = Path(__file__).resolve().parent.parent / "fixtures" / "toyrepo"
+
+
+@pytest.fixture
+def repo(tmp_path):
+    """The toy repo plus files its .gitignore excludes (they cannot live in our own git tree)."""
+    root = tmp_path / "toy"
+    shutil.copytree(TOYREPO, root)
+    (root / "build").mkdir()
+    (root / "build" / "generated_copy.py").write_text("def ignored(x):\n    return x\n")
+    (root / "secrets.py").write_text("API_TOKEN = 'ignored by .gitignore'\n")
+    (root / "run.log").write_text("log line\n")
+    (root / ".venv" / "lib").mkdir(parents=True)
+    (root / ".venv" / "lib" / "site.py").write_text("def venv_code():\n    return 1\n")
+    return root
+
+
+def _expected_py(files):
+    return {f for f in files if f.endswith(".py")}
+
+
+def test_walk_respects_gitignore_and_skips_tool_dirs(repo):
+    files, how = list_repo_files(repo)
+    assert how == "walk"
+    assert "toymath/ops.py" in files and "tests/test_ops.py" in files and "README.md" in files
+    for ignored in ("build/generated_copy.py", "secrets.py", "run.log", ".venv/lib/site.py"):
+        assert ignored not in files
+
+
+def test_git_ls_files_when_a_git_repo(repo):
+    if shutil.which("git") is None:
+        pytest.skip("git not installed")
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    subprocess.run(["git", "-C", str(repo), "add", "toymath", ".gitignore"], check=True)
+    files, how = list_repo_files(repo)
+    assert how == "git"
+    # tracked files and untracked-but-not-ignored ones (tests/), never the ignored ones
+    assert {"toymath/ops.py", "tests/test_text.py", "README.md"} <= set(files)
+    assert not {"build/generated_copy.py", "secrets.py", "run.log"} & set(files)
+
+
+def test_language_filter_and_holdout(repo):
+    files = load_repo(repo, "python", holdout=["toymath/text.py"])
+    paths = {f.path for f in files}
+    assert paths == {
+        "toymath/__init__.py",
+        "toymath/ops.py",
+        "toymath/text.py",
+        "tests/test_ops.py",
+        "tests/test_text.py",
+    }
+    assert [f.path for f in files if f.held_out] == ["toymath/text.py"]
+    assert load_repo(repo, ".md", holdout_fraction=0.0)[0].path == "README.md"
+    # without globs, some file is always held out in a repo with several files
+    assert any(f.held_out for f in load_repo(repo, "python"))
+    with pytest.raises(BadInputError):
+        suffixes_for("klingon")
+
+
+def test_function_bodies_skip_signature_and_docstring():
+    text = (TOYREPO / "toymath" / "ops.py").read_text()
+    bodies = [text[a:b] for a, b in function_bodies(text)]
+    clamp = next(b for b in bodies if "value < low" in b)
+    assert clamp.startswith("    if value < low:") and clamp.endswith("return value\n")
+    assert all('"""' not in b for b in bodies)
+    assert len(bodies) == 4
+
+
+def test_sampler_rows_train_only_the_hole_and_are_reproducible(tiny_ckpt_fp32, repo):
+    lm = load_model(tiny_ckpt_fp32, device="cpu", dtype="fp32")
+    tok = lm.tokenizer
+    files = [f for f in load_repo(repo, "python", holdout=["toymath/text.py"]) if not f.held_out]
+    s = RepoExampleSampler(files, tok, 96, line_end_table(tok), seed=3)
+    b1, b2 = s.batch(5, 8), s.batch(5, 8)
+    assert np.array_equal(b1.input_ids, b2.input_ids) and np.array_equal(b1.trainable, b2.trainable)
+    assert not np.array_equal(s.batch(6, 8).input_ids, b1.input_ids)
+    texts = {f.text for f in files}
+    for r in range(8):
+        tr = np.flatnonzero(b1.trainable[r])
+        assert len(tr) > 0 and np.all(np.diff(tr) == 1), "one contiguous trainable span per row"
+        assert b1.valid[r, tr].all()
+        ids = b1.input_ids[r, b1.valid[r]]
+        # the hole's code tokens then eos pads: the decoded row (pads dropped) is a substring of a source file
+        decoded = tok.decode(ids.tolist())
+        assert any(decoded.strip()[:20] in t for t in texts)
+        assert (~b1.trainable[r, : tr[0]]).all(), "the context before the hole is never trained"
+
+
+def test_instruction_rows_train_only_the_response(tiny_ckpt_fp32, tmp_path):
+    lm = load_model(tiny_ckpt_fp32, device="cpu", dtype="fp32")
+    tok = lm.tokenizer
+    path = tmp_path / "instr.jsonl"
+    path.write_text(json.dumps({"prompt": "def double(x):\n", "response": "    return x * 2\n"}) + "\n")
+    rows = read_instructions(path)
+    s = RepoExampleSampler([], tok, 160, line_end_table(tok), instructions=rows, seed=0)
+    b = s.batch(0, 4)
+    for r in range(4):
+        tr = np.flatnonzero(b.trainable[r])
+        prompt = tok.decode(b.input_ids[r, : tr[0]].tolist())
+        # the tiny tokenizer has <|im_start|>, so the prompt is wrapped in the Instruct models' ChatML template
+        assert prompt.startswith("system\nYou are a helpful assistant.") and prompt.endswith(
+            "def double(x):\n\n\nassistant\n"
+        )
+        assert (
+            tok.decode(b.input_ids[r, tr].tolist()) == "    return x * 2\n"
+        )  # response (+ end/pads, dropped)
+        assert tok.im_end_id in b.input_ids[r, tr].tolist(), "the response ends with <|im_end|>"
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "x"}\n')
+    with pytest.raises(BadInputError, match="line 1"):
+        read_instructions(bad)
