@@ -67,6 +67,7 @@ def test_language_filter_and_holdout(repo):
     files = load_repo(repo, "python", holdout=["toymath/text.py"])
     paths = {f.path for f in files}
     assert paths == {
+        "conftest.py",
         "toymath/__init__.py",
         "toymath/ops.py",
         "toymath/text.py",
