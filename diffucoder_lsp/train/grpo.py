@@ -42,6 +42,7 @@ from .repo_tasks import Task
 from .rewards import jsonl_rewards, repo_rewards, reward_summary
 from .tuning import (
     MetricsLog,
+    check_distributed,
     load_checkpoint,
     load_trainable,
     make_accelerator,
@@ -119,6 +120,7 @@ class GRPOTrainer:
         self.out = Path(args.out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.acc = make_accelerator()
+        check_distributed(self.acc)
         self.device = self.acc.device if self.acc else resolve_device(args.device)
         self.rank = self.acc.process_index if self.acc else 0
         self.is_main = self.rank == 0

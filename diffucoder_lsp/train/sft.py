@@ -32,6 +32,7 @@ from .losses import apply_noise, masked_diffusion_loss, sample_t
 from .repo_data import RepoExampleSampler, load_repo, read_instructions
 from .tuning import (
     MetricsLog,
+    check_distributed,
     eval_view,
     load_checkpoint,
     load_trainable,
@@ -107,6 +108,7 @@ class SFTTrainer:
         self.out = Path(args.out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.acc = make_accelerator()
+        check_distributed(self.acc, args.grad_accum)
         self.device = self.acc.device if self.acc else resolve_device(args.device)
         rank = self.acc.process_index if self.acc else 0
         self.is_main = rank == 0

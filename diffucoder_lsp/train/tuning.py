@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import BadInputError
 from ..model.loading import LoadedModel, load_model
 from .lora import apply_lora, has_lora
 from .pretrain import _atomic_save, lr_lambda
@@ -43,6 +44,30 @@ def make_accelerator():
         return None
     mp = "bf16" if torch.cuda.is_available() else "no"
     return Accelerator(mixed_precision=mp)
+
+
+def check_distributed(acc, grad_accum: int = 1) -> None:
+    """Refuse setups whose sharding this trainer cannot serve, with the way out.
+
+    Evaluation, GRPO rollouts (the engine's sampler) and the merged export run the unwrapped network, so every
+    process needs whole weights: DDP and DeepSpeed ZeRO-1/2 keep them, FSDP and ZeRO-3 shard them. DeepSpeed
+    also steps its optimizer inside every ``backward``, so the trainer's micro-batch accumulation cannot apply.
+    """
+    if acc is None:
+        return
+    kind = str(acc.distributed_type)
+    sharded = "FSDP" in kind
+    if "DEEPSPEED" in kind:
+        plugin = getattr(acc.state, "deepspeed_plugin", None)
+        sharded = getattr(plugin, "zero_stage", 0) == 3
+        if grad_accum > 1:
+            raise BadInputError("under DeepSpeed pass --grad-accum 1 and raise --batch-size instead")
+    if sharded:
+        raise BadInputError(
+            "FSDP / ZeRO-3 shard the weights, but evaluation, GRPO rollouts and the merged export need whole "
+            "weights on every process: use DDP (examples/accelerate/multi_gpu.yaml) or DeepSpeed ZeRO-2 "
+            "(examples/accelerate/deepspeed_zero2.yaml)"
+        )
 
 
 def load_trainable(

@@ -143,12 +143,41 @@ def test_cli_sft_writes_a_loadable_model(tiny_ckpt_fp32, tmp_path, capsys):
             "1",
             "--export",
             "both",
+            "--humaneval",
+            "2",
             "--no-progress",
         ]
     )
     assert rc == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["step"] == 3 and (out / "adapter" / "adapter_config.json").is_file()
+    he = summary["after"]["humaneval_infill"]["single-line/oracle"]
+    assert he["n"] == 2 and 0.0 <= he["pass@1"] <= 100.0
     lm = load_model(summary["exported"]["model"], device="cpu")
     assert lm.model.dtype == torch.float32 or lm.model.dtype == torch.bfloat16
     assert main(["train", "sft", "--out", str(out)]) == 2  # neither --repo nor --instructions
+
+
+def test_sharded_setups_are_refused_with_the_way_out():
+    from types import SimpleNamespace
+
+    from diffucoder_lsp.errors import BadInputError
+    from diffucoder_lsp.train.tuning import check_distributed
+
+    check_distributed(None, grad_accum=4)
+    check_distributed(SimpleNamespace(distributed_type="DistributedType.MULTI_GPU"), grad_accum=4)
+    with pytest.raises(BadInputError, match="multi_gpu.yaml"):
+        check_distributed(SimpleNamespace(distributed_type="DistributedType.FSDP"))
+    zero3 = SimpleNamespace(
+        distributed_type="DistributedType.DEEPSPEED",
+        state=SimpleNamespace(deepspeed_plugin=SimpleNamespace(zero_stage=3)),
+    )
+    with pytest.raises(BadInputError, match="ZeRO-2"):
+        check_distributed(zero3)
+    zero2 = SimpleNamespace(
+        distributed_type="DistributedType.DEEPSPEED",
+        state=SimpleNamespace(deepspeed_plugin=SimpleNamespace(zero_stage=2)),
+    )
+    check_distributed(zero2, grad_accum=1)
+    with pytest.raises(BadInputError, match="grad-accum 1"):
+        check_distributed(zero2, grad_accum=2)
