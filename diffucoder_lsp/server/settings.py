@@ -39,10 +39,10 @@ class Settings:
     seed: int = 0
     threshold: float | None = None  # parallel unmasking: reveal every position at least this sure
     context_cache: bool = True  # keys/values of the context computed once (refreshed every cacheRefreshEvery)
-    cache_refresh_every: int = 8
+    cache_refresh_every: int = 0  # 0: never (one full pass per completion), as the engine bench defaults
     max_tokens: int = 48  # multi-line completion span
     max_tokens_single_line: int = 20
-    context_tokens: int = 1024  # prefix + suffix budget
+    context_tokens: int = 512  # prefix + suffix budget (the bundled model trained on 512-token rows)
     prefix_share: float = 0.7
     debounce_ms: int = 50
     enabled_languages: tuple[str, ...] = ("*",)
