@@ -134,6 +134,9 @@ class GRPOTrainer:
             lora_dropout=0.0,
         )
         self.core, self.tok = self.lm.model, self.lm.tokenizer
+        for t in tasks:  # repo holes get room for the original body (+25 %); the trailing pads are the slack
+            if t.kind == "repo" and t.hole_tokens is None and t.truth:
+                t.hole_tokens = min(4 * args.completion_len, int(len(self.tok.encode(t.truth)) * 1.25) + 4)
         self.ref = None
         if not args.lora and args.beta:
             self.ref = copy.deepcopy(self.core).eval().requires_grad_(False)
@@ -289,7 +292,13 @@ class GRPOTrainer:
             for s in range(0, b, mb):
                 sl = slice(s, min(b, s + mb))
                 sub = type(plan)([m[sl] for m in plan.masks], [w[sl] for w in plan.weights], plan.t[sl])
-                ctx = self.acc.autocast() if self.acc else torch.autocast(self.device.type, enabled=False)
+                ctx = (
+                    self.acc.autocast()
+                    if self.acc
+                    else torch.autocast(
+                        self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"
+                    )
+                )
                 with ctx:
                     lp = estimate_logprobs(self.head, x[sl], valid[sl], sub, mask_id)
                 old = lp.detach() if lp_old is None else lp_old[sl]
@@ -319,6 +328,8 @@ class GRPOTrainer:
         if self.ref is not None and a.ref_sync and self.step % a.ref_sync == 0:
             self.ref.load_state_dict(self.core.state_dict())
         lengths = [len(t) for t in texts]
+        stops = self.tok.stop_ids
+        tok_lengths = [next((i for i, t in enumerate(row) if t in stops), len(row)) for row in ids]
         return {
             "step": self.step,
             **rsum,
@@ -326,6 +337,7 @@ class GRPOTrainer:
             **stats,
             "gnorm": float(gnorm),
             "completion_chars": float(np.mean(lengths)),
+            "completion_tokens": float(np.mean(tok_lengths)),
             "lr": self.sched.get_last_lr()[0],
             "rollout_s": round(t_roll, 2),
             "reward_s": round(t_rew, 2),

@@ -215,5 +215,34 @@ def test_cli_grpo_on_jsonl_tasks(tiny_ckpt_fp32, tmp_path, capsys):
         summary["step"] == 2 and (out / "model" / "config.json").is_file() and (out / "reward.png").is_file()
     )
     recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    assert all(k in recs[1] for k in ("reward", "kl", "clip_fraction", "completion_chars", "loss"))
+    assert all(
+        k in recs[1]
+        for k in ("reward", "kl", "clip_fraction", "completion_chars", "completion_tokens", "loss")
+    )
     assert main(["train", "grpo", "--out", str(out)]) == 2
+
+
+@pytest.mark.slow
+def test_grpo_step_on_repo_tasks_uses_the_sandbox(tiny_ckpt_fp32, tmp_path):
+    root = tmp_path / "toy"
+    shutil.copytree(TOYREPO, root)
+    tasks = [t for t in repo_tasks(root) if t.task_id.startswith("toymath/ops.py::mean")]
+    tr = GRPOTrainer(
+        _toy_args(
+            tiny_ckpt_fp32,
+            tmp_path / "g",
+            steps=1,
+            group=2,
+            prompts_per_step=1,
+            plot=False,
+            completion_len=32,
+        ),
+        tasks,
+    )
+    truth_tokens = len(tr.tok.encode(tasks[0].truth))
+    assert tasks[0].hole_tokens == int(truth_tokens * 1.25) + 4, "repo holes are sized from the original body"
+    s = tr.fit(progress=False, eval_rounds=0)
+    rec = [r for r in tr.metrics.read() if "reward" in r and "event" not in r][0]
+    # a random tiny model writes no passing body; the reward is then the syntax part only, never an error
+    assert s["step"] == 1 and 0.0 <= rec["reward"] <= 0.1 + 1e-9 and rec["tests_passed"] == 0.0
+    assert (root / "toymath" / "ops.py").read_text().count("total / len(values)") == 1, "repo untouched"
