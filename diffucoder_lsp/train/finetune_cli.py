@@ -88,6 +88,9 @@ def register(sub) -> None:
     g.add_argument("--workers", type=int, default=2, help="parallel sandbox runs")
     g.add_argument("--test-timeout", type=float, default=5.0, help="seconds per test")
     g.add_argument("--max-context-tokens", type=int, default=1024)
+    g.add_argument(
+        "--eval-rounds", type=int, default=2, help="fixed-seed rollout rounds before/after (0: skip)"
+    )
     g.add_argument("--no-plot", action="store_true")
     _common(g)
     g.set_defaults(func=_grpo)
@@ -181,6 +184,6 @@ def _grpo(args: argparse.Namespace) -> int:
         time_limit=args.time_limit,
         **_opt(args, steps="steps", lr="lr", ckpt_every="ckpt_every"),
     )
-    summary = GRPOTrainer(gargs, tasks).fit(progress=not args.no_progress)
+    summary = GRPOTrainer(gargs, tasks).fit(progress=not args.no_progress, eval_rounds=args.eval_rounds)
     print(json.dumps(summary, indent=2, default=str))
     return 0

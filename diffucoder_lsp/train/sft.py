@@ -184,9 +184,11 @@ class SFTTrainer:
         view = eval_view(self.lm, self.core)
         fill = model_fill_fn(view, SamplingOptions(temperature=0.0, seed=0))
         if self.args.eval_lines and self.heldout_files:
-            samples = sample_lines(
-                [f.as_doc() for f in self.heldout_files], limit=self.args.eval_lines, seed=0
-            )
+            per_file = max(
+                2, -(-self.args.eval_lines // len(self.heldout_files))
+            )  # few files: more lines each
+            docs = [f.as_doc() for f in self.heldout_files]
+            samples = sample_lines(docs, limit=self.args.eval_lines, per_file=per_file, seed=0)
             recs = evaluate_lines(samples, fill, count_tokens=token_counter(view), progress=False)
             s = summarize_lines(recs)
             res.update(
