@@ -217,7 +217,7 @@ class SFTTrainer:
     def train_step(self) -> dict:
         a = self.args
         self.model.train()
-        tokens, stats_loss = 0, 0.0
+        tokens, targets, stats_loss = 0, 0, 0.0
         for k in range(a.grad_accum):
             micro = self.step * a.grad_accum + k
             b = self.data.batch(micro, a.batch_size)
@@ -236,7 +236,8 @@ class SFTTrainer:
                     self.acc.backward(loss)
                 else:
                     loss.backward()
-            tokens += int(b.trainable.sum())
+            tokens += b.num_tokens  # every token the network read, as pretraining counts them
+            targets += int(b.trainable.sum())
             stats_loss += value / a.grad_accum
         params = [p for p in self.model.parameters() if p.requires_grad]
         if self.acc:
@@ -253,6 +254,7 @@ class SFTTrainer:
             "gnorm": float(gnorm),
             "lr": self.sched.get_last_lr()[0],
             "tokens": tokens,
+            "target_tokens": targets,
         }
 
     def save(self) -> None:
