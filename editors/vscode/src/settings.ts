@@ -1,0 +1,111 @@
+// The server's settings as VS Code stores them, and what the extension sends to `diffucoder serve`.
+// No `vscode` import here, so the unit tests run in plain Node.
+
+/** Every setting the server reads (camelCase, the `diffucoder` section); mirrors server/settings.py. */
+export const SERVER_KEYS = [
+  "model",
+  "device",
+  "dtype",
+  "quant",
+  "steps",
+  "tokensPerStep",
+  "temperature",
+  "topP",
+  "alg",
+  "eosPenalty",
+  "seed",
+  "threshold",
+  "contextCache",
+  "cacheRefreshEvery",
+  "maxTokens",
+  "maxTokensSingleLine",
+  "contextTokens",
+  "prefixShare",
+  "debounceMs",
+  "enabledLanguages",
+  "maxDocumentChars",
+  "cacheSize",
+] as const;
+
+export type ServerKey = (typeof SERVER_KEYS)[number];
+
+/** Settings whose change needs a new server process (the rest go over didChangeConfiguration). */
+export const RESTART_KEYS = ["server.path", "server.pythonPath", "server.args", "server.env", "enabledLanguages"];
+
+/** The part of `getConfiguration('diffucoder')` the extension needs: a `get`. */
+export interface ConfigReader {
+  get<T>(key: string): T | undefined;
+}
+
+/**
+ * The server's settings object. `initial`: for initializationOptions, where an unset (null) value is left out
+ * so that the server keeps its own default (or its command-line `--model`); on a change every key is sent, since
+ * the server merges a change into its current settings and a removed value must go back to the default.
+ */
+export function serverSettings(config: ConfigReader, initial: boolean): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const key of SERVER_KEYS) {
+    let value = config.get<unknown>(key);
+    if (typeof value === "string" && value.trim() === "" && key === "model") value = null;
+    if (value === undefined || (value === null && initial)) continue;
+    out[key] = value;
+  }
+  return out;
+}
+
+export interface ServerCommand {
+  command: string;
+  args: string[];
+}
+
+/** How to start the server: `server.path`, else `server.pythonPath -m diffucoder_lsp.server`, else PATH. */
+export function serverCommand(config: ConfigReader): ServerCommand {
+  const extra = (config.get<string[]>("server.args") ?? []).filter((a) => typeof a === "string");
+  const path = (config.get<string>("server.path") ?? "").trim();
+  const python = (config.get<string>("server.pythonPath") ?? "").trim();
+  if (path) return { command: path, args: ["serve", ...extra] };
+  if (python) return { command: python, args: ["-m", "diffucoder_lsp.server", ...extra] };
+  return { command: "diffucoder", args: ["serve", ...extra] };
+}
+
+/** Document selector entries for `enabledLanguages` (`*`: every file and untitled document). */
+export function documentSelector(config: ConfigReader): { scheme: string; language?: string }[] {
+  const langs = config.get<string[]>("enabledLanguages") ?? ["*"];
+  const schemes = ["file", "untitled", "vscode-remote"];
+  if (langs.length === 0 || langs.includes("*")) return schemes.map((scheme) => ({ scheme }));
+  return langs.flatMap((language) => schemes.map((scheme) => ({ scheme, language })));
+}
+
+/** What the server reports in `diffucoder/status`. */
+export interface Status {
+  state: "loading" | "ready" | "busy" | "error" | string;
+  model?: string;
+  device?: string;
+  lastLatencyMs?: number | null;
+  message?: string;
+}
+
+/** Status bar text (with codicons) and tooltip for a status; `running` false: the server is not running. */
+export function statusText(status: Status | undefined, running: boolean): { text: string; tooltip: string } {
+  if (!running) return { text: "$(circle-slash) DiffuCoder", tooltip: "DiffuCoder: the server is not running" };
+  if (!status) return { text: "$(loading~spin) DiffuCoder", tooltip: "DiffuCoder: starting the server" };
+  const icon: Record<string, string> = {
+    loading: "$(loading~spin)",
+    ready: "$(sparkle)",
+    busy: "$(sync~spin)",
+    error: "$(error)",
+  };
+  const latency =
+    status.lastLatencyMs === null || status.lastLatencyMs === undefined
+      ? ""
+      : ` ${Math.round(status.lastLatencyMs)} ms`;
+  const text = `${icon[status.state] ?? "$(question)"} DiffuCoder${status.state === "ready" || status.state === "busy" ? latency : ` ${status.state}`}`;
+  const lines = [
+    `DiffuCoder: ${status.state}`,
+    status.model ? `model: ${status.model}` : "",
+    status.device ? `device: ${status.device}` : "",
+    latency ? `last completion:${latency}` : "",
+    status.message ? status.message : "",
+  ].filter((l) => l);
+  return { text, tooltip: lines.join("\n") };
+}
