@@ -68,6 +68,9 @@ def register(sub) -> None:
 
     g = sub.add_parser("grpo", help="coupled-GRPO with unit-test rewards in the sandbox")
     g.add_argument("--tasks", help='JSONL of {"prompt", "tests"} (tests: list of asserts)')
+    g.add_argument(
+        "--chat", action="store_true", help="JSONL prompts are questions for an Instruct model (ChatML)"
+    )
     g.add_argument("--repo", help="repository: functions its tests exercise get their body masked")
     g.add_argument("--max-tasks", type=int, default=None)
     g.add_argument("--prompts-per-step", type=int, default=2)
@@ -144,7 +147,7 @@ def _grpo(args: argparse.Namespace) -> int:
 
     if not args.tasks and not args.repo:
         raise BadInputError("give --tasks (JSONL of prompt/tests), --repo, or both")
-    tasks = read_jsonl_tasks(args.tasks) if args.tasks else []
+    tasks = read_jsonl_tasks(args.tasks, chat=args.chat) if args.tasks else []
     if args.repo:
         if not Path(args.repo).is_dir():
             raise BadInputError(f"no such repository folder: {args.repo}")

@@ -39,7 +39,7 @@ from ..errors import BadInputError
 from .coupled import MaskedHead, estimate_logprobs, grpo_loss, leave_one_out, plan_masks
 from .lora import adapters_disabled, export_checkpoint, merge_lora, save_adapter
 from .repo_tasks import Task
-from .rewards import jsonl_rewards, repo_rewards, reward_summary
+from .rewards import extract_code, jsonl_rewards, repo_rewards, reward_summary
 from .tuning import (
     MetricsLog,
     check_distributed,
@@ -232,7 +232,10 @@ class GRPOTrainer:
                 kw = dict(workers=a.workers, test_weight=a.test_weight, format_weight=a.format_weight)
                 if kind == "jsonl":
                     rs = jsonl_rewards(
-                        [row_tasks[i].prefix + texts[i] + row_tasks[i].suffix for i in sel],
+                        [
+                            extract_code(texts[i]) if row_tasks[i].chat else row_tasks[i].prefix + texts[i]
+                            for i in sel
+                        ],
                         [row_tasks[i].tests for i in sel],
                         per_test_s=a.test_timeout,
                         **kw,

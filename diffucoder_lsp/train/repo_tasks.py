@@ -27,7 +27,7 @@ from pathlib import Path
 
 from ..errors import BadInputError
 from ..sandbox import run_many
-from .repo_data import function_bodies, load_repo
+from .repo_data import CHATML, function_bodies, load_repo
 from .rewards import new_nonce
 
 log = logging.getLogger(__name__)
@@ -46,9 +46,12 @@ class Task:
     repo_root: str = ""
     truth: str = ""  # the original body (repo tasks), for reference only
     hole_tokens: int | None = None  # a per-task hole length; None uses the run's completion length
+    chat: bool = False  # jsonl: ChatML prompt, the reward runs the answer's code block
 
 
-def read_jsonl_tasks(path: str | Path) -> list[Task]:
+def read_jsonl_tasks(path: str | Path, chat: bool = False) -> list[Task]:
+    """Tasks of a JSONL file. ``chat``: the prompt is a question for an Instruct model, wrapped in ChatML; the
+    reward then runs the code block of the answer (see :func:`rewards.extract_code`), not prompt + answer."""
     tasks = []
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
@@ -66,9 +69,9 @@ def read_jsonl_tasks(path: str | Path) -> list[Task]:
             tests = [tests]
         if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not tests:
             raise BadInputError(f"{path}:{n}: needs a string prompt and a non-empty tests list")
-        tasks.append(
-            Task(str(row.get("id", f"jsonl/{n}")), "jsonl", row["prompt"], "", [str(t) for t in tests])
-        )
+        prompt = CHATML.format(query=row["prompt"]) if chat else row["prompt"]
+        task_id = str(row.get("id", f"jsonl/{n}"))
+        tasks.append(Task(task_id, "jsonl", prompt, "", [str(t) for t in tests], chat=chat))
     return tasks
 
 

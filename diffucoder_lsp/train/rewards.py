@@ -20,6 +20,7 @@ from __future__ import annotations
 import ast
 import json
 import logging
+import re
 import secrets
 from dataclasses import dataclass
 
@@ -43,6 +44,16 @@ def syntax_ok(code: str) -> bool:
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return False
     return True
+
+
+_FENCE = re.compile(r"```[ \t]*(?:python|py|python3)?[ \t]*\n(.*?)```", re.DOTALL | re.IGNORECASE)
+
+
+def extract_code(answer: str) -> str:
+    """The code of an Instruct model's answer: its last fenced code block, or the whole answer when there is none
+    (which then usually fails to parse and earns no format reward)."""
+    blocks = _FENCE.findall(answer)
+    return blocks[-1] if blocks else answer
 
 
 def new_nonce() -> str:

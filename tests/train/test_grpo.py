@@ -65,6 +65,13 @@ def test_jsonl_tasks(tmp_path):
     tasks = read_jsonl_tasks(p)
     assert [t.tests for t in tasks] == [["assert f() == 1"], ["assert g() == 2"]]
     assert tasks[0].kind == "jsonl" and tasks[0].prefix == "def f():\n"
+    chat = read_jsonl_tasks(p, chat=True)[0]
+    assert (
+        chat.chat
+        and chat.prefix.startswith("<|im_start|>system")
+        and chat.prefix.endswith("<|im_start|>assistant\n")
+    )
+    assert "def f():" in chat.prefix and chat.tests == ["assert f() == 1"]
     p.write_text(json.dumps({"prompt": "def f():\n", "tests": []}) + "\n")
     with pytest.raises(BadInputError):
         read_jsonl_tasks(p)

@@ -91,3 +91,14 @@ def test_repo_rewards_run_the_relevant_tests_on_a_copy(tmp_path):
     # the user's repository itself is never modified, whatever a completion does in its copy
     assert (repo / "toymath" / "ops.py").read_text() == original
     assert (repo / "tests" / "test_ops.py").is_file()
+
+
+def test_extract_code_takes_the_last_fenced_block():
+    from diffucoder_lsp.train.rewards import extract_code
+
+    answer = "Sure:\n```python\ndef add(a, b):\n    return a - b\n```\nFixed:\n```\ndef add(a, b):\n    return a + b\n```\n"
+    assert extract_code(answer) == "def add(a, b):\n    return a + b\n"
+    assert extract_code("no code here") == "no code here"
+    rs = jsonl_rewards([extract_code(answer), extract_code("no code here")], [TESTS[:2]] * 2, per_test_s=2.0)
+    assert (rs[0].passed, rs[0].syntax_ok) == (2, True)
+    assert (rs[1].passed, rs[1].syntax_ok) == (0, False)
