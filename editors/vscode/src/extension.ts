@@ -183,7 +183,8 @@ async function showStatus(): Promise<void> {
     if (s.device) parts.push(`on ${s.device}`);
     if (s.lastLatencyMs !== null && s.lastLatencyMs !== undefined)
       parts.push(`last completion ${Math.round(s.lastLatencyMs)} ms`);
-    text = parts.join(" · ") + (s.message ? ` (${s.message})` : "");
+    // The server's message repeats model and device when all is well; it explains loading and errors.
+    text = parts.join(" · ") + (s.message && s.state !== "ready" && s.state !== "busy" ? ` (${s.message})` : "");
   }
   const pick = await vscode.window.showInformationMessage(text, "Show Output", "Restart Server");
   if (pick === "Show Output") output.show(true);
