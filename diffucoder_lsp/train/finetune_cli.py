@@ -29,7 +29,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt when present")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda (ignored under accelerate launch)")
+    p.add_argument(
+        "--device", default="auto", help="auto or cpu (under accelerate, the launcher assigns GPUs)"
+    )
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--ckpt-every", type=int, default=None, help="steps between checkpoints")
     p.add_argument("--time-limit", type=float, default=None, metavar="MINUTES", help="stop cleanly and save")

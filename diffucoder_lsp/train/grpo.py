@@ -28,6 +28,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -115,11 +116,9 @@ class GRPOTrainer:
         self.args, self.tasks, self.reward_fn = args, tasks, reward_fn
         if args.threads:
             torch.set_num_threads(args.threads)
-        from pathlib import Path
-
         self.out = Path(args.out)
         self.out.mkdir(parents=True, exist_ok=True)
-        self.acc = make_accelerator()
+        self.acc = make_accelerator(args.device)
         check_distributed(self.acc)
         self.device = self.acc.device if self.acc else resolve_device(args.device)
         self.rank = self.acc.process_index if self.acc else 0

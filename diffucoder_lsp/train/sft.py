@@ -107,7 +107,7 @@ class SFTTrainer:
             torch.set_num_threads(args.threads)
         self.out = Path(args.out)
         self.out.mkdir(parents=True, exist_ok=True)
-        self.acc = make_accelerator()
+        self.acc = make_accelerator(args.device)
         check_distributed(self.acc, args.grad_accum)
         self.device = self.acc.device if self.acc else resolve_device(args.device)
         rank = self.acc.process_index if self.acc else 0

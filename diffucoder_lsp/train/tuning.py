@@ -31,7 +31,7 @@ from .pretrain import _atomic_save, lr_lambda
 log = logging.getLogger(__name__)
 
 
-def make_accelerator():
+def make_accelerator(device: str = "auto"):
     """An ``Accelerator`` (bf16 mixed precision on CUDA), or None when accelerate is not installed.
 
     Gradient accumulation is done by the callers (micro-batches, ``no_sync`` on all but the last), so the
@@ -42,6 +42,8 @@ def make_accelerator():
     except ImportError:
         log.info("accelerate is not installed: single-process training")
         return None
+    if device == "cpu":  # an explicit --device cpu wins over a visible GPU
+        return Accelerator(cpu=True, mixed_precision="no")
     mp = "bf16" if torch.cuda.is_available() else "no"
     return Accelerator(mixed_precision=mp)
 
