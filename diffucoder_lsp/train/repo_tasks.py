@@ -79,12 +79,13 @@ def read_jsonl_tasks(path: str | Path, chat: bool = False) -> list[Task]:
 
 
 def is_test_file(rel: str) -> bool:
+    """Test code (never a task): test modules, anything under tests/, and conftest.py (fixtures)."""
     name = rel.rsplit("/", 1)[-1]
     return (
-        name.startswith("test_")
+        name == "conftest.py"
+        or name.startswith("test_")
         or name.endswith("_test.py")
         or "/tests/" in f"/{rel}"
-        and name != "conftest.py"
     )
 
 
