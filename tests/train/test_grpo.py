@@ -253,3 +253,12 @@ def test_grpo_step_on_repo_tasks_uses_the_sandbox(tiny_ckpt_fp32, tmp_path):
     # a random tiny model writes no passing body; the reward is then the syntax part only, never an error
     assert s["step"] == 1 and 0.0 <= rec["reward"] <= 0.1 + 1e-9 and rec["tests_passed"] == 0.0
     assert (root / "toymath" / "ops.py").read_text().count("total / len(values)") == 1, "repo untouched"
+
+
+def test_test_files_are_never_tasks():
+    from diffucoder_lsp.train.repo_tasks import is_test_file
+
+    for rel in ("tests/helpers.py", "test_x.py", "pkg/x_test.py", "conftest.py", "pkg/tests/conftest.py"):
+        assert is_test_file(rel), rel
+    for rel in ("pkg/testing_utils.py", "toymath/ops.py", "contest.py"):
+        assert not is_test_file(rel), rel
