@@ -147,8 +147,35 @@ def test_regenerate_rewrites_the_visual_selection(scenario):
     assert r["after"][len(r["after"]) - len(tail) :] == tail
 
 
+def test_regenerate_a_charwise_selection_keeps_the_rest_of_the_line(scenario):
+    r = scenario["regenerate_charwise"]
+    assert r["before"] == "é = alpha + beta"
+    (after,) = r["after"]  # a piece of one line stays on that line
+    assert after != r["before"]
+    assert after.startswith("é = ") and after.endswith(" + beta"), after
+
+
 def test_help_opens(scenario):
     h = scenario["help"]
     assert h["buftype"] == "help" and h["name"].endswith("diffucoder.txt")
     assert "*diffucoder*" in h["line"]
     assert "*diffucoder-commands*" in scenario["help_commands"]
+
+
+def test_native_inline_completion_is_used_when_neovim_has_it(tmp_path):
+    """Neovim 0.12+ path, with a stand-in vim.lsp.inline_completion (only 0.11 is installable here)."""
+    nvim = nvim_binary()
+    plugin = plugin_copy(tmp_path / "plugin")
+    out = tmp_path / "report.json"
+    env = isolated_env(tmp_path / "home", DC_PLUGIN=str(plugin), DC_OUT=str(out))
+    proc = subprocess.run(
+        [nvim, "--headless", "--clean", "-c", f"luafile {NVIM_PLUGIN / 'tests' / 'native_stub.lua'}"],
+        env=env, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+    )
+    assert out.exists(), proc.stderr
+    r = json.loads(out.read_text())
+    assert r["native_auto"] is True and r["native_off"] is False
+    assert len(r["enable"]) == 1 and r["enable"][0]["on"] is True and r["enable"][0]["bufnr"] >= 1
+    assert r["state"] is False and r["mapped"]
+    assert r["after_fallback"] == {"get": 1, "line": "\t"}  # nothing to accept: Tab is a Tab
+    assert r["after_accept"] == {"get": 2, "line": "\t"}  # accepted by get(): no extra Tab typed

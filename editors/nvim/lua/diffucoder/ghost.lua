@@ -272,7 +272,8 @@ local function on_cursor_moved(bufnr)
   end
 end
 
-local function feed(key) vim.api.nvim_feedkeys(vim.keycode(key), "n", false) end
+-- The key's own meaning, next in the typeahead (before anything typed after it).
+local function feed(key) vim.api.nvim_feedkeys(vim.keycode(key), "ni", false) end
 
 local function map(bufnr, lhs, fn, desc)
   if not lhs or lhs == "" then return end
