@@ -129,6 +129,22 @@ async function main() {
   await page.keyboard.press("Escape");
   step("status");
 
+  // A settings change goes to the running server (didChangeConfiguration, checked in the trace by the test).
+  for (const scope of ["User", "Machine"]) {
+    const settingsPath = join(env.DC_USER_DATA, scope, "settings.json");
+    const userSettings = JSON.parse(readFileSync(settingsPath, "utf8"));
+    userSettings["diffucoder.maxTokens"] = 40;
+    writeFileSync(settingsPath, JSON.stringify(userSettings, null, 2));
+  }
+  await page.waitForTimeout(2500);
+  step("settings");
+
+  // Restart Server: a new server process comes up and reports ready again.
+  await runCommand("DiffuCoder: Restart Server");
+  await page.waitForTimeout(500);
+  await page.locator('[aria-label="DiffuCoder ready"]').first().waitFor({ timeout: 120000 });
+  step("restarted");
+
   // Fill All Holes on a file with <|mask|> holes: the editor's text changes, then it is saved.
   await openFile("holes.py", "<|mask|>");
   await focusEnd();
