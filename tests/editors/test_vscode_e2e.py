@@ -196,12 +196,24 @@ def test_ghost_text_from_our_server_and_tab_accepts_it(run):
     assert (run["out"] / "ghost.png").stat().st_size > 10_000
 
     # Tab put the suggestion into the file at the cursor (the end of the typed "total = ").
-    lines = (run["workspace"] / "main.py").read_text().split("\n")
+    lines = report["accepted_saved"].split("\n")
     assert lines[:7] == SOURCE.split("\n")[:7]
     tail = "\n".join(lines[7:])
     assert tail.startswith("total = ") and len(tail.rstrip()) > len("total = ")
     accepted = tail[len("total = ") :]
     assert any(accepted.rstrip() == s.rstrip() or words(accepted) == words(s) for s in served), (accepted, served)
+
+
+def test_accept_word_takes_part_of_the_suggestion(run):
+    before = run["report"]["accepted_saved"]
+    after = run["report"]["word_saved"]
+    assert after.startswith(before.rstrip("\n")), "the earlier text is unchanged"
+    added = after[len(before.rstrip("\n")) :]
+    assert added.startswith("\nvalue = ")
+    piece = added[len("\nvalue = ") :].rstrip("\n")
+    served = [r["items"][0]["insertText"] for r in trace_responses(run["user_data"]) if r.get("items")]
+    assert piece, "Ctrl+Right accepted something"
+    assert any(s.startswith(piece) and len(piece) < len(s.rstrip()) for s in served), (piece, served)
 
 
 def test_status_bar_and_show_status(run):

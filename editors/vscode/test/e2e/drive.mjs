@@ -116,7 +116,23 @@ async function main() {
   await page.waitForFunction((sel) => document.querySelectorAll(sel).length === 0, GHOST, { timeout: 10000 });
   await page.keyboard.press("Control+S");
   await page.waitForTimeout(1000);
+  report.accepted_saved = readFileSync(join(env.DC_WORKSPACE, "main.py"), "utf8");
   step("accepted");
+
+  // Accept Word (Ctrl+Right, VS Code's own key for inline suggestions) on a new line: part goes in.
+  await page.keyboard.press("End");
+  await page.keyboard.press("Enter");
+  await page.keyboard.type("value = ", { delay: 30 });
+  await page.keyboard.press("Alt+Backslash");
+  await page.locator(GHOST).first().waitFor({ state: "attached", timeout: 90000 });
+  await page.waitForTimeout(300);
+  await page.keyboard.press("Control+ArrowRight");
+  await page.waitForTimeout(500);
+  await page.keyboard.press("Escape");
+  await page.keyboard.press("Control+S");
+  await page.waitForTimeout(1000);
+  report.word_saved = readFileSync(join(env.DC_WORKSPACE, "main.py"), "utf8");
+  step("accept_word");
 
   // Show Status: a notification with the state, model and last latency.
   await runCommand("DiffuCoder: Show Status");
