@@ -5,5 +5,6 @@ from __future__ import annotations
 
 def pytest_configure(config):
     config.addinivalue_line(
-        "markers", "vscode: drives VS Code (code-server + Chromium); needs the install of scripts/vscode-e2e.sh"
+        "markers",
+        "vscode: drives VS Code (code-server + Chromium); needs the install of scripts/vscode-e2e.sh",
     )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -38,5 +37,3 @@ def plugin_copy(dest: Path) -> Path:
     """A copy of the Neovim plugin with its help tags generated (the tests never write into the checkout)."""
     shutil.copytree(NVIM_PLUGIN, dest, ignore=shutil.ignore_patterns("tests"))
     return dest
-
-

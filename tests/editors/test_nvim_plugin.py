@@ -12,10 +12,8 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-from pathlib import Path
 
 import pytest
-
 from editor_support import NVIM_PLUGIN, SERVER_CMD, isolated_env, nvim_binary, plugin_copy
 
 pytestmark = pytest.mark.e2e
@@ -27,7 +25,9 @@ HOLES = "def add(a, b):\n    return <|mask|>\n\n\ndef mul(a, b):\n    <|mask|>\n
 def shown(text: str) -> str:
     """The plugin's display form of ghost text (tabs expanded to 'tabstop' 8, control characters as ^X)."""
     text = text.replace("\t", " " * 8)
-    return re.sub(r"[\x00-\x08\x0b-\x1f\x7f]", lambda m: "^" + ("?" if m[0] == "\x7f" else chr(ord(m[0]) + 64)), text)
+    return re.sub(
+        r"[\x00-\x08\x0b-\x1f\x7f]", lambda m: "^" + ("?" if m[0] == "\x7f" else chr(ord(m[0]) + 64)), text
+    )
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,11 @@ def scenario(tmp_path_factory, tiny_ckpt):
     nvim = nvim_binary()
     tmp = tmp_path_factory.mktemp("nvim_plugin")
     plugin = plugin_copy(tmp / "plugin")
-    subprocess.run([nvim, "--headless", "--clean", "-c", f"helptags {plugin / 'doc'}", "-c", "qa!"], check=True, timeout=60)
+    subprocess.run(
+        [nvim, "--headless", "--clean", "-c", f"helptags {plugin / 'doc'}", "-c", "qa!"],
+        check=True,
+        timeout=60,
+    )
     project = tmp / "project"
     project.mkdir()
     (project / "pyproject.toml").write_text("[project]\nname = 'demo'\n")
@@ -62,7 +66,9 @@ def scenario(tmp_path_factory, tiny_ckpt):
     )
     assert out.exists(), f"no report (rc {proc.returncode}): {proc.stderr[-3000:]}"
     report = json.loads(out.read_text())
-    assert report["ok"], f"{report.get('error')} after {[s['name'] for s in report['steps']]}: {proc.stderr[-2000:]}"
+    assert report["ok"], (
+        f"{report.get('error')} after {[s['name'] for s in report['steps']]}: {proc.stderr[-2000:]}"
+    )
     assert proc.returncode == 0
     return report
 
@@ -170,7 +176,11 @@ def test_native_inline_completion_is_used_when_neovim_has_it(tmp_path):
     env = isolated_env(tmp_path / "home", DC_PLUGIN=str(plugin), DC_OUT=str(out))
     proc = subprocess.run(
         [nvim, "--headless", "--clean", "-c", f"luafile {NVIM_PLUGIN / 'tests' / 'native_stub.lua'}"],
-        env=env, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
     )
     assert out.exists(), proc.stderr
     r = json.loads(out.read_text())

@@ -76,7 +76,9 @@ def test_ghost_text_on_a_tmux_screen(tmp_path, tiny_ckpt):
     tmux("-f", "/dev/null", "new-session", "-d", "-s", "dc", "-x", "100", "-y", "20", cmd)
     try:
         tmux("set-option", "-t", "dc", "default-terminal", "tmux-256color")
-        tmux.wait_for(lambda s: any("DiffuCoder ready" in line for line in s), 120, "the model in the statusline")
+        tmux.wait_for(
+            lambda s: any("DiffuCoder ready" in line for line in s), 120, "the model in the statusline"
+        )
         tmux("send-keys", "-t", "dc", "G", "o")
         tmux("send-keys", "-t", "dc", "-l", PROMPT)
         with_ghost = tmux.wait_for(
@@ -95,9 +97,14 @@ def test_ghost_text_on_a_tmux_screen(tmp_path, tiny_ckpt):
 
         tmux("send-keys", "-t", "dc", "Tab")
         accepted = tmux.wait_for(
-            lambda s: (x := find_line(s, PROMPT)) is not None and GHOST_SGR not in x, 10, "the accepted text", escapes=True
+            lambda s: (x := find_line(s, PROMPT)) is not None and GHOST_SGR not in x,
+            10,
+            "the accepted text",
+            escapes=True,
         )
-        assert plain(find_line(accepted, PROMPT)).rstrip() == shown, "Tab keeps exactly what the ghost text showed"
+        assert plain(find_line(accepted, PROMPT)).rstrip() == shown, (
+            "Tab keeps exactly what the ghost text showed"
+        )
 
         tmux("send-keys", "-t", "dc", "Escape")
         tmux("send-keys", "-t", "dc", ":w", "Enter")
@@ -109,7 +116,11 @@ def test_ghost_text_on_a_tmux_screen(tmp_path, tiny_ckpt):
         assert len(new_line) > len(PROMPT), "the accepted completion is in the file"
         screen = "\n".join(tmux.screen())
         ghost_screen = "\n".join(plain(x) for x in with_ghost)
-        (tmp_path / "screen.txt").write_text(f"--- ghost text shown ---\n{ghost_screen}\n--- after Tab, Esc, :w ---\n{screen}\n")
+        (tmp_path / "screen.txt").write_text(
+            f"--- ghost text shown ---\n{ghost_screen}\n--- after Tab, Esc, :w ---\n{screen}\n"
+        )
         print(f"--- ghost text shown ---\n{ghost_screen}\n--- after Tab, Esc, :w ---\n{screen}")
     finally:
-        subprocess.run(["tmux", "-S", str(tmp_path / "tmux.sock"), "kill-server"], env=env, capture_output=True)
+        subprocess.run(
+            ["tmux", "-S", str(tmp_path / "tmux.sock"), "kill-server"], env=env, capture_output=True
+        )

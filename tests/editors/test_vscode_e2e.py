@@ -90,7 +90,9 @@ def trace_responses(user_data: Path) -> list[dict]:
     results = []
     for path in sorted(user_data.rglob("*DiffuCoder Trace*.log")):
         text = path.read_text(errors="replace")
-        for m in re.finditer(r"Received response 'textDocument/inlineCompletion[^\n]*\n(?:Result: )?(\{.*?\n\})", text, re.S):
+        for m in re.finditer(
+            r"Received response 'textDocument/inlineCompletion[^\n]*\n(?:Result: )?(\{.*?\n\})", text, re.S
+        ):
             try:
                 results.append(json.loads(m.group(1)))
             except json.JSONDecodeError:
@@ -111,10 +113,22 @@ def run(tools, tmp_path_factory, tiny_ckpt):
     env["PATH"] = f"{TOOLS / 'bin'}{os.pathsep}{env['PATH']}"
     config, user_data, extensions = tmp / "config.yaml", tmp / "user-data", tmp / "extensions"
     config.write_text("auth: none\ncert: false\n")
-    base = [str(CODE_SERVER), "--config", str(config), "--user-data-dir", str(user_data), "--extensions-dir", str(extensions)]
+    base = [
+        str(CODE_SERVER),
+        "--config",
+        str(config),
+        "--user-data-dir",
+        str(user_data),
+        "--extensions-dir",
+        str(extensions),
+    ]
     t0 = time.monotonic()
-    inst = subprocess.run([*base, "--install-extension", str(VSIX)], env=env, capture_output=True, text=True, timeout=180)
-    assert inst.returncode == 0 and "diffucoder" in (inst.stdout + inst.stderr).lower(), inst.stdout + inst.stderr
+    inst = subprocess.run(
+        [*base, "--install-extension", str(VSIX)], env=env, capture_output=True, text=True, timeout=180
+    )
+    assert inst.returncode == 0 and "diffucoder" in (inst.stdout + inst.stderr).lower(), (
+        inst.stdout + inst.stderr
+    )
     installed = [p.name for p in extensions.iterdir() if p.name.startswith("diffucoder.diffucoder")]
     assert installed, f"the extension was not installed: {list(extensions.iterdir())}"
 
@@ -150,16 +164,40 @@ def run(tools, tmp_path_factory, tiny_ckpt):
     log = tmp / "code-server.log"
     with open(log, "w") as logf:
         server = subprocess.Popen(
-            [*base, "--auth", "none", "--bind-addr", f"127.0.0.1:{port}", "--disable-telemetry",
-             "--disable-update-check", "--disable-workspace-trust", "--disable-getting-started-override",
-             "--log", "trace"],
-            env=env, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            [
+                *base,
+                "--auth",
+                "none",
+                "--bind-addr",
+                f"127.0.0.1:{port}",
+                "--disable-telemetry",
+                "--disable-update-check",
+                "--disable-workspace-trust",
+                "--disable-getting-started-override",
+                "--log",
+                "trace",
+            ],
+            env=env,
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
     try:
         wait_healthy(port, server, log)
-        denv = dict(env, DC_URL=f"http://127.0.0.1:{port}/?folder={workspace}", DC_PROFILE=str(tmp / "chromium"),
-                    DC_OUT=str(out), DC_CHROMIUM=CHROMIUM, DC_WORKSPACE=str(workspace), DC_USER_DATA=str(user_data), NODE_PATH=str(VSCODE_EXT / "node_modules"))
-        drive = subprocess.run([str(NODE), str(DRIVER)], env=denv, cwd=VSCODE_EXT, capture_output=True, text=True, timeout=540)
+        denv = dict(
+            env,
+            DC_URL=f"http://127.0.0.1:{port}/?folder={workspace}",
+            DC_PROFILE=str(tmp / "chromium"),
+            DC_OUT=str(out),
+            DC_CHROMIUM=CHROMIUM,
+            DC_WORKSPACE=str(workspace),
+            DC_USER_DATA=str(user_data),
+            NODE_PATH=str(VSCODE_EXT / "node_modules"),
+        )
+        drive = subprocess.run(
+            [str(NODE), str(DRIVER)], env=denv, cwd=VSCODE_EXT, capture_output=True, text=True, timeout=540
+        )
     finally:
         os.killpg(server.pid, 15)
         try:
@@ -201,7 +239,10 @@ def test_ghost_text_from_our_server_and_tab_accepts_it(run):
     tail = "\n".join(lines[7:])
     assert tail.startswith("total = ") and len(tail.rstrip()) > len("total = ")
     accepted = tail[len("total = ") :]
-    assert any(accepted.rstrip() == s.rstrip() or words(accepted) == words(s) for s in served), (accepted, served)
+    assert any(accepted.rstrip() == s.rstrip() or words(accepted) == words(s) for s in served), (
+        accepted,
+        served,
+    )
 
 
 def test_accept_word_takes_part_of_the_suggestion(run):
@@ -228,7 +269,9 @@ def test_status_bar_and_show_status(run):
 
 def test_settings_change_reaches_the_server_and_restart_starts_a_new_one(run):
     trace = trace_text(run["user_data"])
-    changes = re.findall(r"Sending notification 'workspace/didChangeConfiguration'.*?\nParams: (\{.*?\n\})", trace, re.S)
+    changes = re.findall(
+        r"Sending notification 'workspace/didChangeConfiguration'.*?\nParams: (\{.*?\n\})", trace, re.S
+    )
     sent = [json.loads(c)["settings"]["diffucoder"] for c in changes]
     assert any(s.get("maxTokens") == 40 for s in sent), sent
     # Only the server's own keys are sent (no server.* or trace.*: the server would call them unknown).

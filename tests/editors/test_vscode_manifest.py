@@ -15,11 +15,22 @@ from diffucoder_lsp.server.settings import Settings, known_key, parse_settings
 
 MANIFEST = json.loads((VSCODE_EXT / "package.json").read_text())
 PROPS = {k: v for part in MANIFEST["contributes"]["configuration"] for k, v in part["properties"].items()}
-CLIENT_ONLY = {"server.path", "server.pythonPath", "server.args", "server.env", "trace.server", "completionItems"}
+CLIENT_ONLY = {
+    "server.path",
+    "server.pythonPath",
+    "server.args",
+    "server.env",
+    "trace.server",
+    "completionItems",
+}
 
 
 def server_props() -> dict[str, dict]:
-    return {k.removeprefix("diffucoder."): v for k, v in PROPS.items() if k.removeprefix("diffucoder.") not in CLIENT_ONLY}
+    return {
+        k.removeprefix("diffucoder."): v
+        for k, v in PROPS.items()
+        if k.removeprefix("diffucoder.") not in CLIENT_ONLY
+    }
 
 
 def test_every_server_setting_is_contributed_with_its_default():
@@ -76,7 +87,12 @@ def test_the_typescript_key_list_is_the_server_one():
 
 def test_commands_are_contributed_and_do_not_clash_with_server_commands():
     commands = {c["command"] for c in MANIFEST["contributes"]["commands"]}
-    assert {"diffucoder.fillAllHoles", "diffucoder.regenerate", "diffucoder.restartServer", "diffucoder.showStatus"} <= commands
+    assert {
+        "diffucoder.fillAllHoles",
+        "diffucoder.regenerate",
+        "diffucoder.restartServer",
+        "diffucoder.showStatus",
+    } <= commands
     # vscode-languageclient registers the server's own command ids; ours must differ.
     assert not commands & {"diffucoder.fillHoles", "diffucoder.regenerateSelection"}
 
