@@ -22,6 +22,8 @@ CLI = [sys.executable, "-m", "diffucoder_lsp.cli"]
         (["--tcp", "localhost"], "HOST:PORT"),
         (["--tcp", "127.0.0.1:99999"], "HOST:PORT"),
         (["--device", "gpu9"], "device"),
+        # --stdio (which LSP clients append) is accepted: the failure is about the device, not the flag
+        (["--stdio", "--device", "gpu9"], "device"),
     ],
 )
 def test_bad_flags_exit_2_with_a_reason(flags, reason):
