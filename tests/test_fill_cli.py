@@ -140,3 +140,26 @@ def test_console_script_runs_as_subprocess(tiny_ckpt, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("y = ") and proc.stdout.endswith("\n")
+
+
+def test_fast_options_cache_and_threshold(tiny_ckpt, tmp_path, capsys):
+    src = tmp_path / "a.py"
+    src.write_text(f"x = {M}\ny = 2\n")
+    argv = [
+        "fill",
+        str(src),
+        "--model",
+        str(tiny_ckpt),
+        "--length",
+        "6",
+        "--cache",
+        "--threshold",
+        "0.5",
+        "--json",
+    ]
+    rc, out, err = run(argv, capsys)
+    assert rc == 0, err
+    record = json.loads(out)
+    assert len(record["holes"][0]["token_ids"]) == 6 and 1 <= record["forward_passes"] <= 6
+    rc, _, err = run(["fill", str(src), "--model", str(tiny_ckpt), "--cache", "--exact"], capsys)
+    assert rc == 2 and "--exact" in err

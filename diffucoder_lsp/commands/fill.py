@@ -32,6 +32,7 @@ def add_sampling_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eos-penalty", type=float, default=0.0, help="subtracted from eos/pad logits")
     p.add_argument("--exact", action="store_true", help="reference decoder: full canvas, reference schedule")
+    p.add_argument("--threshold", type=float, default=None, help="parallel unmasking: reveal all this sure")
 
 
 def sampling_options(args: argparse.Namespace):
@@ -48,6 +49,7 @@ def sampling_options(args: argparse.Namespace):
         seed=args.seed,
         exact=args.exact,
         eos_penalty=args.eos_penalty,
+        threshold=args.threshold,
     )
 
 
@@ -71,6 +73,10 @@ def register(sub) -> None:
     p.add_argument("--length", type=parse_length, default="auto", help="tokens per hole, or auto (trim pads)")
     p.add_argument("--marker", default="<|mask|>", help="the hole marker in the text")
     p.add_argument("--context-tokens", type=int, default=None, help="context window budget in tokens")
+    p.add_argument("--cache", action="store_true", help="context key/value cache (fast; approximate)")
+    p.add_argument(
+        "--refresh-every", type=int, default=0, help="with --cache: full pass every R steps (0 = never)"
+    )
     p.add_argument("--json", action="store_true", help="print a JSON record instead of the text")
     p.set_defaults(func=run)
 
@@ -100,7 +106,18 @@ def run(args: argparse.Namespace) -> int:
     split_holes(text, args.marker)  # bad input before paying for a model load
     from ..model.loading import load_model
 
+    if args.cache and args.exact:
+        raise BadInputError(
+            "--cache cannot be combined with --exact (the reference decoder reads the full canvas)"
+        )
+    if args.refresh_every < 0:
+        raise BadInputError("--refresh-every must be >= 0")
     lm = load_model(args.model, device=args.device, dtype=args.dtype, quant=args.quant)
+    denoiser = None
+    if args.cache:
+        from ..engine.cache import CachedContextDenoiser
+
+        denoiser = CachedContextDenoiser(lm.model, args.refresh_every)
     result = infill(
         lm,
         text,
@@ -108,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
         options=options,
         marker=args.marker,
         max_context_tokens=args.context_tokens,
+        denoiser=denoiser,
     )
     if args.json:
         json.dump(result.to_json(), sys.stdout, ensure_ascii=False)
