@@ -158,6 +158,7 @@ async def run(args: argparse.Namespace) -> dict:
         results.append({"kind": case["kind"], "ms": ms, "chars": len(text), "empty": not items})
         if args.verbose:
             print(f"{case['kind']:>11} {ms:8.1f} ms  {text[:60]!r}", file=sys.stderr)
+    peak_rss_mb = server_peak_rss_mb(client)
     await client.shutdown_async(None)
     client.exit(None)
     await client.stop()
@@ -167,6 +168,7 @@ async def run(args: argparse.Namespace) -> dict:
         "device": ready["device"],
         "load_s": round(load_s, 2),
         "requests": len(results),
+        "server_peak_rss_mb": peak_rss_mb,
         "options": options,
     }
     for kind in ("single-line", "block", "all"):
@@ -180,6 +182,18 @@ async def run(args: argparse.Namespace) -> dict:
             "non_empty": sum(not r["empty"] for r in sel),
         }
     return summary
+
+
+def server_peak_rss_mb(client) -> float | None:
+    """The server process's resident high-water mark (Linux /proc), for the 500 MB memory target."""
+    proc = getattr(client, "_server", None)
+    try:
+        for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except (AttributeError, OSError, ValueError):
+        pass
+    return None
 
 
 def main() -> int:
@@ -199,7 +213,10 @@ def main() -> int:
     p.add_argument("-v", "--verbose", action="store_true", help="one line per request on stderr")
     args = p.parse_args()
     summary = asyncio.run(run(args))
-    print(f"model {summary['model']} on {summary['device']} (loaded in {summary['load_s']} s)")
+    print(
+        f"model {summary['model']} on {summary['device']} (loaded in {summary['load_s']} s), "
+        f"server peak RSS {summary['server_peak_rss_mb']} MB"
+    )
     for kind in ("single-line", "block", "all"):
         s = summary[kind]
         print(
