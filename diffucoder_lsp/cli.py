@@ -50,6 +50,11 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     from .errors import BadInputError
 
+    if argv is None and args.command in ("fill", "serve", "bench", "demo", "eval", "analyze"):
+        # A real process (not a caller passing argv): safe to change the thread's floating-point mode.
+        from .model.devices import tune_cpu_runtime
+
+        tune_cpu_runtime(flush_denormals=True)
     try:
         return int(args.func(args) or 0)
     except BadInputError as exc:

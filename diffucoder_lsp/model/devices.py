@@ -224,11 +224,13 @@ def dispatch(model: DreamModel, device_map: dict[str, Any]) -> torch.device:
     return torch.device("cuda", gpus[0])
 
 
-def tune_cpu_runtime() -> None:
-    """CPU inference settings that cost nothing and help: flush denormals (tiny activations in the deep layers
-    otherwise fall onto the slow subnormal path) and keep torch's thread count at the machine's core count
-    rather than letting a parent process's setting leak in."""
-    torch.set_flush_denormal(True)
+def tune_cpu_runtime(flush_denormals: bool = False) -> None:
+    """CPU inference settings: keep torch's thread count at the machine's core count (a parent process's
+    setting must not leak in) and, when asked, flush denormals (tiny activations otherwise take the slow
+    subnormal path). Flushing changes the floating-point mode of the calling thread for everything else that
+    runs on it, so only the command-line entry points ask for it, never a library caller."""
+    if flush_denormals:
+        torch.set_flush_denormal(True)
     cores = os.cpu_count() or 1
     if torch.get_num_threads() > cores:
         torch.set_num_threads(cores)
