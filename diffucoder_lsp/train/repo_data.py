@@ -229,27 +229,39 @@ def load_repo(
 # ------------------------------------------------------------------------------------------------ holes
 
 
+def line_starts(text: str) -> list[int]:
+    """Character offset of the start of each line (and one past the end), for ast line numbers -> offsets."""
+    starts = [0]
+    for line in text.splitlines(keepends=True):
+        starts.append(starts[-1] + len(line))
+    return starts
+
+
+def body_after_docstring(node: ast.FunctionDef | ast.AsyncFunctionDef) -> list[ast.stmt]:
+    """A function's statements without its docstring: the part a body hole masks."""
+    body = node.body
+    if (
+        body
+        and isinstance(body[0], ast.Expr)
+        and isinstance(getattr(body[0], "value", None), ast.Constant)
+        and isinstance(body[0].value.value, str)
+    ):
+        body = body[1:]
+    return body
+
+
 def function_bodies(text: str) -> list[tuple[int, int]]:
     """Character spans of Python function bodies (after signature and docstring), whole lines, nested included."""
     try:
         tree = ast.parse(text)
     except (SyntaxError, ValueError, RecursionError):
         return []
-    starts = [0]
-    for line in text.splitlines(keepends=True):
-        starts.append(starts[-1] + len(line))
+    starts = line_starts(text)
     spans = []
     for node in ast.walk(tree):
         if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             continue
-        body = node.body
-        if (
-            body
-            and isinstance(body[0], ast.Expr)
-            and isinstance(getattr(body[0], "value", None), ast.Constant)
-            and isinstance(body[0].value.value, str)
-        ):
-            body = body[1:]
+        body = body_after_docstring(node)
         if not body or body[0].lineno <= node.lineno:  # empty after the docstring, or a one-line def
             continue
         a = starts[body[0].lineno - 1]

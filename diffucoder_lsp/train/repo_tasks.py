@@ -27,7 +27,7 @@ from pathlib import Path
 
 from ..errors import BadInputError
 from ..sandbox import run_many
-from .repo_data import CHATML, function_bodies, load_repo
+from .repo_data import CHATML, body_after_docstring, function_bodies, line_starts, load_repo
 from .rewards import new_nonce
 
 log = logging.getLogger(__name__)
@@ -109,20 +109,11 @@ def candidates(files) -> list[Candidate]:
         spans = {}
         for a, b in function_bodies(f.text):
             spans[a] = (a, b)
-        starts = [0]
-        for line in f.text.splitlines(keepends=True):
-            starts.append(starts[-1] + len(line))
+        starts = line_starts(f.text)
         for node in ast.walk(tree):
             if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 continue
-            body = node.body
-            if (
-                body
-                and isinstance(body[0], ast.Expr)
-                and isinstance(getattr(body[0], "value", None), ast.Constant)
-                and isinstance(body[0].value.value, str)
-            ):
-                body = body[1:]
+            body = body_after_docstring(node)
             if not body:
                 continue
             a = starts[body[0].lineno - 1]
