@@ -128,19 +128,50 @@ def balanced_count(left: torch.Tensor, steps_left: int) -> torch.Tensor:
     return torch.div(left + steps_left - 1, steps_left, rounding_mode="floor")
 
 
+def _top_p_sorted(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Nucleus filtering by a full sort of the vocabulary (the definition; slow for a large vocabulary)."""
+    sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+    cum = sorted_logits.softmax(-1).cumsum(-1)
+    drop_sorted = cum > top_p
+    drop_sorted[..., 1:] = drop_sorted[..., :-1].clone()
+    drop_sorted[..., 0] = False
+    drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+    return logits.masked_fill(drop, float("-inf"))
+
+
+NUCLEUS_PROBES = (64, 1024)  # candidates tried, in turn, before falling back to a full sort
+
+
+def _top_p(logits: torch.Tensor, top_p: float, probes: tuple[int, ...] = NUCLEUS_PROBES) -> torch.Tensor:
+    """Nucleus filtering that sorts only each row's top candidates (64, then 1024, then all).
+
+    A full sort of an 8k-152k vocabulary per masked position cost more than the network's cached step on the
+    CPU (8.6 ms for 32 x 8192, topk(64) 0.5 ms). The nucleus of a row is closed within its top k candidates
+    whenever their mass passes ``top_p``; rows where it does not (flat distributions) try a larger k, and only
+    then the full sort. Same result as the definition, up to the order of tied logits.
+    """
+    if not probes or probes[0] >= logits.shape[-1]:
+        return _top_p_sorted(logits, top_p)
+    vals, idx = torch.topk(logits, probes[0], dim=-1)
+    cum = (vals - torch.logsumexp(logits, dim=-1, keepdim=True)).exp().cumsum(-1)
+    closed = cum[:, -1] > top_p
+    keep = torch.ones_like(cum, dtype=torch.bool)
+    keep[:, 1:] = cum[:, :-1] <= top_p
+    out = torch.full_like(logits, float("-inf")).scatter(-1, idx, vals.masked_fill(~keep, float("-inf")))
+    if not bool(closed.all()):
+        open_rows = (~closed).nonzero().flatten()
+        out[open_rows] = _top_p(logits[open_rows], top_p, probes[1:])
+    return out
+
+
 def filter_logits(logits: torch.Tensor, top_p: float | None, top_k: int | None) -> torch.Tensor:
-    """Nucleus and top-k filtering: excluded entries become -inf. The most likely token always survives."""
+    """Nucleus and top-k filtering of (n, V) logits: excluded entries become -inf. The most likely token always
+    survives."""
     if top_k is not None and top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-        cum = sorted_logits.softmax(-1).cumsum(-1)
-        drop_sorted = cum > top_p
-        drop_sorted[..., 1:] = drop_sorted[..., :-1].clone()
-        drop_sorted[..., 0] = False
-        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
+    if top_p is not None and top_p < 1.0 and logits.numel():
+        logits = _top_p(logits.reshape(-1, logits.shape[-1]), top_p).view(logits.shape)
     return logits
 
 
