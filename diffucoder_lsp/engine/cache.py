@@ -9,6 +9,13 @@ the tokens revealed so far (0 = never refresh; 1 = every step, identical to the 
 
 The approximation: between refreshes, context keys/values still see the holes as they were at the last full
 pass. The span itself always sees fresh keys/values of every span token.
+
+The first pass computes queries (attention output and MLP) of its last layer only at the active positions:
+the context's last-layer outputs are never read, only its keys/values are.
+
+With a :class:`~diffucoder_lsp.engine.reuse.ContextStore` the first pass itself may be skipped: context tokens
+the previous request of the same stream already encoded take its keys/values, and only the positions it could
+not supply (edited text, holes) are computed, as active positions, for the whole request.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import torch
 
 from ..model.network import DreamModel, positions_from_valid
 from .denoiser import shifted_rows
+from .reuse import ContextStore
 
 
 def _gather_kv(kvs, idx: torch.Tensor):
@@ -40,55 +48,95 @@ def _padded_index(select: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 class CachedContextDenoiser:
     """Denoiser with a context key/value cache; same call signature as ``FullCanvasDenoiser``."""
 
-    def __init__(self, model: DreamModel, refresh_every: int = 0) -> None:
+    def __init__(
+        self, model: DreamModel, refresh_every: int = 0, store: ContextStore | None = None
+    ) -> None:
         if refresh_every < 0:
             raise ValueError("refresh_every must be >= 0")
         self.model = model
         self.refresh_every = refresh_every
+        self.store = store
         self.forward_passes = 0
         self.full_passes = 0
         self.tokens_processed = 0
+        self.reused_tokens = 0  # context positions whose keys/values came from the store
         self._ctx_kv = None
         self._since_refresh = 0
 
-    def _setup(self, valid: torch.Tensor, masked: torch.Tensor) -> None:
-        """Fix the active set from the first call's masks: holes and each hole's predecessor."""
+    def _setup(self, valid: torch.Tensor, masked: torch.Tensor, fresh: torch.Tensor | None = None) -> None:
+        """Fix the active set from the first call's masks: holes, each hole's predecessor, and any context
+        whose keys/values are not available (``fresh``)."""
         active = masked.clone()
         active[:, :-1] |= masked[:, 1:]
+        if fresh is not None:
+            active |= fresh
         active &= valid
         self._positions = positions_from_valid(valid)
         self._act_idx, self._act_valid = _padded_index(active)
         self._ctx_idx, self._ctx_valid = _padded_index(valid & ~active)
+        self._active = active
         # canvas position -> slot in the active batch (only meaningful where active)
         self._slot = torch.zeros_like(self._positions)
         rows = torch.arange(valid.shape[0], device=valid.device)[:, None].expand_as(self._act_idx)
         slots = torch.arange(self._act_idx.shape[1], device=valid.device)[None, :].expand_as(self._act_idx)
         self._slot[rows[self._act_valid], self._act_idx[self._act_valid]] = slots[self._act_valid]
 
+    def _start_from_store(self, x: torch.Tensor, valid: torch.Tensor, masked: torch.Tensor) -> int | None:
+        """Take the context keys/values from the store when it can supply them; returns the chain length."""
+        hit = self.store.lookup(self.model.config, x, valid, masked) if self.store is not None else None
+        if hit is None:
+            return None
+        reused, kvs, chain = hit
+        self._setup(valid, masked, fresh=valid & ~reused)
+        # a hole's predecessor may be a reused position: it is active now, so drop it from the context block
+        keep = (~self._active[0, reused[0]]).nonzero().flatten()
+        self._ctx_kv = [(k.index_select(2, keep), v.index_select(2, keep)) for k, v in kvs]
+        self.reused_tokens = int(keep.numel())
+        self._since_refresh = 1
+        return chain
+
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, valid: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
         self.forward_passes += 1
         first = self._ctx_kv is None
-        if first:
+        chain = self._start_from_store(x, valid, masked) if first else None
+        if first and chain is None:
             self._setup(valid, masked)
-        if first or (self.refresh_every and self._since_refresh >= self.refresh_every):
-            hidden, kvs = self.model.hidden_states(x, valid, self._positions, return_kv=True)
+        if (first and chain is None) or (self.refresh_every and self._since_refresh >= self.refresh_every):
+            hidden, kvs = self.model.hidden_states(
+                x, valid, self._positions, return_kv=True, keep=self._act_idx
+            )
             self._ctx_kv = _gather_kv(kvs, self._ctx_idx)
             self._since_refresh = 1
             self.full_passes += 1
             self.tokens_processed += int(valid.sum())
-            rows, cols = shifted_rows(masked)
-            return self.model.lm_head(hidden[rows, cols]).float()
-        self._since_refresh += 1
-        x_act = x.gather(1, self._act_idx)
-        pos_act = self._positions.gather(1, self._act_idx)
-        hidden = self.model.hidden_states(
-            x_act,
-            self._act_valid,
-            pos_act,
-            extra_kv=self._ctx_kv,
-            extra_valid=self._ctx_valid,
-        )
-        self.tokens_processed += int(self._act_valid.sum())
+            if first and self.store is not None:
+                self.store.save(x, kvs, chain=0)
+        else:
+            self._since_refresh += 1
+            x_act = x.gather(1, self._act_idx)
+            pos_act = self._positions.gather(1, self._act_idx)
+            hidden, own = self.model.hidden_states(
+                x_act,
+                self._act_valid,
+                pos_act,
+                extra_kv=self._ctx_kv,
+                extra_valid=self._ctx_valid,
+                return_kv=True,
+            )
+            self.tokens_processed += int(self._act_valid.sum())
+            if first:  # a reused start: remember the stitched context for the next request
+                self.store.save(x, self._stitch(x, own), chain=chain)
         rows, cols = shifted_rows(masked)
         return self.model.lm_head(hidden[rows, self._slot[rows, cols]]).float()
+
+    def _stitch(self, x: torch.Tensor, own_kvs) -> list:
+        """Complete per-layer keys/values over the canvas: the context block plus the active positions'."""
+        ctx, act = self._ctx_idx[0], self._act_idx[0]
+        out = []
+        for (ck, cv), (ak, av) in zip(self._ctx_kv, own_kvs, strict=True):
+            shape = (1, ck.shape[1], x.shape[1], ck.shape[3])
+            k = ck.new_zeros(shape).index_copy_(2, ctx, ck).index_copy_(2, act, ak)
+            v = cv.new_zeros(shape).index_copy_(2, ctx, cv).index_copy_(2, act, av)
+            out.append((k, v))
+        return out

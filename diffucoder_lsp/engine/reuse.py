@@ -1,0 +1,149 @@
+"""Cross-request context reuse: keys/values of the previous request's context serve the next one.
+
+While the user types, consecutive completion requests for a document share almost all of their context: the
+code before the cursor grows by a character or two (its first lines may scroll out of the window), the code
+after it shifts by the same amount. Instead of a fresh full pass over ~1k context tokens per keystroke, the
+next request takes the previous request's per-layer keys/values for every context token it can match, and
+computes only the rest (the edited tokens, the holes) on top of them, exactly as the steps of a context-cached
+request do.
+
+Matching is done on token ids: the new canvas's leading context is looked up in the old canvas (it may start
+later if lines scrolled out), and so is its trailing context (found from the end). A run moved by ``d``
+positions gets its cached keys rotated by ``d`` (RoPE rotations compose, so rotating a post-RoPE key by ``d``
+gives the key at its new position); values do not depend on position.
+
+This is an approximation of the same kind as the context cache itself: reused keys/values were computed while
+the canvas held the old text and masks around the cursor. Three guards keep it bounded: a canvas shorter than
+``min_tokens`` always gets a full pass (it is cheap there, and a few stale tokens weigh more in a short
+context), a request that would have to compute more than ``max_fresh`` of its canvas afresh does a full pass
+instead, and after ``max_chain`` reuses in a row a full pass starts a fresh chain, so staleness cannot
+accumulate without limit.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from ..model.config import ModelConfig
+from ..model.network import KV, apply_rope, rope_cos_sin
+
+NEEDLE = 16  # tokens used to locate a context run in the previous canvas
+
+
+@dataclass
+class StoredContext:
+    """One request's canvas (1, L) and per-layer keys (post-RoPE) and values (1, KV, L, D) for every position."""
+
+    tokens: list[int]
+    kvs: list[KV]
+    chain: int  # how many reuses in a row produced this entry (0: it came from a full pass)
+
+
+@dataclass(frozen=True)
+class ReusePlan:
+    """Which new positions take which old positions' keys/values: ``(new_start, old_start, length)`` runs."""
+
+    runs: tuple[tuple[int, int, int], ...]
+    reused: int
+    fresh: int
+
+
+def _as_text(ids: list[int]) -> str:
+    """Token ids as a string of code points, so str.find / commonprefix do the matching in C."""
+    return "".join(map(chr, ids))
+
+
+def _common_suffix(a: str, b: str) -> int:
+    return len(os.path.commonprefix([a[::-1], b[::-1]]))
+
+
+def plan_reuse(old: list[int], new: list[int], first_mask: int, last_mask: int) -> ReusePlan:
+    """Runs of ``new`` context (before ``first_mask`` / after ``last_mask``) that occur in ``old``."""
+    old_s, new_s = _as_text(old), _as_text(new)
+    runs = []
+    head = new_s[:first_mask]
+    if head:
+        at = old_s.find(head[:NEEDLE])
+        if at >= 0:
+            n = len(os.path.commonprefix([head, old_s[at:]]))
+            runs.append((0, at, n))
+    tail = new_s[last_mask + 1 :]
+    if tail:
+        needle = tail[-NEEDLE:]
+        at = old_s.rfind(needle)
+        if at >= 0:
+            end = at + len(needle)
+            n = _common_suffix(tail, old_s[:end])
+            runs.append((len(new) - n, end - n, n))
+    reused = sum(r[2] for r in runs)
+    return ReusePlan(tuple(runs), reused, len(new) - reused)
+
+
+class ContextStore:
+    """The previous request's context keys/values for one stream of requests (a document, a bench case).
+
+    Not thread-safe: the server runs the model on one thread. ``min_tokens`` is the shortest canvas worth
+    reusing for; ``max_fresh`` the largest share of a canvas that may be recomputed on top of reused
+    keys/values (above it a full pass is cheaper and exact); ``max_chain`` the number of reuses in a row before
+    a full pass refreshes everything.
+    """
+
+    def __init__(self, min_tokens: int = 256, max_fresh: float = 0.25, max_chain: int = 16) -> None:
+        self.min_tokens = min_tokens
+        self.max_fresh = max_fresh
+        self.max_chain = max_chain
+        self.entry: StoredContext | None = None
+        self.hits = 0
+        self.misses = 0
+
+    def clear(self) -> None:
+        self.entry = None
+
+    def lookup(
+        self, cfg: ModelConfig, x: torch.Tensor, valid: torch.Tensor, masked: torch.Tensor
+    ) -> tuple[torch.Tensor, list[KV], int] | None:
+        """For a one-row unpadded canvas: (reused (1, L) bool, per-layer (k, v) at the reused positions in
+        canvas order, chain length), or None when nothing worth reusing is stored."""
+        entry = self.entry
+        if entry is None or x.shape[0] != 1 or not bool(valid.all()) or not bool(masked.any()):
+            self.misses += entry is not None
+            return None
+        if entry.chain >= self.max_chain or x.shape[1] < self.min_tokens:
+            self.misses += 1
+            return None
+        cols = masked[0].nonzero().flatten()
+        new = x[0].tolist()
+        plan = plan_reuse(entry.tokens, new, int(cols[0]), int(cols[-1]))
+        fresh_context = plan.fresh - int(masked.sum())
+        if not plan.runs or fresh_context > self.max_fresh * len(new):
+            self.misses += 1
+            return None
+        reused = torch.zeros_like(valid)
+        new_idx, old_idx, delta = [], [], []
+        for new_start, old_start, n in plan.runs:
+            reused[0, new_start : new_start + n] = True
+            new_idx.extend(range(new_start, new_start + n))
+            old_idx.extend(range(old_start, old_start + n))
+            delta.extend([new_start - old_start] * n)
+        order = torch.tensor(new_idx).argsort()  # runs may overlap nothing but must come out in canvas order
+        src = torch.tensor(old_idx)[order].to(x.device)
+        shift = torch.tensor(delta)[order].to(x.device)[None, :]
+        cos, sin = rope_cos_sin(cfg, shift, torch.float32)
+        kvs = []
+        for k, v in entry.kvs:
+            k_run = k.index_select(2, src)
+            if bool((shift != 0).any()):
+                k_run = apply_rope(k_run.float(), cos, sin).to(k.dtype)
+            kvs.append((k_run, v.index_select(2, src)))
+        self.hits += 1
+        return reused, kvs, entry.chain + 1
+
+    def save(self, x: torch.Tensor, kvs: list[KV], chain: int) -> None:
+        """Remember a one-row canvas and its complete per-layer keys/values (batches are not stored)."""
+        if x.shape[0] != 1:
+            self.entry = None
+            return
+        self.entry = StoredContext(x[0].tolist(), [(k.detach(), v.detach()) for k, v in kvs], chain)

@@ -1,0 +1,141 @@
+"""Cross-request context reuse: matching, RoPE re-rotation, equivalence on an unchanged canvas, and the guards."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from diffucoder_lsp.engine.cache import CachedContextDenoiser
+from diffucoder_lsp.engine.denoiser import FullCanvasDenoiser
+from diffucoder_lsp.engine.infill import infill
+from diffucoder_lsp.engine.reuse import ContextStore, plan_reuse
+from diffucoder_lsp.engine.sampler import SamplingOptions
+
+M = "<|mask|>"
+PREFIX = "def fibonacci(n: int) -> int:\n    if n < 2:\n        return n\n    return fib"
+SUFFIX = "\n\n\ndef main():\n    return fibonacci(10)\n"
+
+
+@pytest.fixture(scope="module")
+def lm(tiny_ckpt_fp32):
+    from diffucoder_lsp.model.loading import load_model
+
+    return load_model(str(tiny_ckpt_fp32), device="cpu", dtype="fp32")
+
+
+def canvas(lm, prefix: str, span: int, suffix: str):
+    tok = lm.tokenizer
+    ids = tok.encode(prefix) + [tok.mask_id] * span + tok.encode(suffix)
+    x = torch.tensor([ids])
+    return x, torch.ones_like(x, dtype=torch.bool), x == tok.mask_id
+
+
+# --- matching ----------------------------------------------------------------------------------------------
+
+
+def test_plan_finds_grown_prefix_and_shifted_suffix():
+    old = list(range(100, 140)) + [0] * 5 + list(range(200, 230))
+    new = list(range(100, 140)) + [7, 8] + [0] * 5 + list(range(200, 230))
+    plan = plan_reuse(old, new, first_mask=42, last_mask=46)
+    assert plan.runs == ((0, 0, 40), (47, 45, 30))
+    assert plan.reused == 70 and plan.fresh == len(new) - 70
+
+
+def test_plan_follows_lines_scrolled_out_of_the_window():
+    old = list(range(100, 160)) + [0] * 4 + list(range(300, 320))
+    new = list(range(110, 163)) + [0] * 4 + list(range(300, 320))  # 10 tokens dropped at the top, 3 typed
+    plan = plan_reuse(old, new, first_mask=53, last_mask=56)
+    assert plan.runs[0] == (0, 10, 50)  # positions move by -10: keys are re-rotated
+    assert plan.runs[1] == (57, 64, 20)
+
+
+def test_plan_without_common_context_reuses_nothing():
+    plan = plan_reuse(list(range(100, 150)), list(range(500, 540)) + [0] * 3, first_mask=40, last_mask=42)
+    assert plan.runs == () and plan.reused == 0
+
+
+# --- keys, values and logits -------------------------------------------------------------------------------
+
+
+def test_shifted_keys_are_re_rotated_to_their_new_positions(lm):
+    """Layer 0 keys/values depend only on the token and its position: reused ones must equal fresh ones."""
+    store = ContextStore(min_tokens=0)
+    x_old, v_old, m_old = canvas(lm, PREFIX, 6, SUFFIX)
+    CachedContextDenoiser(lm.model, store=store)(x_old, v_old, m_old)
+    x_new, v_new, m_new = canvas(lm, PREFIX + "onacci(n - 1) + ", 6, SUFFIX)  # suffix moves right
+    reused, kvs, chain = store.lookup(lm.model.config, x_new, v_new, m_new)
+    assert chain == 1 and int(reused.sum()) > 0
+    _, fresh = lm.model.hidden_states(x_new, v_new, return_kv=True)
+    cols = reused[0].nonzero().flatten()
+    assert cols[-1] == x_new.shape[1] - 1  # the shifted suffix is among the reused positions
+    k0, v0 = kvs[0]
+    assert torch.allclose(k0, fresh[0][0][:, :, cols], atol=1e-4)
+    assert torch.allclose(v0, fresh[0][1][:, :, cols], atol=1e-5)
+
+
+def test_unchanged_canvas_reuse_gives_the_full_pass_logits(lm):
+    x, valid, masked = canvas(lm, PREFIX, 6, SUFFIX)
+    store = ContextStore(min_tokens=0)
+    CachedContextDenoiser(lm.model, store=store)(x, valid, masked)
+    again = CachedContextDenoiser(lm.model, store=store)
+    logits = again(x, valid, masked)
+    assert again.full_passes == 0 and again.reused_tokens > 0
+    assert torch.allclose(logits, FullCanvasDenoiser(lm.model)(x, valid, masked), atol=1e-4)
+
+
+def test_typing_reuses_the_previous_context_and_stays_close(lm):
+    opts = SamplingOptions(temperature=0.0, steps=6)
+    store = ContextStore(min_tokens=0)
+    first = CachedContextDenoiser(lm.model, store=store)
+    infill(lm, PREFIX + M + SUFFIX, length=6, options=opts, denoiser=first)
+    assert first.full_passes == 1 and store.entry is not None and store.entry.chain == 0
+
+    typed = PREFIX + "on" + M + SUFFIX
+    reusing = CachedContextDenoiser(lm.model, store=store)
+    got = infill(lm, typed, length=6, options=opts, denoiser=reusing)
+    assert reusing.full_passes == 0 and reusing.reused_tokens > 20
+    assert store.hits == 1 and store.entry.chain == 1
+    # the same first-step predictions as a fresh request, approximately (stale context keys/values)
+    x, valid, masked = canvas(lm, PREFIX + "on", 6, SUFFIX)
+    fresh_logits = FullCanvasDenoiser(lm.model)(x, valid, masked)
+    reused_logits = CachedContextDenoiser(lm.model, store=ContextStore(min_tokens=0))(x, valid, masked)
+    assert torch.allclose(reused_logits, fresh_logits, atol=1e-4)
+    chained = CachedContextDenoiser(lm.model, store=store)
+    approx = chained(x, valid, masked)
+    agree = (approx.argmax(-1) == fresh_logits.argmax(-1)).float().mean()
+    assert agree >= 0.5
+    assert len(got.holes) == 1 and len(got.holes[0].token_ids) == 6
+
+
+def test_a_large_change_or_a_long_chain_falls_back_to_a_full_pass(lm):
+    x, valid, masked = canvas(lm, PREFIX, 6, SUFFIX)
+    store = ContextStore(min_tokens=0, max_chain=2)
+    CachedContextDenoiser(lm.model, store=store)(x, valid, masked)
+    for expected_full in (0, 0, 1):  # two reuses in a row, then the chain is refreshed
+        d = CachedContextDenoiser(lm.model, store=store)
+        d(x, valid, masked)
+        assert d.full_passes == expected_full
+    assert store.entry.chain == 0
+    other, ov, om = canvas(lm, "class Point:\n    x = 0\n", 6, "\n    y = 1\n")
+    d = CachedContextDenoiser(lm.model, store=store)
+    d(other, ov, om)
+    assert d.full_passes == 1 and d.reused_tokens == 0
+
+
+def test_short_canvases_always_get_a_full_pass(lm):
+    x, valid, masked = canvas(lm, PREFIX, 6, SUFFIX)
+    store = ContextStore(min_tokens=x.shape[1] + 1)
+    CachedContextDenoiser(lm.model, store=store)(x, valid, masked)
+    d = CachedContextDenoiser(lm.model, store=store)
+    d(x, valid, masked)
+    assert d.full_passes == 1 and store.hits == 0 and store.misses == 1
+
+
+def test_batches_and_padding_are_never_reused(lm):
+    x, valid, masked = canvas(lm, PREFIX, 6, SUFFIX)
+    store = ContextStore(min_tokens=0)
+    CachedContextDenoiser(lm.model, store=store)(x, valid, masked)
+    xb, vb, mb = x.repeat(2, 1), valid.repeat(2, 1), masked.repeat(2, 1)
+    d = CachedContextDenoiser(lm.model, store=store)
+    d(xb, vb, mb)
+    assert d.full_passes == 1 and store.entry is None  # batches are not stored either
