@@ -193,7 +193,7 @@ class DiffuCoderServer(LanguageServer):
 
             def work(should_stop):
                 return engine.complete(
-                    prefix, suffix, settings=s, max_tokens=max_tokens, should_stop=should_stop
+                    prefix, suffix, settings=s, max_tokens=max_tokens, should_stop=should_stop, stream=uri
                 )
 
             try:

@@ -21,6 +21,7 @@ import asyncio
 import gc
 import itertools
 import logging
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -62,13 +63,19 @@ def sampling_options(s: Settings):
     )
 
 
-def make_denoiser(lm, s: Settings):
-    """The engine's context-cached denoiser (Fast-dLLM-style) unless disabled; None = full-canvas passes."""
+def make_denoiser(lm, s: Settings, store=None):
+    """The engine's context-cached denoiser (Fast-dLLM-style) unless disabled; None = full-canvas passes.
+    ``store`` (a ContextStore) lets it start from the previous request's context keys/values."""
     if not s.context_cache:
         return None
     from ..engine.cache import CachedContextDenoiser
 
-    return CachedContextDenoiser(lm.model, refresh_every=s.cache_refresh_every)
+    return CachedContextDenoiser(
+        lm.model, refresh_every=s.cache_refresh_every, store=store if s.context_reuse else None
+    )
+
+
+STORED_STREAMS = 4  # documents whose last context keys/values are kept (bundled model: ~2 MB each at 512)
 
 
 def error_kind(exc: BaseException) -> str:
@@ -91,6 +98,7 @@ class EngineClient:
         self.loaded_key: tuple | None = None
         self._reported: set[str] = set()
         self.loop: asyncio.AbstractEventLoop | None = None
+        self._stores: OrderedDict[str, Any] = OrderedDict()  # document -> ContextStore, most recent last
 
     # --- status ---------------------------------------------------------------------------------------------
 
@@ -195,6 +203,7 @@ class EngineClient:
         from ..model.loading import load_model
 
         self.lm = None  # drop the old model before reading the new one
+        self._stores.clear()  # keys/values of the old model
         gc.collect()
         return load_model(settings.model, device=settings.device, dtype=settings.dtype, quant=settings.quant)
 
@@ -226,6 +235,22 @@ class EngineClient:
 
     # --- inference (called on the model thread) -------------------------------------------------------------
 
+    def store_for(self, stream: str | None):
+        """The ContextStore of a document (created on first use; the least recently used beyond
+        ``STORED_STREAMS`` is dropped, which bounds memory without a hook on didClose), or None without a
+        stream. Called on the model thread only."""
+        if stream is None:
+            return None
+        store = self._stores.pop(stream, None)
+        if store is None:
+            from ..engine.reuse import ContextStore
+
+            store = ContextStore()
+        self._stores[stream] = store
+        while len(self._stores) > STORED_STREAMS:
+            self._stores.popitem(last=False)
+        return store
+
     def count_tokens(self, text: str) -> int:
         return len(self.lm.tokenizer.encode(text)) if text else 0
 
@@ -237,8 +262,10 @@ class EngineClient:
         settings: Settings,
         max_tokens: int,
         should_stop: Callable[[], bool],
+        stream: str | None = None,
     ) -> Fill:
-        """Fill ``max_tokens`` masks between the context around the cursor (cut to the token budget)."""
+        """Fill ``max_tokens`` masks between the context around the cursor (cut to the token budget).
+        ``stream`` (the document) lets consecutive completions reuse context keys/values."""
         ctx = build_context(
             prefix,
             suffix,
@@ -252,6 +279,7 @@ class EngineClient:
             settings=settings,
             should_stop=should_stop,
             window=ctx.tokens + max_tokens + 64,
+            stream=stream,
         )
         return Fill(fill.texts, fill.steps, fill.elapsed_ms, ctx.tokens)
 
@@ -263,6 +291,7 @@ class EngineClient:
         settings: Settings,
         should_stop: Callable[[], bool],
         window: int | None = None,
+        stream: str | None = None,
     ) -> Fill:
         """THE engine call: fill every ``MARKER`` hole of ``text`` jointly; stops between steps when asked."""
         from ..engine.infill import infill_stream
@@ -277,7 +306,7 @@ class EngineClient:
             options=sampling_options(settings),
             marker=MARKER,
             max_context_tokens=window or settings.context_tokens + sum(lengths) + 64,
-            denoiser=make_denoiser(lm, settings),
+            denoiser=make_denoiser(lm, settings, self.store_for(stream)),
         )
         try:
             while True:

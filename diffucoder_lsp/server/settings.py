@@ -40,6 +40,7 @@ class Settings:
     threshold: float | None = None  # parallel unmasking: reveal every position at least this sure
     context_cache: bool = True  # keys/values of the context computed once (refreshed every cacheRefreshEvery)
     cache_refresh_every: int = 0  # 0: never (one full pass per completion), as the engine bench defaults
+    context_reuse: bool = True  # with contextCache: start from the previous request's context keys/values
     max_tokens: int = 48  # multi-line completion span
     max_tokens_single_line: int = 20
     context_tokens: int = 512  # prefix + suffix budget (the bundled model trained on 512-token rows)
@@ -69,6 +70,7 @@ class Settings:
             self.threshold,
             self.context_cache,
             self.cache_refresh_every,
+            self.context_reuse,
             self.max_tokens,
             self.max_tokens_single_line,
             self.context_tokens,
@@ -188,6 +190,7 @@ VALIDATORS = {
     "threshold": _optional_float(0.0, 1.0),
     "context_cache": _bool,
     "cache_refresh_every": _int(0, 100_000),
+    "context_reuse": _bool,
     "max_tokens": _int(1, MAX_SPAN_TOKENS),
     "max_tokens_single_line": _int(1, MAX_SPAN_TOKENS),
     "context_tokens": _int(16, 32768),

@@ -17,6 +17,7 @@ export const SERVER_KEYS = [
   "threshold",
   "contextCache",
   "cacheRefreshEvery",
+  "contextReuse",
   "maxTokens",
   "maxTokensSingleLine",
   "contextTokens",

@@ -1,0 +1,53 @@
+"""The server's engine keeps one context store per document, so typing reuses context keys/values."""
+
+from __future__ import annotations
+
+import pytest
+
+from diffucoder_lsp.server.engine_client import STORED_STREAMS, EngineClient
+from diffucoder_lsp.server.settings import Settings
+
+# long enough (> ContextStore.min_tokens tokens) for reuse to pay
+PREFIX = "def add(a, b):\n    return a + b\n\n\n" * 40 + "def fibonacci(n: int) -> int:\n    return fib"
+SUFFIX = "\n\n\ndef main():\n    return fibonacci(10)\n"
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_ckpt):
+    from diffucoder_lsp.model.loading import load_model
+
+    client = EngineClient(ls=None, scheduler=None)
+    client.lm = load_model(str(tiny_ckpt), device="cpu")
+    return client
+
+
+def complete(engine, prefix, settings, stream="file:///a.py"):
+    return engine.complete(
+        prefix, SUFFIX, settings=settings, max_tokens=6, should_stop=lambda: False, stream=stream
+    )
+
+
+def test_typing_in_a_document_reuses_its_previous_context(engine):
+    s = Settings(temperature=0.0)
+    complete(engine, PREFIX, s)
+    store = engine.store_for("file:///a.py")
+    assert store.entry is not None and store.hits == 0
+    complete(engine, PREFIX + "on", s)
+    assert store.hits == 1 and store.entry.chain == 1
+    complete(engine, PREFIX + "on", s, stream="file:///b.py")  # another document starts its own chain
+    assert store.hits == 1 and engine.store_for("file:///b.py").entry.chain == 0
+
+
+def test_reuse_can_be_switched_off(engine):
+    s = Settings(temperature=0.0, context_reuse=False)
+    complete(engine, PREFIX, s, stream="file:///c.py")
+    complete(engine, PREFIX + "on", s, stream="file:///c.py")
+    assert engine.store_for("file:///c.py").entry is None
+
+
+def test_only_the_most_recent_documents_keep_a_store(engine):
+    first = engine.store_for("file:///first.py")
+    for i in range(STORED_STREAMS):
+        engine.store_for(f"file:///other{i}.py")
+    assert engine.store_for("file:///first.py") is not first
+    assert len(engine._stores) == STORED_STREAMS
