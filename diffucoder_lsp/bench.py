@@ -8,6 +8,9 @@ as the reference answer. Configurations:
 * ``cache``      context key/value cache alone (one token per step)
 * ``parallel``   threshold parallel unmasking alone (full canvas)
 * ``all``        cache + parallel unmasking
+* ``reuse``      all + cross-request reuse: the same request made while typing, i.e. right after the request
+                 for the same text ``TYPED_CHARS`` characters earlier, whose context keys/values it starts from
+                 (the priming request is not timed)
 * ``ar``         the same network as a causal AR model with a KV cache generating the same number of tokens
 
 Per configuration: p50/p95 latency, forward passes, generated tokens per second, peak memory, exact match of
@@ -31,8 +34,11 @@ from .engine.autoregressive import ar_generate
 from .engine.cache import CachedContextDenoiser
 from .engine.denoiser import FullCanvasDenoiser
 from .engine.infill import DEFAULT_MARKER, infill
+from .engine.reuse import ContextStore
 from .engine.sampler import SamplingOptions
 
+CONFIGS = ("reference", "cache", "parallel", "all", "reuse", "ar")
+TYPED_CHARS = 3  # characters typed between the priming request and the timed one (``reuse``)
 CONTEXTS = (256, 1024, 4096)
 SPANS = (16, 64)
 HOLES = (1, 3)
@@ -165,16 +171,34 @@ def configurations(threshold: float, refresh_every: int) -> dict[str, Callable]:
         opts = SamplingOptions(threshold=threshold, temperature=0.0)
         return opts, lambda: CachedContextDenoiser(lm.model, refresh_every)
 
-    return {"reference": reference, "cache": cache, "parallel": parallel, "all": all_}
+    return {"reference": reference, "cache": cache, "parallel": parallel, "all": all_, "reuse": all_}
 
 
-def run_diffusion(lm, wl: Workload, make, repeat: int) -> tuple[list[float], float, float, float, int]:
+def typed_earlier(text: str, chars: int = TYPED_CHARS) -> str:
+    """The same canvas as it was ``chars`` characters of typing earlier: the first hole starts sooner."""
+    at = text.index(DEFAULT_MARKER)
+    return text[: max(0, at - chars)] + text[at:]
+
+
+def _prime(lm, text: str, span: int, opts: SamplingOptions, refresh_every: int) -> ContextStore:
+    """A store holding the context keys/values of the request made just before ``text`` while typing."""
+    store = ContextStore()
+    den = CachedContextDenoiser(lm.model, refresh_every, store=store)
+    infill(lm, typed_earlier(text), length=span, options=opts, denoiser=den, max_context_tokens=1 << 30)
+    return store
+
+
+def run_diffusion(
+    lm, wl: Workload, make, repeat: int, reuse: bool = False, refresh_every: int = 0
+) -> tuple[list[float], float, float, float, int]:
     """Latencies (ms), mean forward passes, span exact match, token accuracy, generated tokens per run."""
     lat, passes, hits, total, tok_hits, tok_total = [], [], 0, 0, 0, 0
     for case in wl.cases:
         for r in range(repeat + 1):  # the first run of each case warms up and is not timed
             opts, factory = make(lm, wl.span * wl.holes)
             den = factory()
+            if reuse:
+                den.store = _prime(lm, case.text, wl.span, opts, refresh_every)
             _sync(lm.device)
             t0 = time.perf_counter()
             res = infill(
@@ -245,7 +269,9 @@ def bench(
                 lat, passes, n = run_ar(lm, wl, repeat)
                 em = acc = None
             else:
-                lat, passes, em, acc, n = run_diffusion(lm, wl, table[name], repeat)
+                lat, passes, em, acc, n = run_diffusion(
+                    lm, wl, table[name], repeat, reuse=name == "reuse", refresh_every=refresh_every
+                )
             p50 = _pct(lat, 0.5)
             found[name] = Row(
                 wl.name, name, p50, _pct(lat, 0.95), passes, n / (p50 / 1000), _peak_mb(lm.device), em, acc

@@ -8,6 +8,9 @@ import sys
 
 from .fill import add_model_options
 
+# the configurations of diffucoder_lsp.bench.CONFIGS, spelled out so that building the CLI never imports torch
+CONFIGS = ("reference", "cache", "parallel", "all", "reuse", "ar")
+
 
 def _ints(value: str) -> tuple[int, ...]:
     try:
@@ -27,7 +30,7 @@ def register(sub) -> None:
     p.add_argument("--spans", type=_ints, default=(16, 64), help="hole sizes in tokens")
     p.add_argument("--holes", type=_ints, default=(1, 3), help="holes per canvas")
     p.add_argument(
-        "--configs", default="reference,cache,parallel,all,ar", help="comma-separated configurations"
+        "--configs", default=",".join(CONFIGS), help="comma-separated configurations"
     )
     p.add_argument("--threshold", type=float, default=0.9, help="parallel unmasking confidence threshold")
     p.add_argument("--refresh-every", type=int, default=0, help="context cache refresh period (0 = never)")
@@ -47,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     if args.repeat < 1:
         raise BadInputError("--repeat must be at least 1")
     configs = [c for c in args.configs.split(",") if c]
-    unknown = set(configs) - {"reference", "cache", "parallel", "all", "ar"}
+    unknown = set(configs) - set(CONFIGS)
     if unknown:
         raise BadInputError(f"unknown configurations: {', '.join(sorted(unknown))}")
     if args.threads:

@@ -124,7 +124,7 @@ def test_bench_runs_end_to_end(tiny_ckpt, capsys):
     assert main(argv) == 0
     out = json.loads(capsys.readouterr().out)
     rows = out["rows"]
-    assert {r["config"] for r in rows} == {"reference", "cache", "parallel", "all", "ar"}
+    assert {r["config"] for r in rows} == {"reference", "cache", "parallel", "all", "reuse", "ar"}
     assert {r["workload"] for r in rows} == {"ctx128/span8/holes1", "ctx128/span8/holes3"}
     for r in rows:
         assert r["p50_ms"] > 0 and r["p95_ms"] >= r["p50_ms"] and r["forward_passes"] >= 1
@@ -136,3 +136,17 @@ def test_bench_runs_end_to_end(tiny_ckpt, capsys):
             assert 0.0 <= r["exact_match"] <= 1.0
     ref = [r for r in rows if r["config"] == "reference" and r["workload"].endswith("holes1")][0]
     assert ref["forward_passes"] == 8  # one token per step, exact schedule
+
+
+def test_bench_cli_knows_every_configuration():
+    from diffucoder_lsp import bench
+    from diffucoder_lsp.commands import bench as command
+
+    assert command.CONFIGS == bench.CONFIGS
+
+
+def test_typed_earlier_moves_the_first_hole_back():
+    from diffucoder_lsp.bench import typed_earlier
+
+    assert typed_earlier(f"abcdef{M}xyz{M}!", 3) == f"abc{M}xyz{M}!"
+    assert typed_earlier(f"ab{M}x", 3) == f"{M}x"
