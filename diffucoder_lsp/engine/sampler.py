@@ -139,20 +139,46 @@ def _top_p_sorted(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     return logits.masked_fill(drop, float("-inf"))
 
 
-NUCLEUS_PROBES = (64, 1024)  # candidates tried, in turn, before falling back to a full sort
+def _top_p_binned(logits: torch.Tensor, top_p: float, bins: int = 1024, span: float = 32.0) -> torch.Tensor:
+    """Nucleus filtering without sorting the vocabulary: a histogram of log-probabilities finds the bin where
+    the cumulative mass crosses ``top_p``; bins above it are kept, bins below dropped, and only the tokens of
+    the crossing bin are ordered (a small top-k). Cost is a few passes over (n, V), for any shape of row.
+
+    Bins are ``span / bins`` nats wide, measured down from each row's best token; everything further down
+    shares the last bin (whose members are then ordered exactly like any other crossing bin).
+    """
+    lp = logits.float().log_softmax(-1)
+    p = lp.exp()
+    top = lp.max(-1, keepdim=True).values
+    b = ((top - lp) * (bins / span)).clamp_(0, bins - 1).long()
+    cum = torch.zeros(logits.shape[0], bins, device=logits.device).scatter_add_(1, b, p).cumsum(-1)
+    c = (cum <= top_p).sum(-1, keepdim=True).clamp_(max=bins - 1)  # the crossing bin
+    before = torch.where(c > 0, cum.gather(1, (c - 1).clamp(min=0)), torch.zeros_like(top))
+    member = b == c
+    vals, idx = torch.where(member, logits, float("-inf")).topk(int(member.sum(-1).max()), dim=-1)
+    pv = p.gather(1, idx)
+    kept_in_bin = (before + pv.cumsum(-1) - pv <= top_p) & torch.isfinite(vals)
+    keep = b < c
+    keep = keep.scatter(1, idx, keep.gather(1, idx) | kept_in_bin)
+    keep.scatter_(1, logits.argmax(-1, keepdim=True), True)  # the most likely token always survives
+    return logits.masked_fill(~keep, float("-inf"))
 
 
-def _top_p(logits: torch.Tensor, top_p: float, probes: tuple[int, ...] = NUCLEUS_PROBES) -> torch.Tensor:
-    """Nucleus filtering that sorts only each row's top candidates (64, then 1024, then all).
+NUCLEUS_PROBE = 64  # candidates tried before the histogram
+
+
+def _top_p(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Nucleus filtering of (n, V) logits, fast for peaked and flat rows alike.
 
     A full sort of an 8k-152k vocabulary per masked position cost more than the network's cached step on the
-    CPU (8.6 ms for 32 x 8192, topk(64) 0.5 ms). The nucleus of a row is closed within its top k candidates
-    whenever their mass passes ``top_p``; rows where it does not (flat distributions) try a larger k, and only
-    then the full sort. Same result as the definition, up to the order of tied logits.
+    CPU (8.6 ms for 32 x 8192). Peaked rows close their nucleus within their top ``NUCLEUS_PROBE`` candidates
+    (a small top-k); the others (flat distributions) go through the histogram (~3 ms for 32 x 8192 whatever
+    the shape, where probing further and sorting took 14 ms). Same result as the sorted definition, up to
+    float rounding at the boundary and the order of tied logits.
     """
-    if not probes or probes[0] >= logits.shape[-1]:
+    if NUCLEUS_PROBE >= logits.shape[-1]:
         return _top_p_sorted(logits, top_p)
-    vals, idx = torch.topk(logits, probes[0], dim=-1)
+    vals, idx = torch.topk(logits, NUCLEUS_PROBE, dim=-1)
     cum = (vals - torch.logsumexp(logits, dim=-1, keepdim=True)).exp().cumsum(-1)
     closed = cum[:, -1] > top_p
     keep = torch.ones_like(cum, dtype=torch.bool)
@@ -160,7 +186,7 @@ def _top_p(logits: torch.Tensor, top_p: float, probes: tuple[int, ...] = NUCLEUS
     out = torch.full_like(logits, float("-inf")).scatter(-1, idx, vals.masked_fill(~keep, float("-inf")))
     if not bool(closed.all()):
         open_rows = (~closed).nonzero().flatten()
-        out[open_rows] = _top_p(logits[open_rows], top_p, probes[1:])
+        out[open_rows] = _top_p_binned(logits[open_rows], top_p)
     return out
 
 
