@@ -7,7 +7,13 @@ Python files (from the standard library, deterministic by --seed) with a piece c
 answers). Half the cursors are mid-line (arguments removed between brackets: a single-line completion), half at
 the end of a line whose remainder was removed (a block completion). Prints p50/p95 per kind and overall.
 
+``--typing K`` then types the first K characters of the removed text, one ``didChange`` per keystroke, asking
+again after each (kind ``typing``: what cross-request context reuse serves; the typed text is the file's real
+text, so the completion cache rarely answers). ``--compare-reuse`` runs everything twice in one invocation,
+with ``contextReuse`` on and off, and prints the ratio.
+
     .venv/bin/python scripts/bench_lsp.py [--model PATH|HUB_ID] [--device cpu] [-n 40] [--json out.json]
+    .venv/bin/python scripts/bench_lsp.py -n 20 --typing 4 --compare-reuse
 """
 
 from __future__ import annotations
@@ -64,7 +70,7 @@ def make_cases(sources: list[tuple[str, str]], n: int, seed: int) -> list[dict]:
             if not m:
                 continue
             lines[i] = line[: m.start(1)] + line[m.end(1) :]
-            col, kind = m.start(1), "single-line"
+            col, kind, removed = m.start(1), "single-line", m.group(1)
         else:
             body = line.strip()
             if len(body) < 12 or body.startswith("#"):
@@ -72,10 +78,19 @@ def make_cases(sources: list[tuple[str, str]], n: int, seed: int) -> list[dict]:
             indent = len(line) - len(line.lstrip())
             col = indent + rng.randrange(4, len(body) // 2 + 4)
             lines[i] = line[:col]
-            kind = "block"
+            kind, removed = "block", line[col:]
         doc = "\n".join(lines)
         utf16 = len(lines[i][:col].encode("utf-16-le")) // 2
-        cases.append({"uri": f"{uri}#{len(cases)}", "text": doc, "line": i, "character": utf16, "kind": kind})
+        cases.append(
+            {
+                "uri": f"{uri}#{len(cases)}",
+                "text": doc,
+                "line": i,
+                "character": utf16,
+                "kind": kind,
+                "removed": removed,
+            }
+        )
     return cases
 
 
@@ -88,7 +103,21 @@ def percentile(values: list[float], q: float) -> float:
     return values[lo] + (values[hi] - values[lo]) * (k - lo)
 
 
-async def run(args: argparse.Namespace) -> dict:
+async def request(client, uri: str, line: int, character: int) -> tuple[float, str, bool]:
+    """One inlineCompletion at (line, character): (milliseconds, first item's text, empty?)."""
+    params = types.InlineCompletionParams(
+        text_document=types.TextDocumentIdentifier(uri=uri),
+        position=types.Position(line=line, character=character),
+        context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Automatic),
+    )
+    t0 = time.perf_counter()
+    result = await client.text_document_inline_completion_async(params)
+    ms = (time.perf_counter() - t0) * 1000
+    items = result.items if result is not None and hasattr(result, "items") else (result or [])
+    return ms, (items[0].insert_text if items else ""), not items
+
+
+async def run(args: argparse.Namespace, reuse: bool = True) -> dict:
     client = LanguageClient("bench-lsp", "1")
     statuses: list[dict] = []
 
@@ -105,7 +134,7 @@ async def run(args: argparse.Namespace) -> dict:
     def on_message(params):
         print(f"server: {params.message}", file=sys.stderr)
 
-    options: dict = {"device": args.device, "dtype": args.dtype, "debounceMs": 0}
+    options: dict = {"device": args.device, "dtype": args.dtype, "debounceMs": 0, "contextReuse": reuse}
     if args.model:
         options["model"] = args.model
     for key in ("tokensPerStep", "maxTokens", "maxTokensSingleLine", "contextTokens", "steps"):
@@ -140,24 +169,28 @@ async def run(args: argparse.Namespace) -> dict:
                 )
             )
         )
-        params = types.InlineCompletionParams(
-            text_document=types.TextDocumentIdentifier(uri=case["uri"]),
-            position=types.Position(line=case["line"], character=case["character"]),
-            context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Invoked),
-        )
-        t0 = time.perf_counter()
-        result = await client.text_document_inline_completion_async(params)
-        ms = (time.perf_counter() - t0) * 1000
-        items = result.items if result is not None and hasattr(result, "items") else (result or [])
+        ms, text, empty = await request(client, case["uri"], case["line"], case["character"])
+        timed = i >= args.warmup
+        if timed:
+            results.append({"kind": case["kind"], "ms": ms, "chars": len(text), "empty": empty})
+            if args.verbose:
+                print(f"{case['kind']:>11} {ms:8.1f} ms  {text[:60]!r}", file=sys.stderr)
+        character = case["character"]
+        for k, ch in enumerate(case["removed"][: args.typing]):  # the user types on, one key at a time
+            pos = types.Position(line=case["line"], character=character)
+            client.text_document_did_change(
+                types.DidChangeTextDocumentParams(
+                    text_document=types.VersionedTextDocumentIdentifier(uri=case["uri"], version=k + 2),
+                    content_changes=[types.TextDocumentContentChangePartial(range=types.Range(pos, pos), text=ch)],
+                )
+            )
+            character += len(ch.encode("utf-16-le")) // 2
+            ms, text, empty = await request(client, case["uri"], case["line"], character)
+            if timed:
+                results.append({"kind": "typing", "ms": ms, "chars": len(text), "empty": empty})
         client.text_document_did_close(
             types.DidCloseTextDocumentParams(text_document=types.TextDocumentIdentifier(uri=case["uri"]))
         )
-        if i < args.warmup:
-            continue
-        text = items[0].insert_text if items else ""
-        results.append({"kind": case["kind"], "ms": ms, "chars": len(text), "empty": not items})
-        if args.verbose:
-            print(f"{case['kind']:>11} {ms:8.1f} ms  {text[:60]!r}", file=sys.stderr)
     peak_rss_mb = server_peak_rss_mb(client)
     await client.shutdown_async(None)
     client.exit(None)
@@ -171,7 +204,7 @@ async def run(args: argparse.Namespace) -> dict:
         "server_peak_rss_mb": peak_rss_mb,
         "options": options,
     }
-    for kind in ("single-line", "block", "all"):
+    for kind in KINDS:
         sel = [r for r in results if kind == "all" or r["kind"] == kind]
         ms = [r["ms"] for r in sel]
         summary[kind] = {
@@ -182,6 +215,9 @@ async def run(args: argparse.Namespace) -> dict:
             "non_empty": sum(not r["empty"] for r in sel),
         }
     return summary
+
+
+KINDS = ("single-line", "block", "typing", "all")
 
 
 def server_peak_rss_mb(client) -> float | None:
@@ -209,22 +245,35 @@ def main() -> int:
     p.add_argument("--max-tokens-single-line", dest="maxTokensSingleLine", type=int, default=None)
     p.add_argument("--context-tokens", dest="contextTokens", type=int, default=None)
     p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--typing", type=int, default=0, help="keystrokes typed after each request (kind typing)")
+    p.add_argument("--compare-reuse", action="store_true", help="run with contextReuse on, then off")
     p.add_argument("--json", default=None, help="also write the summary here")
     p.add_argument("-v", "--verbose", action="store_true", help="one line per request on stderr")
     args = p.parse_args()
-    summary = asyncio.run(run(args))
-    print(
-        f"model {summary['model']} on {summary['device']} (loaded in {summary['load_s']} s), "
-        f"server peak RSS {summary['server_peak_rss_mb']} MB"
-    )
-    for kind in ("single-line", "block", "all"):
-        s = summary[kind]
+    runs = {"reuse on": asyncio.run(run(args, reuse=True))}
+    if args.compare_reuse:
+        runs["reuse off"] = asyncio.run(run(args, reuse=False))
+    for label, summary in runs.items():
         print(
-            f"{kind:>11}: n={s['n']:3d}  p50 {s['p50_ms']:8.1f} ms  p95 {s['p95_ms']:8.1f} ms  "
-            f"mean {s['mean_ms']} ms  non-empty {s['non_empty']}/{s['n']}"
+            f"[contextReuse {label.split()[1]}] model {summary['model']} on {summary['device']} "
+            f"(loaded in {summary['load_s']} s), server peak RSS {summary['server_peak_rss_mb']} MB"
         )
+        for kind in KINDS:
+            s = summary[kind]
+            if not s["n"]:
+                continue
+            print(
+                f"{kind:>11}: n={s['n']:3d}  p50 {s['p50_ms']:8.1f} ms  p95 {s['p95_ms']:8.1f} ms  "
+                f"mean {s['mean_ms']} ms  non-empty {s['non_empty']}/{s['n']}"
+            )
+    if args.compare_reuse:
+        on, off = runs["reuse on"], runs["reuse off"]
+        for kind in KINDS:
+            if on[kind]["n"] and off[kind]["n"]:
+                print(f"{kind:>11}: p50 reuse off / on = {off[kind]['p50_ms'] / on[kind]['p50_ms']:.2f}x")
     if args.json:
-        Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
+        out = runs if args.compare_reuse else runs["reuse on"]
+        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
     return 0
 
 
