@@ -90,7 +90,9 @@ class CachedContextDenoiser:
         self._setup(valid, masked, fresh=valid & ~reused)
         # a hole's predecessor may be a reused position: it is active now, so drop it from the context block
         keep = (~self._active[0, reused[0]]).nonzero().flatten()
-        self._ctx_kv = [(k.index_select(2, keep), v.index_select(2, keep)) for k, v in kvs]
+        self._ctx_kv = [
+            (k.index_select(2, keep.to(k.device)), v.index_select(2, keep.to(k.device))) for k, v in kvs
+        ]
         self.reused_tokens = int(keep.numel())
         self._since_refresh = 1
         return chain
@@ -116,25 +118,26 @@ class CachedContextDenoiser:
             self._since_refresh += 1
             x_act = x.gather(1, self._act_idx)
             pos_act = self._positions.gather(1, self._act_idx)
-            hidden, own = self.model.hidden_states(
+            out = self.model.hidden_states(
                 x_act,
                 self._act_valid,
                 pos_act,
                 extra_kv=self._ctx_kv,
                 extra_valid=self._ctx_valid,
-                return_kv=True,
+                return_kv=first,
             )
             self.tokens_processed += int(self._act_valid.sum())
+            hidden = out[0] if first else out
             if first:  # a reused start: remember the stitched context for the next request
-                self.store.save(x, self._stitch(x, own), chain=chain)
+                self.store.save(x, self._stitch(x, out[1]), chain=chain)
         rows, cols = shifted_rows(masked)
         return self.model.lm_head(hidden[rows, self._slot[rows, cols]]).float()
 
     def _stitch(self, x: torch.Tensor, own_kvs) -> list:
         """Complete per-layer keys/values over the canvas: the context block plus the active positions'."""
-        ctx, act = self._ctx_idx[0], self._act_idx[0]
         out = []
         for (ck, cv), (ak, av) in zip(self._ctx_kv, own_kvs, strict=True):
+            ctx, act = self._ctx_idx[0].to(ck.device), self._act_idx[0].to(ck.device)
             shape = (1, ck.shape[1], x.shape[1], ck.shape[3])
             k = ck.new_zeros(shape).index_copy_(2, ctx, ck).index_copy_(2, act, ak)
             v = cv.new_zeros(shape).index_copy_(2, ctx, cv).index_copy_(2, act, av)

@@ -128,14 +128,16 @@ class ContextStore:
             new_idx.extend(range(new_start, new_start + n))
             old_idx.extend(range(old_start, old_start + n))
             delta.extend([new_start - old_start] * n)
-        order = torch.tensor(new_idx).argsort()  # runs may overlap nothing but must come out in canvas order
-        src = torch.tensor(old_idx)[order].to(x.device)
-        shift = torch.tensor(delta)[order].to(x.device)[None, :]
-        cos, sin = rope_cos_sin(cfg, shift, torch.float32)
+        order = torch.tensor(new_idx).argsort()  # the runs come out in canvas order
+        src_cpu = torch.tensor(old_idx)[order]
+        shift_cpu = torch.tensor(delta)[order][None, :]
+        moved = bool((shift_cpu != 0).any())
         kvs = []
-        for k, v in entry.kvs:
+        for k, v in entry.kvs:  # layers may sit on different devices (accelerate device maps)
+            src = src_cpu.to(k.device)
             k_run = k.index_select(2, src)
-            if bool((shift != 0).any()):
+            if moved:
+                cos, sin = rope_cos_sin(cfg, shift_cpu.to(k.device), torch.float32)
                 k_run = apply_rope(k_run.float(), cos, sin).to(k.dtype)
             kvs.append((k_run, v.index_select(2, src)))
         self.hits += 1
