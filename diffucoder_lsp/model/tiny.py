@@ -38,8 +38,9 @@ class Stack:
         return self.items.pop()
 
 
+total = 0
 for i in range(10):
-    print(i, fibonacci(i))
+    total += fibonacci(i)
 import os, sys, json
 with open(path, "r", encoding="utf-8") as f:
     data = json.load(f)

@@ -1,17 +1,20 @@
 """Helpers for the language-server tests: a recording pytest-lsp client, capabilities, document and request
-builders. Every server runs as a subprocess (``python -m diffucoder_lsp.server``)."""
+builders. Every server runs as a subprocess (``python -m diffucoder_lsp.server``, or ``scripted_server.py``: the
+same server whose finished completions read a fixed text)."""
 
 from __future__ import annotations
 
 import asyncio
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from lsprotocol import types
 from pytest_lsp import LanguageClient, client_capabilities, make_test_lsp_client
 
 SERVER_CMD = [sys.executable, "-m", "diffucoder_lsp.server"]
+SCRIPTED_SERVER_CMD = [sys.executable, str(Path(__file__).with_name("scripted_server.py"))]
 STATUS = "diffucoder/status"
 
 
