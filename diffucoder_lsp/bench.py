@@ -101,7 +101,11 @@ def build_workloads(
     cases: int = 3,
     max_tokens: int | None = None,
 ) -> list[Workload]:
-    """Cut ``cases`` windows per (context, span, holes) from ``text``; holes sit at line starts, spread evenly."""
+    """Cut ``cases`` windows per (context, span, holes) from ``text``; holes sit at line starts, spread evenly.
+
+    A context that would not fit ``max_tokens`` (the model's window) with its holes is shortened to fit, and
+    the workload is named by the context it really has (a "4k" context is 3904 tokens with 3 x 64 holes in a
+    4096-token window)."""
     ids = tokenizer.encode(text)
     newline_starts = [
         i for i in range(1, len(ids)) if "\n" in tokenizer.decode([ids[i - 1]], skip_special=False)
@@ -110,9 +114,12 @@ def build_workloads(
     for ctx in contexts:
         for span in spans:
             for n_holes in holes:
-                total = ctx + span * n_holes
-                if max_tokens is not None and total > max_tokens:
-                    continue
+                context = ctx
+                if max_tokens is not None and context + span * n_holes > max_tokens:
+                    context = max_tokens - span * n_holes
+                    if context < ctx // 2:
+                        continue
+                total = context + span * n_holes
                 if total + 1 > len(ids):
                     continue
                 made = []
@@ -120,7 +127,7 @@ def build_workloads(
                     start = (len(ids) - total) * (c + 1) // (cases + 1)
                     window = ids[start : start + total]
                     made.append(_case(tokenizer, window, span, n_holes, newline_starts, start))
-                out.append(Workload(ctx, span, n_holes, made))
+                out.append(Workload(context, span, n_holes, made))
     return out
 
 

@@ -150,3 +150,15 @@ def test_typed_earlier_moves_the_first_hole_back():
 
     assert typed_earlier(f"abcdef{M}xyz{M}!", 3) == f"abc{M}xyz{M}!"
     assert typed_earlier(f"ab{M}x", 3) == f"{M}x"
+
+
+def test_workloads_too_long_for_the_window_are_shortened_to_fit(lm):
+    from diffucoder_lsp.bench import build_workloads
+
+    text = "x = 1\n" * 600
+    wls = build_workloads(lm.tokenizer, text, contexts=(512,), spans=(16,), holes=(1, 3), cases=1, max_tokens=512)
+    assert [w.name for w in wls] == ["ctx496/span16/holes1", "ctx464/span16/holes3"]
+    for w in wls:
+        assert w.context + w.span * w.holes <= 512
+        assert all(len(t) == 16 for case in w.cases for t in case.truths)
+    assert build_workloads(lm.tokenizer, text, contexts=(512,), spans=(16,), holes=(1,), max_tokens=200) == []
