@@ -147,21 +147,21 @@ def _top_p_binned(logits: torch.Tensor, top_p: float, bins: int = 1024, span: fl
     Bins are ``span / bins`` nats wide, measured down from each row's best token; everything further down
     shares the last bin (whose members are then ordered exactly like any other crossing bin).
     """
+    # written for few passes over (n, V): on a CPU each costs ~1-3 ms at 192 x 8192
     lp = logits.float().log_softmax(-1)
-    p = lp.exp()
-    top = lp.max(-1, keepdim=True).values
-    b = ((top - lp) * (bins / span)).clamp_(0, bins - 1).long()
-    cum = torch.zeros(logits.shape[0], bins, device=logits.device).scatter_add_(1, b, p).cumsum(-1)
+    top, best = lp.max(-1, keepdim=True)
+    b = (top - lp).mul_(bins / span).clamp_(0, bins - 1).long()
+    cum = torch.zeros(logits.shape[0], bins, device=logits.device).scatter_add_(1, b, lp.exp()).cumsum(-1)
     c = (cum <= top_p).sum(-1, keepdim=True).clamp_(max=bins - 1)  # the crossing bin
     before = torch.where(c > 0, cum.gather(1, (c - 1).clamp(min=0)), torch.zeros_like(top))
     member = b == c
-    vals, idx = torch.where(member, logits, float("-inf")).topk(int(member.sum(-1).max()), dim=-1)
-    pv = p.gather(1, idx)
-    kept_in_bin = (before + pv.cumsum(-1) - pv <= top_p) & torch.isfinite(vals)
+    vals, idx = torch.where(member, lp, float("-inf")).topk(int(member.sum(-1).max()), dim=-1)
+    pv = vals.exp()
+    kept_in_bin = (before + pv.cumsum(-1) - pv <= top_p) & (vals > float("-inf"))
     keep = b < c
-    keep = keep.scatter(1, idx, keep.gather(1, idx) | kept_in_bin)
-    keep.scatter_(1, logits.argmax(-1, keepdim=True), True)  # the most likely token always survives
-    return logits.masked_fill(~keep, float("-inf"))
+    keep.scatter_(1, idx, keep.gather(1, idx) | kept_in_bin)
+    keep.scatter_(1, best, True)  # the most likely token always survives
+    return torch.where(keep, logits, float("-inf"))
 
 
 NUCLEUS_PROBE = 64  # candidates tried before the histogram
