@@ -161,8 +161,10 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def configurations(threshold: float, refresh_every: int) -> dict[str, Callable]:
-    """name -> f(lm, span_tokens) returning (SamplingOptions, denoiser factory)."""
+def configurations(threshold: float, refresh_every: int, tokens_per_step: int = 1) -> dict[str, Callable]:
+    """name -> f(lm, span_tokens) returning (SamplingOptions, denoiser factory).
+
+    ``tokens_per_step`` is the least parallel unmasking reveals per step (``parallel``, ``all``, ``reuse``)."""
 
     def reference(lm, n):
         return SamplingOptions(steps=n, exact=True, temperature=0.0), lambda: FullCanvasDenoiser(lm.model)
@@ -172,10 +174,11 @@ def configurations(threshold: float, refresh_every: int) -> dict[str, Callable]:
         return opts, lambda: CachedContextDenoiser(lm.model, refresh_every)
 
     def parallel(lm, n):
-        return SamplingOptions(threshold=threshold, temperature=0.0), lambda: FullCanvasDenoiser(lm.model)
+        opts = SamplingOptions(threshold=threshold, tokens_per_step=tokens_per_step, temperature=0.0)
+        return opts, lambda: FullCanvasDenoiser(lm.model)
 
     def all_(lm, n):
-        opts = SamplingOptions(threshold=threshold, temperature=0.0)
+        opts = SamplingOptions(threshold=threshold, tokens_per_step=tokens_per_step, temperature=0.0)
         return opts, lambda: CachedContextDenoiser(lm.model, refresh_every)
 
     return {"reference": reference, "cache": cache, "parallel": parallel, "all": all_, "reuse": all_}
@@ -259,10 +262,11 @@ def bench(
     repeat: int = 3,
     threshold: float = 0.9,
     refresh_every: int = 0,
+    tokens_per_step: int = 1,
     configs: list[str] | None = None,
     log=None,
 ) -> list[Row]:
-    table = configurations(threshold, refresh_every)
+    table = configurations(threshold, refresh_every, tokens_per_step)
     names = configs or [*table, "ar"]
     rows: list[Row] = []
     for wl in workloads:

@@ -29,10 +29,14 @@ def register(sub) -> None:
     p.add_argument("--contexts", type=_ints, default=(256, 1024, 4096), help="context sizes in tokens")
     p.add_argument("--spans", type=_ints, default=(16, 64), help="hole sizes in tokens")
     p.add_argument("--holes", type=_ints, default=(1, 3), help="holes per canvas")
-    p.add_argument(
-        "--configs", default=",".join(CONFIGS), help="comma-separated configurations"
-    )
+    p.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated configurations")
     p.add_argument("--threshold", type=float, default=0.9, help="parallel unmasking confidence threshold")
+    p.add_argument(
+        "--tokens-per-step",
+        type=int,
+        default=1,
+        help="least tokens parallel unmasking reveals per step (parallel, all, reuse)",
+    )
     p.add_argument("--refresh-every", type=int, default=0, help="context cache refresh period (0 = never)")
     p.add_argument("--corpus", default=None, help="held-out valid.jsonl (default: this package's source)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -49,6 +53,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.repeat < 1:
         raise BadInputError("--repeat must be at least 1")
+    if args.tokens_per_step < 1:
+        raise BadInputError("--tokens-per-step must be at least 1")
     configs = [c for c in args.configs.split(",") if c]
     unknown = set(configs) - set(CONFIGS)
     if unknown:
@@ -73,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
         repeat=args.repeat,
         threshold=args.threshold,
         refresh_every=args.refresh_every,
+        tokens_per_step=args.tokens_per_step,
         configs=configs,
         log=lambda msg: print(f"bench: {msg}", file=sys.stderr, flush=True),
     )
@@ -87,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
         "cases": args.cases,
         "threshold": args.threshold,
         "refresh_every": args.refresh_every,
+        "tokens_per_step": args.tokens_per_step,
         "device_name": torch.cuda.get_device_name(lm.device) if lm.device.type == "cuda" else "cpu",
     }
     if args.json:

@@ -21,7 +21,12 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
 
 def add_sampling_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=None, help="denoising steps (default: one per token)")
-    p.add_argument("--tokens-per-step", type=int, default=1, help="used when --steps is not given")
+    p.add_argument(
+        "--tokens-per-step",
+        type=int,
+        default=1,
+        help="used when --steps is not given; with --threshold, the least revealed per step",
+    )
     p.add_argument("--alg", choices=["entropy", "maskgit_plus", "topk_margin", "origin"], default="entropy")
     p.add_argument(
         "--alg-temp", type=float, default=0.0, help="sample positions instead of greedy (0 = greedy)"
@@ -32,7 +37,9 @@ def add_sampling_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eos-penalty", type=float, default=0.0, help="subtracted from eos/pad logits")
     p.add_argument("--exact", action="store_true", help="reference decoder: full canvas, reference schedule")
-    p.add_argument("--threshold", type=float, default=None, help="parallel unmasking: reveal all this sure")
+    p.add_argument(
+        "--threshold", type=float, default=None, help="parallel unmasking: also reveal all this sure"
+    )
 
 
 def sampling_options(args: argparse.Namespace):

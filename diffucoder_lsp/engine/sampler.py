@@ -18,7 +18,8 @@ with probability ``1 - s / t``. With ``alg_temp > 0`` the k positions are sample
 alg_temp) instead of taken greedily (Gumbel top-k, the same distribution as sampling without replacement).
 
 Parallel unmasking (``threshold``): every masked position whose chosen token has probability >= threshold is
-revealed (at least one per row per step), so the number of steps adapts to how sure the model is.
+revealed, and at least ``tokens_per_step`` per row per step (the most confident ones top the sure ones up), so
+the number of steps adapts to how sure the model is while never falling behind a fixed ``tokens_per_step``.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ class SamplingOptions:
     seed: int = 0
     exact: bool = False
     eos_penalty: float = 0.0
-    threshold: float | None = None  # parallel unmasking: reveal every position this sure (>= 1 per step)
+    threshold: float | None = None  # parallel unmasking: reveal every position this sure (>= tokens_per_step)
 
     def __post_init__(self) -> None:
         if self.alg not in ALGORITHMS:
@@ -74,8 +75,8 @@ class SamplingOptions:
             )
 
     def num_steps(self, max_masked: int) -> int:
-        if self.threshold is not None:  # an upper bound: at least one token per step, usually far fewer steps
-            return max(1, max_masked)
+        if self.threshold is not None:  # an upper bound: >= tokens_per_step per step, usually far fewer steps
+            return max(1, math.ceil(max_masked / self.tokens_per_step))
         if self.steps is not None:
             return self.steps
         return max(1, math.ceil(max_masked / self.tokens_per_step))
@@ -303,11 +304,12 @@ def denoise(
             elif options.threshold is not None:
                 sure = torch.zeros(x.shape, dtype=torch.bool, device=x.device)
                 sure[masked] = prob >= options.threshold
-                # rows where nothing is sure enough still reveal their single most confident position
-                k = (sure.sum(1) == 0).long().minimum(left)
+                # rows reveal at least tokens_per_step positions: the sure ones, topped up by the most confident
+                k = (options.tokens_per_step - sure.sum(1)).clamp(min=0).minimum(left)
             else:
                 k = balanced_count(left, steps - i)
-            take = choose_positions(full_conf, masked, k, options.alg_temp, generator)
+            pool = masked & ~sure if options.threshold is not None and not last else masked
+            take = choose_positions(full_conf, pool, k, options.alg_temp, generator)
             if options.threshold is not None and not last:
                 take |= sure
         x[take] = full_tokens[take]

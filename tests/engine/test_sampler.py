@@ -243,20 +243,25 @@ def test_per_row_groups_events():
     n=st.integers(1, 30),
     threshold=st.sampled_from([0.05, 0.3, 0.9, 1.0]),
     temperature=st.sampled_from([0.0, 0.5]),
+    floor=st.sampled_from([1, 2, 5]),
 )
-def test_threshold_reveals_every_position_once(n, threshold, temperature):
+def test_threshold_reveals_every_position_once(n, threshold, temperature, floor):
     x = torch.full((2, n + 2), MASK)
     x[:, 0] = 11
-    opts = SamplingOptions(threshold=threshold, temperature=temperature)
+    opts = SamplingOptions(threshold=threshold, temperature=temperature, tokens_per_step=floor)
     den = RandomDenoiser()
     events, final = run_to_end(denoise(den, x, None, mask_id=MASK, options=opts))
     seen = torch.zeros_like(x)
+    left = [n + 1, n + 1]
     for ev in events:
         seen[ev.rows, ev.cols] += 1
-        assert len(ev.cols) >= 1
+        for r in range(2):  # every row reveals at least the floor (or all it has left)
+            got = int((ev.rows == r).sum())
+            assert got >= min(floor, left[r])
+            left[r] -= got
     assert torch.equal(seen, (x == MASK).long())
     assert not (final == MASK).any()
-    assert den.forward_passes == len(events) <= n + 1
+    assert den.forward_passes == len(events) <= math.ceil((n + 1) / floor)
 
 
 def test_threshold_adapts_steps_to_certainty():
@@ -269,6 +274,26 @@ def test_threshold_adapts_steps_to_certainty():
     opts = SamplingOptions(threshold=0.999, temperature=0.0)
     events, _ = run_to_end(denoise(flat, x, None, mask_id=MASK, options=opts))
     assert len(events) == 12
+
+
+def test_threshold_tops_up_to_tokens_per_step_with_the_most_confident():
+    """Nothing passes the threshold: each step reveals exactly tokens_per_step, the most confident first."""
+
+    class RisingDenoiser:  # token 20's logit grows with the position: later positions are surer
+        forward_passes = 0
+
+        def __call__(self, x, valid, masked):
+            cols = masked.nonzero(as_tuple=True)[1]
+            logits = torch.zeros(len(cols), VOCAB)
+            logits[:, 20] = (cols.float() + 1) * 0.3
+            return logits
+
+    x = torch.full((1, 12), MASK)
+    opts = SamplingOptions(threshold=0.999, temperature=0.0, tokens_per_step=4, alg="maskgit_plus")
+    events, final = run_to_end(denoise(RisingDenoiser(), x, None, mask_id=MASK, options=opts))
+    assert [sorted(ev.cols.tolist()) for ev in events] == [[8, 9, 10, 11], [4, 5, 6, 7], [0, 1, 2, 3]]
+    assert all(ev.total_steps == 3 for ev in events)
+    assert (final == 20).all()
 
 
 @pytest.mark.parametrize("which", ["probe+histogram", "histogram"])
