@@ -127,3 +127,14 @@ async def test_a_lost_client_stops_the_server_promptly_even_mid_completion(tiny_
         if server.returncode is None:
             server.kill()
         await client.stop()
+
+
+def test_server_caps_the_onednn_kernel_cache_unless_the_user_set_it():
+    from diffucoder_lsp.commands.serve import cap_kernel_cache
+
+    env: dict[str, str] = {}
+    cap_kernel_cache(env)
+    assert env == {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "64"}
+    env = {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "1024"}
+    cap_kernel_cache(env)
+    assert env["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "1024"
