@@ -182,6 +182,8 @@ def _top_p(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     vals, idx = torch.topk(logits, NUCLEUS_PROBE, dim=-1)
     cum = (vals - torch.logsumexp(logits, dim=-1, keepdim=True)).exp().cumsum(-1)
     closed = cum[:, -1] > top_p
+    if not bool(closed.any()):  # all flat: skip building the probed result and copying rows in and out
+        return _top_p_binned(logits, top_p)
     keep = torch.ones_like(cum, dtype=torch.bool)
     keep[:, 1:] = cum[:, :-1] <= top_p
     out = torch.full_like(logits, float("-inf")).scatter(-1, idx, vals.masked_fill(~keep, float("-inf")))
