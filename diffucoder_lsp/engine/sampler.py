@@ -75,10 +75,9 @@ class SamplingOptions:
             )
 
     def num_steps(self, max_masked: int) -> int:
-        if self.threshold is not None:  # an upper bound: >= tokens_per_step per step, usually far fewer steps
-            return max(1, math.ceil(max_masked / self.tokens_per_step))
-        if self.steps is not None:
+        if self.steps is not None and self.threshold is None:
             return self.steps
+        # with a threshold an upper bound (>= tokens_per_step per step): usually far fewer steps are run
         return max(1, math.ceil(max_masked / self.tokens_per_step))
 
 
@@ -299,20 +298,22 @@ def denoise(
                 draw = torch.rand(x.shape, generator=generator, device=x.device)
                 take = masked & (draw < 1 - s / t)
         else:
+            adaptive = options.threshold is not None and not last
             if last:
                 k = left
             elif options.exact:
                 k = (left.double() * (1 - s / t)).floor().long()
-            elif options.threshold is not None:
+            elif adaptive:
                 sure = torch.zeros(x.shape, dtype=torch.bool, device=x.device)
                 sure[masked] = prob >= options.threshold
                 # rows reveal at least tokens_per_step positions: the sure ones, topped up by the most confident
                 k = (options.tokens_per_step - sure.sum(1)).clamp(min=0).minimum(left)
             else:
                 k = balanced_count(left, steps - i)
-            pool = masked & ~sure if options.threshold is not None and not last else masked
-            take = choose_positions(full_conf, pool, k, options.alg_temp, generator)
-            if options.threshold is not None and not last:
+            take = choose_positions(
+                full_conf, masked & ~sure if adaptive else masked, k, options.alg_temp, generator
+            )
+            if adaptive:
                 take |= sure
         x[take] = full_tokens[take]
         masked &= ~take
