@@ -317,3 +317,17 @@ def test_fast_nucleus_matches_the_sorted_definition(scale, which):
     assert fast.gather(1, logits.argmax(-1, keepdim=True)).all()
     if scale <= 1.0:  # flat rows: the nucleus holds many tokens, not just the top one
         assert int(fast.sum()) > 48 * 100
+
+
+def test_fast_nucleus_on_a_batch_mixing_peaked_and_flat_rows():
+    """Peaked rows close within the probe, flat rows in the same batch go through the histogram."""
+    from diffucoder_lsp.engine.sampler import _top_p, _top_p_sorted
+
+    g = torch.Generator().manual_seed(7)
+    logits = torch.cat([torch.randn(8, 4096, generator=g) * 30, torch.randn(8, 4096, generator=g) * 0.05])
+    logits = logits[torch.randperm(16, generator=g)]
+    fast = torch.isfinite(_top_p(logits, 0.9))
+    slow = torch.isfinite(_top_p_sorted(logits, 0.9))
+    differ = (fast != slow).sum(1)
+    assert int(differ.max()) <= 1 and int((differ > 0).sum()) <= 1
+    assert int(fast.sum(1).min()) < 64 < int(fast.sum(1).max())  # both kinds of row really are there
