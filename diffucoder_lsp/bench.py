@@ -6,8 +6,9 @@ as the reference answer. Configurations:
 
 * ``reference``  the reference decoder: full canvas every step, one token per step, exact schedule
 * ``cache``      context key/value cache alone (one token per step)
+* ``block``      the cache with block decoding (one token per step, one block of ``block_size`` at a time)
 * ``parallel``   threshold parallel unmasking alone (full canvas)
-* ``all``        cache + parallel unmasking
+* ``all``        cache + block decoding + parallel unmasking
 * ``reuse``      all + cross-request reuse: the same request made while typing, i.e. right after the request
                  for the same text ``TYPED_CHARS`` characters earlier, whose context keys/values it starts from
                  (the priming request is not timed)
@@ -37,8 +38,9 @@ from .engine.infill import DEFAULT_MARKER, infill
 from .engine.reuse import ContextStore
 from .engine.sampler import SamplingOptions
 
-CONFIGS = ("reference", "cache", "parallel", "all", "reuse", "ar")
+CONFIGS = ("reference", "cache", "block", "parallel", "all", "reuse", "ar")
 TYPED_CHARS = 3  # characters typed between the priming request and the timed one (``reuse``)
+BLOCK_SIZE = 32  # block decoding's block (``block``, ``all``, ``reuse``); 0 = the whole span at once
 CONTEXTS = (256, 1024, 4096)
 SPANS = (16, 64)
 HOLES = (1, 3)
@@ -161,10 +163,14 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def configurations(threshold: float, refresh_every: int, tokens_per_step: int = 1) -> dict[str, Callable]:
+def configurations(
+    threshold: float, refresh_every: int, tokens_per_step: int = 1, block_size: int = BLOCK_SIZE
+) -> dict[str, Callable]:
     """name -> f(lm, span_tokens) returning (SamplingOptions, denoiser factory).
 
-    ``tokens_per_step`` is the least parallel unmasking reveals per step (``parallel``, ``all``, ``reuse``)."""
+    ``tokens_per_step`` is the least parallel unmasking reveals per step (``parallel``, ``all``, ``reuse``);
+    ``block_size`` the block of ``block``, ``all`` and ``reuse`` (0: no blocks)."""
+    block = block_size or None
 
     def reference(lm, n):
         return SamplingOptions(steps=n, exact=True, temperature=0.0), lambda: FullCanvasDenoiser(lm.model)
@@ -173,15 +179,28 @@ def configurations(threshold: float, refresh_every: int, tokens_per_step: int = 
         opts = SamplingOptions(steps=n, temperature=0.0)
         return opts, lambda: CachedContextDenoiser(lm.model, refresh_every)
 
+    def block_(lm, n):
+        opts = SamplingOptions(tokens_per_step=1, temperature=0.0, block_size=block)
+        return opts, lambda: CachedContextDenoiser(lm.model, refresh_every)
+
     def parallel(lm, n):
         opts = SamplingOptions(threshold=threshold, tokens_per_step=tokens_per_step, temperature=0.0)
         return opts, lambda: FullCanvasDenoiser(lm.model)
 
     def all_(lm, n):
-        opts = SamplingOptions(threshold=threshold, tokens_per_step=tokens_per_step, temperature=0.0)
+        opts = SamplingOptions(
+            threshold=threshold, tokens_per_step=tokens_per_step, temperature=0.0, block_size=block
+        )
         return opts, lambda: CachedContextDenoiser(lm.model, refresh_every)
 
-    return {"reference": reference, "cache": cache, "parallel": parallel, "all": all_, "reuse": all_}
+    return {
+        "reference": reference,
+        "cache": cache,
+        "block": block_,
+        "parallel": parallel,
+        "all": all_,
+        "reuse": all_,
+    }
 
 
 def typed_earlier(text: str, chars: int = TYPED_CHARS) -> str:
@@ -263,10 +282,11 @@ def bench(
     threshold: float = 0.9,
     refresh_every: int = 0,
     tokens_per_step: int = 1,
+    block_size: int = BLOCK_SIZE,
     configs: list[str] | None = None,
     log=None,
 ) -> list[Row]:
-    table = configurations(threshold, refresh_every, tokens_per_step)
+    table = configurations(threshold, refresh_every, tokens_per_step, block_size)
     names = configs or [*table, "ar"]
     rows: list[Row] = []
     for wl in workloads:

@@ -9,7 +9,8 @@ import sys
 from .fill import add_model_options
 
 # the configurations of diffucoder_lsp.bench.CONFIGS, spelled out so that building the CLI never imports torch
-CONFIGS = ("reference", "cache", "parallel", "all", "reuse", "ar")
+CONFIGS = ("reference", "cache", "block", "parallel", "all", "reuse", "ar")
+BLOCK_SIZE = 32  # diffucoder_lsp.bench.BLOCK_SIZE
 
 
 def _ints(value: str) -> tuple[int, ...]:
@@ -37,6 +38,12 @@ def register(sub) -> None:
         default=1,
         help="least tokens parallel unmasking reveals per step (parallel, all, reuse)",
     )
+    p.add_argument(
+        "--block-size",
+        type=int,
+        default=BLOCK_SIZE,
+        help="block decoding's block in tokens (block, all, reuse); 0 = every hole at once",
+    )
     p.add_argument("--refresh-every", type=int, default=0, help="context cache refresh period (0 = never)")
     p.add_argument("--corpus", default=None, help="held-out valid.jsonl (default: this package's source)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -55,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
         raise BadInputError("--repeat must be at least 1")
     if args.tokens_per_step < 1:
         raise BadInputError("--tokens-per-step must be at least 1")
+    if args.block_size < 0:
+        raise BadInputError("--block-size must be at least 0")
     configs = [c for c in args.configs.split(",") if c]
     unknown = set(configs) - set(CONFIGS)
     if unknown:
@@ -80,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
         threshold=args.threshold,
         refresh_every=args.refresh_every,
         tokens_per_step=args.tokens_per_step,
+        block_size=args.block_size,
         configs=configs,
         log=lambda msg: print(f"bench: {msg}", file=sys.stderr, flush=True),
     )
@@ -95,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
         "threshold": args.threshold,
         "refresh_every": args.refresh_every,
         "tokens_per_step": args.tokens_per_step,
+        "block_size": args.block_size,
         "device_name": torch.cuda.get_device_name(lm.device) if lm.device.type == "cuda" else "cpu",
     }
     if args.json:

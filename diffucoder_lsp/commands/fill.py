@@ -40,6 +40,12 @@ def add_sampling_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--threshold", type=float, default=None, help="parallel unmasking: also reveal all this sure"
     )
+    p.add_argument(
+        "--block-size",
+        type=int,
+        default=None,
+        help="block decoding: fill the holes' masks in order, this many at a time (default: all at once)",
+    )
 
 
 def sampling_options(args: argparse.Namespace):
@@ -57,6 +63,7 @@ def sampling_options(args: argparse.Namespace):
         exact=args.exact,
         eos_penalty=args.eos_penalty,
         threshold=args.threshold,
+        block_size=args.block_size,
     )
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from ..model.network import DreamModel, positions_from_valid
+from ..model.network import DreamModel, KVSlots, positions_from_valid
 from .denoiser import shifted_rows
 from .reuse import ContextStore
 
@@ -45,8 +45,23 @@ def _padded_index(select: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.where(valid, order, torch.zeros_like(order)), valid
 
 
+def _slot_map(idx: torch.Tensor, idx_valid: torch.Tensor, shape) -> torch.Tensor:
+    """Canvas position -> slot in the padded index ``idx`` (only meaningful where selected)."""
+    slot = torch.zeros(shape, dtype=torch.long, device=idx.device)
+    rows = torch.arange(shape[0], device=idx.device)[:, None].expand_as(idx)
+    slots = torch.arange(idx.shape[1], device=idx.device)[None, :].expand_as(idx)
+    slot[rows[idx_valid], idx[idx_valid]] = slots[idx_valid]
+    return slot
+
+
 class CachedContextDenoiser:
-    """Denoiser with a context key/value cache; same call signature as ``FullCanvasDenoiser``."""
+    """Denoiser with a context key/value cache; same call signature as ``FullCanvasDenoiser``.
+
+    The active set is fixed by the first call (the positions asked for, their predecessors, anything without
+    keys/values yet). When a later call asks for positions outside it (block decoding moving on to its next
+    block) one step runs the old and the new active positions together: the old ones' final keys/values join
+    the context, the new ones become the active set, and no extra full pass is made.
+    """
 
     def __init__(
         self, model: DreamModel, refresh_every: int = 0, store: ContextStore | None = None
@@ -58,28 +73,27 @@ class CachedContextDenoiser:
         self.store = store
         self.forward_passes = 0
         self.full_passes = 0
+        self.switches = 0  # steps that moved the active set (block decoding)
         self.tokens_processed = 0
         self.reused_tokens = 0  # context positions whose keys/values came from the store
         self._ctx_kv = None
+        self._kv_full = None  # per-layer keys/values at every canvas position, current outside the active set
+        self._kv_shared = False  # _kv_full is also the store's entry: copy before writing into it
         self._since_refresh = 0
 
-    def _setup(self, valid: torch.Tensor, masked: torch.Tensor, fresh: torch.Tensor | None = None) -> None:
-        """Fix the active set from the first call's masks: holes, each hole's predecessor, and any context
-        whose keys/values are not available (``fresh``)."""
+    @staticmethod
+    def _needed(valid: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
+        """The positions a call must compute: the ones asked for and each one's predecessor (logit shift)."""
         active = masked.clone()
         active[:, :-1] |= masked[:, 1:]
-        if fresh is not None:
-            active |= fresh
-        active &= valid
+        return active & valid
+
+    def _set_active(self, valid: torch.Tensor, active: torch.Tensor) -> None:
         self._positions = positions_from_valid(valid)
         self._act_idx, self._act_valid = _padded_index(active)
         self._ctx_idx, self._ctx_valid = _padded_index(valid & ~active)
         self._active = active
-        # canvas position -> slot in the active batch (only meaningful where active)
-        self._slot = torch.zeros_like(self._positions)
-        rows = torch.arange(valid.shape[0], device=valid.device)[:, None].expand_as(self._act_idx)
-        slots = torch.arange(self._act_idx.shape[1], device=valid.device)[None, :].expand_as(self._act_idx)
-        self._slot[rows[self._act_valid], self._act_idx[self._act_valid]] = slots[self._act_valid]
+        self._slot = _slot_map(self._act_idx, self._act_valid, valid.shape)
 
     def _start_from_store(self, x: torch.Tensor, valid: torch.Tensor, masked: torch.Tensor) -> int | None:
         """Take the context keys/values from the store when it can supply them; returns the chain length."""
@@ -87,12 +101,12 @@ class CachedContextDenoiser:
         if hit is None:
             return None
         reused, kvs, chain = hit
-        self._setup(valid, masked, fresh=valid & ~reused)
+        self._set_active(valid, self._needed(valid, masked) | (valid & ~reused))
         # a hole's predecessor may be a reused position: it is active now, so drop it from the context block
         keep = (~self._active[0, reused[0]]).nonzero().flatten()
-        self._ctx_kv = [
-            (k.index_select(2, keep.to(k.device)), v.index_select(2, keep.to(k.device))) for k, v in kvs
-        ]
+        self._set_context(
+            [(k.index_select(2, keep.to(k.device)), v.index_select(2, keep.to(k.device))) for k, v in kvs]
+        )
         self.reused_tokens = int(keep.numel())
         self._since_refresh = 1
         return chain
@@ -102,36 +116,86 @@ class CachedContextDenoiser:
         self.forward_passes += 1
         first = self._ctx_kv is None
         chain = self._start_from_store(x, valid, masked) if first else None
+        refresh = self.refresh_every and self._since_refresh >= self.refresh_every
+        moved = False
         if first and chain is None:
-            self._setup(valid, masked)
-        if (first and chain is None) or (self.refresh_every and self._since_refresh >= self.refresh_every):
+            self._set_active(valid, self._needed(valid, masked))
+        elif not first:
+            needed = self._needed(valid, masked)
+            moved = bool((needed & ~self._active).any())
+            if moved and refresh:
+                self._set_active(valid, needed)
+        if (first and chain is None) or refresh:
             hidden, kvs = self.model.hidden_states(
                 x, valid, self._positions, return_kv=True, keep=self._act_idx
             )
-            self._ctx_kv = _gather_kv(kvs, self._ctx_idx)
+            self._kv_full, self._kv_shared = kvs, first and self.store is not None
+            self._set_context(_gather_kv(kvs, self._ctx_idx))
             self._since_refresh = 1
             self.full_passes += 1
             self.tokens_processed += int(valid.sum())
             if first and self.store is not None:
                 self.store.save(x, kvs, chain=0)
+            slot = self._slot
+        elif moved:
+            hidden, slot = self._switch(x, valid, needed)
         else:
             self._since_refresh += 1
-            x_act = x.gather(1, self._act_idx)
-            pos_act = self._positions.gather(1, self._act_idx)
-            out = self.model.hidden_states(
-                x_act,
-                self._act_valid,
-                pos_act,
-                extra_kv=self._ctx_kv,
-                extra_valid=self._ctx_valid,
-                return_kv=first,
-            )
-            self.tokens_processed += int(self._act_valid.sum())
+            out = self._active_pass(x, self._act_idx, self._act_valid, self._slots, self._ctx_valid, first)
             hidden = out[0] if first else out
             if first:  # a reused start: remember the stitched context for the next request
-                self.store.save(x, self._stitch(x, out[1]), chain=chain)
+                self._kv_full, self._kv_shared = self._stitch(x, out[1]), True
+                self.store.save(x, self._kv_full, chain=chain)
+            slot = self._slot
         rows, cols = shifted_rows(masked)
-        return self.model.lm_head(hidden[rows, self._slot[rows, cols]]).float()
+        return self.model.lm_head(hidden[rows, slot[rows, cols]]).float()
+
+    def _set_context(self, ctx_kv: list) -> None:
+        """Hold the context block in buffers with room for the active positions after it (``KVSlots``)."""
+        n = self._act_idx.shape[1]
+        self._slots = [
+            KVSlots(
+                torch.cat([k, k.new_empty(*k.shape[:2], n, k.shape[3])], 2),
+                torch.cat([v, v.new_empty(*v.shape[:2], n, v.shape[3])], 2),
+            )
+            for k, v in ctx_kv
+        ]
+        m = ctx_kv[0][0].shape[2] if ctx_kv else 0
+        self._ctx_kv = [(s.k[:, :, :m], s.v[:, :, :m]) for s in self._slots]
+
+    def _active_pass(self, x, idx, idx_valid, ctx_kv, ctx_valid, return_kv: bool):
+        """Hidden states (and with ``return_kv`` their own keys/values) of the positions ``idx`` over a context."""
+        self.tokens_processed += int(idx_valid.sum())
+        return self.model.hidden_states(
+            x.gather(1, idx),
+            idx_valid,
+            self._positions.gather(1, idx),
+            extra_kv=ctx_kv,
+            extra_valid=ctx_valid,
+            return_kv=return_kv,
+        )
+
+    def _switch(self, x: torch.Tensor, valid: torch.Tensor, needed: torch.Tensor):
+        """One step over the old and the new active positions; the old ones' keys/values join the context."""
+        self.switches += 1
+        self._since_refresh += 1
+        union = self._active | needed
+        idx, idx_valid = _padded_index(union)
+        ctx_idx, ctx_valid = _padded_index(valid & ~union)
+        hidden, own = self._active_pass(x, idx, idx_valid, _gather_kv(self._kv_full, ctx_idx), ctx_valid, True)
+        rows = torch.arange(x.shape[0], device=x.device)[:, None].expand_as(idx)[idx_valid]
+        cols = idx[idx_valid]
+        slots = torch.arange(idx.shape[1], device=x.device)[None, :].expand_as(idx)[idx_valid]
+        if self._kv_shared:  # the store keeps the keys/values of the canvas as it was saved
+            self._kv_full = [(k.clone(), v.clone()) for k, v in self._kv_full]
+            self._kv_shared = False
+        for (fk, fv), (k, v) in zip(self._kv_full, own, strict=True):
+            r, c, sl = rows.to(fk.device), cols.to(fk.device), slots.to(fk.device)
+            fk.transpose(1, 2)[r, c] = k.transpose(1, 2)[r, sl]
+            fv.transpose(1, 2)[r, c] = v.transpose(1, 2)[r, sl]
+        self._set_active(valid, needed)
+        self._set_context(_gather_kv(self._kv_full, self._ctx_idx))
+        return hidden, _slot_map(idx, idx_valid, valid.shape)
 
     def _stitch(self, x: torch.Tensor, own_kvs) -> list:
         """Complete per-layer keys/values over the canvas: the context block plus the active positions'."""

@@ -20,6 +20,12 @@ alg_temp) instead of taken greedily (Gumbel top-k, the same distribution as samp
 Parallel unmasking (``threshold``): every masked position whose chosen token has probability >= threshold is
 revealed, and at least ``tokens_per_step`` per row per step (the most confident ones top the sure ones up), so
 the number of steps adapts to how sure the model is while never falling behind a fixed ``tokens_per_step``.
+
+Block decoding (``block_size``): a row's masked positions, taken in canvas order across all its holes, are cut
+into blocks of ``block_size``; only the first unfinished block is eligible at a step, the later ones wait as mask
+tokens. The denoiser is asked for logits at the eligible positions only, so a context-cached denoiser runs a
+step over one block instead of every hole (3 holes x 64 tokens: 33 queries a step instead of 195). Blocks go
+left to right, as Fast-dLLM's semi-autoregressive blocks; within a block any rule above picks the order.
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ class SamplingOptions:
     exact: bool = False
     eos_penalty: float = 0.0
     threshold: float | None = None  # parallel unmasking: reveal every position this sure (>= tokens_per_step)
+    block_size: int | None = None  # block decoding: only this many masked positions (in order) are eligible
 
     def __post_init__(self) -> None:
         if self.alg not in ALGORITHMS:
@@ -73,8 +80,32 @@ class SamplingOptions:
             raise BadInputError(
                 "threshold decoding cannot be combined with exact mode or the origin algorithm"
             )
+        if self.block_size is not None:
+            if self.block_size < 1:
+                raise BadInputError(f"block_size must be >= 1, got {self.block_size}")
+            if self.exact or self.alg == "origin":
+                raise BadInputError(
+                    "block decoding cannot be combined with exact mode or the origin algorithm"
+                )
 
-    def num_steps(self, max_masked: int) -> int:
+    def pace(self, max_masked: int) -> int:
+        """Tokens per step in block decoding: ``tokens_per_step``, or what ``steps`` implies when given."""
+        if self.steps is not None and self.threshold is None:
+            return max(1, math.ceil(max_masked / self.steps))
+        return self.tokens_per_step
+
+    def num_steps(self, max_masked: int, per_row: list[int] | None = None) -> int:
+        """Steps to run. Block decoding needs every row's masked count (``per_row``): a block's last step may
+        reveal fewer than the pace, so the count is summed block by block."""
+        if self.block_size is not None:
+            pace, size = self.pace(max_masked), self.block_size
+            counts = per_row if per_row is not None else [max_masked]
+            return max(
+                1,
+                max(
+                    (m // size) * math.ceil(size / pace) + math.ceil((m % size) / pace) for m in counts
+                ),
+            )
         if self.steps is not None and self.threshold is None:
             return self.steps
         # with a threshold an upper bound (>= tokens_per_step per step): usually far fewer steps are run
@@ -271,7 +302,12 @@ def denoise(
     max_masked = int(per_row.max()) if x.numel() else 0
     if max_masked == 0:
         return x
-    steps = options.num_steps(max_masked)
+    steps = options.num_steps(max_masked, per_row.tolist())
+    blocks = None
+    if options.block_size is not None:
+        blocks = torch.div(masked.long().cumsum(1) - 1, options.block_size, rounding_mode="floor")
+        blocks = blocks.masked_fill(~masked, x.shape[1])  # past every real block
+        pace = options.pace(max_masked)
     generator = torch.Generator(device=x.device).manual_seed(options.seed)
     ts = torch.linspace(1, EPS, steps + 1).tolist()
     for i in range(steps):
@@ -279,7 +315,12 @@ def denoise(
             break
         t, s = ts[i], ts[i + 1]
         last = i == steps - 1
-        logits = denoiser(x, valid, masked)
+        if blocks is not None:  # the first unfinished block of each row
+            current = blocks.masked_fill(~masked, x.shape[1]).amin(1, keepdim=True)
+            eligible = masked & (blocks == current)
+        else:
+            eligible = masked
+        logits = denoiser(x, valid, eligible)
         if allowed_vocab is not None and allowed_vocab < logits.shape[-1]:
             logits[:, allowed_vocab:] = float("-inf")
         logits[:, [mask_id, *banned_ids]] = float("-inf")
@@ -287,10 +328,10 @@ def denoise(
             logits[:, list(stop_ids)] -= options.eos_penalty
         tokens, conf, prob = pick_tokens(logits, options, generator)
         full_tokens = torch.full_like(x, mask_id)
-        full_tokens[masked] = tokens
+        full_tokens[eligible] = tokens
         full_conf = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
-        full_conf[masked] = conf
-        left = masked.sum(1)
+        full_conf[eligible] = conf
+        left = eligible.sum(1)
         if options.alg == "origin":
             if last:
                 take = masked.clone()
@@ -305,13 +346,15 @@ def denoise(
                 k = (left.double() * (1 - s / t)).floor().long()
             elif adaptive:
                 sure = torch.zeros(x.shape, dtype=torch.bool, device=x.device)
-                sure[masked] = prob >= options.threshold
+                sure[eligible] = prob >= options.threshold
                 # rows reveal at least tokens_per_step positions: the sure ones, topped up by the most confident
                 k = (options.tokens_per_step - sure.sum(1)).clamp(min=0).minimum(left)
+            elif blocks is not None:
+                k = left.clamp(max=pace)
             else:
                 k = balanced_count(left, steps - i)
             take = choose_positions(
-                full_conf, masked & ~sure if adaptive else masked, k, options.alg_temp, generator
+                full_conf, eligible & ~sure if adaptive else eligible, k, options.alg_temp, generator
             )
             if adaptive:
                 take |= sure

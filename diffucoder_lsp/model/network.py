@@ -11,6 +11,8 @@ keys: that is the slot a context cache uses (issue: fast inference), the exact p
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -18,6 +20,18 @@ from torch import nn
 from .config import ModelConfig
 
 KV = tuple[torch.Tensor, torch.Tensor]
+
+
+class KVSlots(NamedTuple):
+    """Extra keys/values (B, KV, M + N, D) whose last N slots are left for the call's own N positions.
+
+    A cached denoising step attends to the whole context in every layer; with a plain ``extra_kv`` block the
+    layer concatenates context and own keys/values, a copy of the context per layer per step (~7 % of a
+    cached step on a 2-core CPU). With slots the layer writes its own keys/values into the tail in place.
+    """
+
+    k: torch.Tensor
+    v: torch.Tensor
 
 
 def shift_logits(logits: torch.Tensor) -> torch.Tensor:
@@ -143,7 +157,11 @@ class Attention(nn.Module):
         q = self.q_proj(x).view(b, nq, self.n_heads, self.head_dim).transpose(1, 2)
         q = apply_rope(q, cos, sin)
         own_kv = (k, v)
-        if extra_kv is not None:
+        if isinstance(extra_kv, KVSlots):
+            extra_kv.k[:, :, -n:].copy_(k)
+            extra_kv.v[:, :, -n:].copy_(v)
+            k, v = extra_kv.k, extra_kv.v
+        elif extra_kv is not None:
             k = torch.cat([extra_kv[0], k], dim=2)
             v = torch.cat([extra_kv[1], v], dim=2)
         if x.device.type == "cpu" and nq <= SHORT_QUERY_ATTENTION and not (causal and mask is None):

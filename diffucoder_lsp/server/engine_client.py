@@ -60,6 +60,7 @@ def sampling_options(s: Settings):
         seed=s.seed,
         eos_penalty=s.eos_penalty,
         threshold=s.threshold,
+        block_size=s.block_size or None,
     )
 
 

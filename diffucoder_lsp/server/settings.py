@@ -38,6 +38,7 @@ class Settings:
     eos_penalty: float = 0.0
     seed: int = 0
     threshold: float | None = None  # parallel unmasking: reveal every position at least this sure
+    block_size: int = 32  # block decoding: a completion's masks this many at a time, in order; 0 = all at once
     context_cache: bool = True  # keys/values of the context computed once (refreshed every cacheRefreshEvery)
     cache_refresh_every: int = 0  # 0: never (one full pass per completion), as the engine bench defaults
     context_reuse: bool = True  # with contextCache: start from the previous request's context keys/values
@@ -68,6 +69,7 @@ class Settings:
             self.eos_penalty,
             self.seed,
             self.threshold,
+            self.block_size,
             self.context_cache,
             self.cache_refresh_every,
             self.context_reuse,
@@ -188,6 +190,7 @@ VALIDATORS = {
     "eos_penalty": _float(0.0, 100.0),
     "seed": _int(0),
     "threshold": _optional_float(0.0, 1.0),
+    "block_size": _int(0, MAX_SPAN_TOKENS),
     "context_cache": _bool,
     "cache_refresh_every": _int(0, 100_000),
     "context_reuse": _bool,
@@ -240,7 +243,12 @@ def parse_settings(raw: Any, base: Settings | None = None) -> tuple[Settings, li
             default = getattr(defaults, name)
             changes[name] = default
             problems.append(f"invalid {_camel(name)}: {exc}; using the default ({default!r})")
-    return dataclasses.replace(base, **changes), problems
+    out = dataclasses.replace(base, **changes)
+    if out.alg == "origin" and (out.threshold is not None or out.block_size):
+        # the origin algorithm reveals positions at random: no threshold rule, no block order
+        problems.append("alg 'origin' cannot use threshold or blockSize: both are turned off")
+        out = dataclasses.replace(out, threshold=None, block_size=0)
+    return out, problems
 
 
 def problems_message(problems: list[str]) -> str:

@@ -119,12 +119,15 @@ def test_bench_runs_end_to_end(tiny_ckpt, capsys):
         "8",
         "--holes",
         "1,3",
+        "--block-size",
+        "4",
         "--json",
     ]
     assert main(argv) == 0
     out = json.loads(capsys.readouterr().out)
     rows = out["rows"]
-    assert {r["config"] for r in rows} == {"reference", "cache", "parallel", "all", "reuse", "ar"}
+    assert {r["config"] for r in rows} == {"reference", "cache", "block", "parallel", "all", "reuse", "ar"}
+    assert out["meta"]["block_size"] == 4
     assert {r["workload"] for r in rows} == {"ctx128/span8/holes1", "ctx128/span8/holes3"}
     for r in rows:
         assert r["p50_ms"] > 0 and r["p95_ms"] >= r["p50_ms"] and r["forward_passes"] >= 1
@@ -136,6 +139,8 @@ def test_bench_runs_end_to_end(tiny_ckpt, capsys):
             assert 0.0 <= r["exact_match"] <= 1.0
     ref = [r for r in rows if r["config"] == "reference" and r["workload"].endswith("holes1")][0]
     assert ref["forward_passes"] == 8  # one token per step, exact schedule
+    block = [r for r in rows if r["config"] == "block" and r["workload"].endswith("holes3")][0]
+    assert block["forward_passes"] == 24  # one token per step, block by block
 
 
 def test_bench_cli_knows_every_configuration():
@@ -162,3 +167,70 @@ def test_workloads_too_long_for_the_window_are_shortened_to_fit(lm):
         assert w.context + w.span * w.holes <= 512
         assert all(len(t) == 16 for case in w.cases for t in case.truths)
     assert build_workloads(lm.tokenizer, text, contexts=(512,), spans=(16,), holes=(1,), max_tokens=200) == []
+
+
+def _three_holes(lm, span=5):
+    tok = lm.tokenizer
+    ids = (
+        tok.encode("a = 1\nb = ")
+        + [tok.mask_id] * span
+        + tok.encode("\nc = 3\nd = ")
+        + [tok.mask_id] * span
+        + tok.encode("\ne = 5\nf = ")
+        + [tok.mask_id] * span
+        + tok.encode("\nprint(a)\n")
+    )
+    x = torch.tensor([ids])
+    return x, torch.ones_like(x, dtype=torch.bool), x == tok.mask_id
+
+
+def test_cache_moving_its_active_set_on_an_unchanged_canvas_gives_full_canvas_logits(lm):
+    """Asking for one hole, then the next, then the last (as block decoding does) switches the active set
+    without a full pass; with nothing revealed in between every answer equals the full canvas's."""
+    x, valid, masked = _three_holes(lm)
+    order = masked.long().cumsum(1) - 1
+    full = FullCanvasDenoiser(lm.model)
+    cache = CachedContextDenoiser(lm.model, refresh_every=0)
+    for hole in range(3):
+        ask = masked & (order // 5 == hole)
+        assert torch.allclose(cache(x, valid, ask), full(x, valid, ask), atol=1e-4)
+    assert cache.full_passes == 1 and cache.switches == 2 and cache.forward_passes == 3
+
+
+def test_block_decoding_with_cache_runs_one_full_pass_and_fewer_tokens(lm):
+    text = f"a = 1\nb = {M}\nc = 3\nd = {M}\ne = 5\nf = {M}\nprint(a)\n"
+
+    def run(block, refresh=0, den=None):
+        den = den or CachedContextDenoiser(lm.model, refresh_every=refresh)
+        opts = SamplingOptions(temperature=0.0, block_size=block)
+        res = infill(lm, text, length=8, options=opts, denoiser=den)
+        return [h.token_ids for h in res.holes], den
+
+    whole, den_whole = run(None)
+    blocks, den_blocks = run(4)
+    assert all(len(h) == 8 for h in blocks)
+    assert den_blocks.full_passes == 1 and den_blocks.switches == 5  # 24 masks in 6 blocks of 4
+    assert den_blocks.forward_passes == den_whole.forward_passes == 24
+    assert den_blocks.tokens_processed < den_whole.tokens_processed / 2
+    # refreshed every step, the cache is exact: the same tokens as the full canvas with the same blocks
+    exact, den_exact = run(4, refresh=1)
+    full, _ = run(4, den=FullCanvasDenoiser(lm.model))
+    assert exact == full and den_exact.full_passes == 24
+
+
+def test_block_switches_leave_the_stored_context_as_it_was_saved(lm):
+    from diffucoder_lsp.engine.reuse import ContextStore
+
+    x, valid, masked = _three_holes(lm)
+    store = ContextStore(min_tokens=1)
+    cache = CachedContextDenoiser(lm.model, store=store)
+    order = masked.long().cumsum(1) - 1
+    cache(x, valid, masked & (order // 5 == 0))
+    saved = [(k.clone(), v.clone()) for k, v in store.entry.kvs]
+    x2 = x.clone()
+    x2[masked & (order // 5 == 0)] = lm.tokenizer.encode("z")[0]  # the first hole is revealed
+    cache(x2, valid, masked & (order // 5 == 1))  # a switch writes the revealed tokens' keys/values
+    assert cache.switches == 1
+    for (k, v), (k0, v0) in zip(store.entry.kvs, saved, strict=True):
+        assert torch.equal(k, k0) and torch.equal(v, v0)
+    assert store.entry.tokens == x[0].tolist()

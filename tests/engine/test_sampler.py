@@ -331,3 +331,76 @@ def test_fast_nucleus_on_a_batch_mixing_peaked_and_flat_rows():
     differ = (fast != slow).sum(1)
     assert int(differ.max()) <= 1 and int((differ > 0).sum()) <= 1
     assert int(fast.sum(1).min()) < 64 < int(fast.sum(1).max())  # both kinds of row really are there
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    rows=st.lists(
+        st.tuples(st.integers(1, 30), st.lists(st.integers(0, 29), min_size=1, max_size=24)),
+        min_size=1,
+        max_size=3,
+    ),
+    block=st.integers(1, 9),
+    pace=st.integers(1, 4),
+    threshold=st.sampled_from([None, 0.3, 0.95]),
+    alg=st.sampled_from(["entropy", "maskgit_plus", "topk_margin"]),
+)
+def test_block_decoding_reveals_in_block_order_each_once(rows, block, pace, threshold, alg):
+    """Every masked position is revealed once, and never before every position of an earlier block is."""
+    lengths = [n for n, _ in rows]
+    x, valid = make_canvas(lengths, [m for _, m in rows])
+    masked0 = (x == MASK) & valid
+    opts = SamplingOptions(
+        block_size=block, tokens_per_step=pace, threshold=threshold, alg=alg, temperature=0.0
+    )
+    asked = []
+
+    class Recording(RandomDenoiser):
+        def __call__(self, x, valid, masked):
+            asked.append(masked.clone())
+            return super().__call__(x, valid, masked)
+
+    den = Recording()
+    events, final = run_to_end(denoise(den, x, valid, mask_id=MASK, options=opts))
+    assert not ((final == MASK) & valid).any()
+    order = masked0.long().cumsum(1) - 1  # ordinal of each masked position in its row
+    seen = torch.zeros_like(x, dtype=torch.long)
+    for ev, eligible in zip(events, asked, strict=True):
+        seen[ev.rows, ev.cols] += 1
+        assert eligible[ev.rows, ev.cols].all()  # revealed only what the denoiser was asked about
+        for r in range(x.shape[0]):
+            blocks = (order[r][eligible[r]] // block).unique()
+            assert blocks.numel() <= 1  # one block per row per step
+            got = int((ev.rows == r).sum())
+            left = int(eligible[r].sum())
+            if threshold is None:
+                assert got == min(pace, left)
+            else:
+                assert got >= min(pace, left)
+        # positions of later blocks are still masked when a block is asked about
+        for r, c in zip(*eligible.nonzero(as_tuple=True), strict=True):
+            earlier = masked0[r] & (order[r] // block < order[r, c] // block)
+            assert not (earlier & (x[r] == MASK) & (seen[r] == 0)).any()
+    assert torch.equal(seen, masked0.long())
+    bound = opts.num_steps(int(masked0.sum(1).max()), masked0.sum(1).tolist())
+    if not masked0.any():
+        assert events == []
+    elif threshold is None:
+        assert len(events) == bound  # the block schedule is exact without a threshold
+    else:
+        assert len(events) <= bound
+
+
+def test_block_steps_sum_block_by_block():
+    opts = SamplingOptions(block_size=32, tokens_per_step=3)
+    # 64 = two blocks of 11 steps; 40 = 11 + ceil(8 / 3)
+    assert opts.num_steps(64, [64, 40]) == 22
+    assert opts.num_steps(40, [40]) == 14
+    # --steps sets the pace: 64 tokens in 8 steps is 8 a step, 4 steps per block
+    assert SamplingOptions(block_size=32, steps=8).num_steps(64, [64]) == 8
+    with pytest.raises(BadInputError):
+        SamplingOptions(block_size=0)
+    with pytest.raises(BadInputError):
+        SamplingOptions(block_size=8, exact=True)
+    with pytest.raises(BadInputError):
+        SamplingOptions(block_size=8, alg="origin")

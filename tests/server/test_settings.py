@@ -55,3 +55,23 @@ def test_engine_speed_settings():
     s, problems = parse_settings({"threshold": 1.5, "contextCache": "yes"})
     assert (s.threshold, s.context_cache) == (None, True) and len(problems) == 2
     assert Settings(threshold=0.9).sampling_key() != Settings().sampling_key()
+
+
+def test_block_size_setting_and_the_origin_conflict():
+    assert Settings().block_size == 32  # Fast-dLLM's block: a 48-token completion runs as 32 + 16
+    s, problems = parse_settings({"blockSize": 0})
+    assert s.block_size == 0 and problems == []
+    assert Settings(block_size=16).sampling_key() != Settings().sampling_key()
+    s, problems = parse_settings({"blockSize": -1})
+    assert s.block_size == 32 and "blockSize" in problems[0]
+    # origin reveals at random: a threshold or a block order cannot apply, and the request must not fail later
+    s, problems = parse_settings({"alg": "origin", "blockSize": 16, "threshold": 0.9})
+    assert (s.alg, s.block_size, s.threshold) == ("origin", 0, None)
+    assert len(problems) == 1 and "origin" in problems[0]
+
+
+def test_block_size_reaches_the_sampler():
+    from diffucoder_lsp.server.engine_client import sampling_options
+
+    assert sampling_options(Settings()).block_size == 32
+    assert sampling_options(Settings(block_size=0)).block_size is None

@@ -15,6 +15,7 @@ export const SERVER_KEYS = [
   "eosPenalty",
   "seed",
   "threshold",
+  "blockSize",
   "contextCache",
   "cacheRefreshEvery",
   "contextReuse",
