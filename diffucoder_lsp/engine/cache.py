@@ -63,9 +63,7 @@ class CachedContextDenoiser:
     the context, the new ones become the active set, and no extra full pass is made.
     """
 
-    def __init__(
-        self, model: DreamModel, refresh_every: int = 0, store: ContextStore | None = None
-    ) -> None:
+    def __init__(self, model: DreamModel, refresh_every: int = 0, store: ContextStore | None = None) -> None:
         if refresh_every < 0:
             raise ValueError("refresh_every must be >= 0")
         self.model = model
@@ -143,10 +141,16 @@ class CachedContextDenoiser:
             self._since_refresh += 1
             out = self._active_pass(x, self._act_idx, self._act_valid, self._slots, self._ctx_valid, first)
             hidden = out[0] if first else out
+            slot = self._slot
             if first:  # a reused start: remember the stitched context for the next request
                 self._kv_full, self._kv_shared = self._stitch(x, out[1]), True
                 self.store.save(x, self._kv_full, chain=chain)
-            slot = self._slot
+                needed = self._needed(valid, masked)
+                if bool((self._active & ~needed).any()):
+                    # edited context (and text between holes) needed one pass for its keys/values, as any
+                    # context does: from now on it is context, and steps run only what they are asked for
+                    self._set_active(valid, needed)
+                    self._set_context(_gather_kv(self._kv_full, self._ctx_idx))
         rows, cols = shifted_rows(masked)
         return self.model.lm_head(hidden[rows, slot[rows, cols]]).float()
 
@@ -182,7 +186,9 @@ class CachedContextDenoiser:
         union = self._active | needed
         idx, idx_valid = _padded_index(union)
         ctx_idx, ctx_valid = _padded_index(valid & ~union)
-        hidden, own = self._active_pass(x, idx, idx_valid, _gather_kv(self._kv_full, ctx_idx), ctx_valid, True)
+        hidden, own = self._active_pass(
+            x, idx, idx_valid, _gather_kv(self._kv_full, ctx_idx), ctx_valid, True
+        )
         rows = torch.arange(x.shape[0], device=x.device)[:, None].expand_as(idx)[idx_valid]
         cols = idx[idx_valid]
         slots = torch.arange(idx.shape[1], device=x.device)[None, :].expand_as(idx)[idx_valid]

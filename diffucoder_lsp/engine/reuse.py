@@ -8,7 +8,8 @@ computes only the rest (the edited tokens, the holes) on top of them, exactly as
 request do.
 
 Matching is done on token ids: the new canvas's leading context is looked up in the old canvas (it may start
-later if lines scrolled out), and so is its trailing context (found from the end). A run moved by ``d``
+later if lines scrolled out), and so is its trailing context (found from the end) and the text between its
+holes (each gap found after the previous match). A run moved by ``d``
 positions gets its cached keys rotated by ``d`` (RoPE rotations compose, so rotating a post-RoPE key by ``d``
 gives the key at its new position); values do not depend on position.
 
@@ -60,8 +61,16 @@ def _common_suffix(a: str, b: str) -> int:
     return len(os.path.commonprefix([a[::-1], b[::-1]]))
 
 
-def plan_reuse(old: list[int], new: list[int], first_mask: int, last_mask: int) -> ReusePlan:
-    """Runs of ``new`` context (before ``first_mask`` / after ``last_mask``) that occur in ``old``."""
+def plan_reuse(
+    old: list[int],
+    new: list[int],
+    first_mask: int,
+    last_mask: int,
+    gaps: tuple[tuple[int, int], ...] = (),
+) -> ReusePlan:
+    """Runs of ``new`` context (before ``first_mask``, in the ``gaps`` [start, end) between holes, after
+    ``last_mask``) that occur in ``old``. A gap is looked up by its first ``NEEDLE`` tokens after the previous
+    run, so several holes typed around keep the text between them."""
     old_s, new_s = _as_text(old), _as_text(new)
     runs = []
     head = new_s[:first_mask]
@@ -70,6 +79,16 @@ def plan_reuse(old: list[int], new: list[int], first_mask: int, last_mask: int) 
         if at >= 0:
             n = len(os.path.commonprefix([head, old_s[at:]]))
             runs.append((0, at, n))
+    after = runs[-1][1] + runs[-1][2] if runs else 0
+    for start, end in gaps:
+        gap = new_s[start:end]
+        if len(gap) < NEEDLE:  # too short to place reliably; recomputing it is cheap
+            continue
+        at = old_s.find(gap[:NEEDLE], after)
+        if at >= 0:
+            n = len(os.path.commonprefix([gap, old_s[at:]]))
+            runs.append((start, at, n))
+            after = at + n
     tail = new_s[last_mask + 1 :]
     if tail:
         needle = tail[-NEEDLE:]
@@ -114,9 +133,10 @@ class ContextStore:
         if entry.chain >= self.max_chain or x.shape[1] < self.min_tokens:
             self.misses += 1
             return None
-        cols = masked[0].nonzero().flatten()
+        cols = masked[0].nonzero().flatten().tolist()
+        gaps = tuple((a + 1, b) for a, b in zip(cols, cols[1:], strict=False) if b > a + 1)
         new = x[0].tolist()
-        plan = plan_reuse(entry.tokens, new, int(cols[0]), int(cols[-1]))
+        plan = plan_reuse(entry.tokens, new, cols[0], cols[-1], gaps)
         fresh_context = plan.fresh - int(masked.sum())
         if not plan.runs or fresh_context > self.max_fresh * len(new):
             self.misses += 1

@@ -139,3 +139,50 @@ def test_batches_and_padding_are_never_reused(lm):
     d = CachedContextDenoiser(lm.model, store=store)
     d(xb, vb, mb)
     assert d.full_passes == 1 and store.entry is None  # batches are not stored either
+
+
+def test_edited_context_is_computed_once_then_joins_the_context(lm):
+    """A reused start computes the typed text with the hole; the next steps run the hole (and its predecessor)
+    only, and an unchanged canvas still gets the full canvas's logits after that move."""
+    x, valid, masked = canvas(lm, PREFIX, 6, SUFFIX)
+    store = ContextStore(min_tokens=0)
+    CachedContextDenoiser(lm.model, store=store)(x, valid, masked)
+    x2, v2, m2 = canvas(lm, PREFIX + "onacci(n - 1) + fib", 6, SUFFIX)
+    d = CachedContextDenoiser(lm.model, store=store)
+    d(x2, v2, m2)
+    first = d.tokens_processed
+    assert d.full_passes == 0 and first > 7  # the typed tokens, the hole and its predecessor
+    d(x2, v2, m2)
+    assert d.tokens_processed - first == 7  # then only the hole and its predecessor
+    # the typed text's keys/values now come from the context block: same logits as a fresh full canvas,
+    # up to the staleness of the reused context (none here: the reused text saw the same hole)
+    approx = d(x2, v2, m2)
+    exact = FullCanvasDenoiser(lm.model)(x2, v2, m2)
+    assert (approx.argmax(-1) == exact.argmax(-1)).float().mean() >= 0.5
+
+
+def test_plan_keeps_the_text_between_holes():
+    between = list(range(300, 340))
+    old = list(range(100, 140)) + [0] * 4 + between + [0] * 4 + list(range(200, 230))
+    new = list(range(100, 140)) + [7, 8] + [0] * 4 + between + [0] * 4 + list(range(200, 230))
+    gap = (46, 86)  # between the two holes of the new canvas
+    plan = plan_reuse(old, new, first_mask=42, last_mask=89, gaps=(gap,))
+    assert plan.runs == ((0, 0, 40), (46, 44, 40), (90, 88, 30))
+    assert plan.fresh == 2 + 8  # the typed tokens and the holes
+    short = plan_reuse(old, new, first_mask=42, last_mask=89, gaps=((46, 50),))
+    assert len(short.runs) == 2  # a gap shorter than the needle is recomputed
+
+
+def test_two_holes_typed_around_reuse_the_text_between_them(lm):
+    middle = "\n\n\ndef helper(values: list[int]) -> int:\n    total = 0\n    for v in values:\n        total += v\n    return "
+    text = PREFIX + M + middle + M + SUFFIX
+    typed = PREFIX + "on" + M + middle + M + SUFFIX
+    opts = SamplingOptions(temperature=0.0, steps=4)
+    store = ContextStore(min_tokens=0)
+    infill(lm, text, length=4, options=opts, denoiser=CachedContextDenoiser(lm.model, store=store))
+    again = CachedContextDenoiser(lm.model, store=store)
+    infill(lm, typed, length=4, options=opts, denoiser=again)
+    n_middle = len(lm.tokenizer.encode(middle))
+    assert again.full_passes == 0
+    # everything but the typed tokens, the holes and the holes' predecessors comes from the store
+    assert again.reused_tokens >= len(lm.tokenizer.encode(PREFIX)) - 2 + n_middle - 2
