@@ -137,7 +137,7 @@ async def run(args: argparse.Namespace, reuse: bool = True) -> dict:
     options: dict = {"device": args.device, "dtype": args.dtype, "debounceMs": 0, "contextReuse": reuse}
     if args.model:
         options["model"] = args.model
-    for key in ("tokensPerStep", "maxTokens", "maxTokensSingleLine", "contextTokens", "steps"):
+    for key in ("tokensPerStep", "blockSize", "maxTokens", "maxTokensSingleLine", "contextTokens", "steps"):
         value = getattr(args, key)
         if value is not None:
             options[key] = value
@@ -181,7 +181,9 @@ async def run(args: argparse.Namespace, reuse: bool = True) -> dict:
             client.text_document_did_change(
                 types.DidChangeTextDocumentParams(
                     text_document=types.VersionedTextDocumentIdentifier(uri=case["uri"], version=k + 2),
-                    content_changes=[types.TextDocumentContentChangePartial(range=types.Range(pos, pos), text=ch)],
+                    content_changes=[
+                        types.TextDocumentContentChangePartial(range=types.Range(pos, pos), text=ch)
+                    ],
                 )
             )
             character += len(ch.encode("utf-16-le")) // 2
@@ -241,6 +243,7 @@ def main() -> int:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tokens-per-step", dest="tokensPerStep", type=int, default=None)
+    p.add_argument("--block-size", dest="blockSize", type=int, default=None, help="0: blocks off")
     p.add_argument("--max-tokens", dest="maxTokens", type=int, default=None)
     p.add_argument("--max-tokens-single-line", dest="maxTokensSingleLine", type=int, default=None)
     p.add_argument("--context-tokens", dest="contextTokens", type=int, default=None)

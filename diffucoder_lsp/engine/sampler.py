@@ -102,9 +102,7 @@ class SamplingOptions:
             counts = per_row if per_row is not None else [max_masked]
             return max(
                 1,
-                max(
-                    (m // size) * math.ceil(size / pace) + math.ceil((m % size) / pace) for m in counts
-                ),
+                max((m // size) * math.ceil(size / pace) + math.ceil((m % size) / pace) for m in counts),
             )
         if self.steps is not None and self.threshold is None:
             return self.steps

@@ -38,7 +38,7 @@ class Settings:
     eos_penalty: float = 0.0
     seed: int = 0
     threshold: float | None = None  # parallel unmasking: reveal every position at least this sure
-    block_size: int = 32  # block decoding: a completion's masks this many at a time, in order; 0 = all at once
+    block_size: int = 32  # block decoding: fill the masks in order, this many at a time; 0 = all at once
     context_cache: bool = True  # keys/values of the context computed once (refreshed every cacheRefreshEvery)
     cache_refresh_every: int = 0  # 0: never (one full pass per completion), as the engine bench defaults
     context_reuse: bool = True  # with contextCache: start from the previous request's context keys/values

@@ -161,7 +161,9 @@ def test_workloads_too_long_for_the_window_are_shortened_to_fit(lm):
     from diffucoder_lsp.bench import build_workloads
 
     text = "x = 1\n" * 600
-    wls = build_workloads(lm.tokenizer, text, contexts=(512,), spans=(16,), holes=(1, 3), cases=1, max_tokens=512)
+    wls = build_workloads(
+        lm.tokenizer, text, contexts=(512,), spans=(16,), holes=(1, 3), cases=1, max_tokens=512
+    )
     assert [w.name for w in wls] == ["ctx496/span16/holes1", "ctx464/span16/holes3"]
     for w in wls:
         assert w.context + w.span * w.holes <= 512
