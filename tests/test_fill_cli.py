@@ -163,3 +163,20 @@ def test_fast_options_cache_and_threshold(tiny_ckpt, tmp_path, capsys):
     assert len(record["holes"][0]["token_ids"]) == 6 and 1 <= record["forward_passes"] <= 6
     rc, _, err = run(["fill", str(src), "--model", str(tiny_ckpt), "--cache", "--exact"], capsys)
     assert rc == 2 and "--exact" in err
+
+
+def test_block_size_fills_the_holes_block_by_block(tiny_ckpt, tmp_path, capsys):
+    src = tmp_path / "a.py"
+    src.write_text(f"x = {M}\ny = {M}\nprint(x, y)\n")
+    base = ["fill", str(src), "--model", str(tiny_ckpt), "--length", "6", "--cache", "--json"]
+    rc, out, err = run([*base, "--block-size", "4", "--tokens-per-step", "2"], capsys)
+    assert rc == 0, err
+    record = json.loads(out)
+    assert [len(h["token_ids"]) for h in record["holes"]] == [6, 6]
+    assert record["forward_passes"] == 6  # blocks of 4, 4, 4: two steps each at 2 tokens per step
+    steps = [s for h in record["holes"] for s in h["reveal_step"]]
+    # in order: every token of a block is revealed before any token of the next block
+    blocks = [steps[i : i + 4] for i in range(0, 12, 4)]
+    assert all(max(a) < min(b) for a, b in zip(blocks, blocks[1:], strict=False))
+    rc, _, err = run([*base, "--block-size", "0"], capsys)
+    assert rc == 2 and "block_size" in err
