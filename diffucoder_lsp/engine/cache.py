@@ -15,7 +15,11 @@ the context's last-layer outputs are never read, only its keys/values are.
 
 With a :class:`~diffucoder_lsp.engine.reuse.ContextStore` the first pass itself may be skipped: context tokens
 the previous request of the same stream already encoded take its keys/values, and only the positions it could
-not supply (edited text, holes) are computed, as active positions, for the whole request.
+not supply (edited text, holes) are computed, as active positions, in the first step; after it the edited text
+joins the cached context like any other and the steps run only the positions asked for.
+
+Block decoding asks for one block of the holes at a time; moving to the next block is one step over both
+blocks (see :class:`CachedContextDenoiser`), never a full pass.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ class KVSlots(NamedTuple):
     """Extra keys/values (B, KV, M + N, D) whose last N slots are left for the call's own N positions.
 
     A cached denoising step attends to the whole context in every layer; with a plain ``extra_kv`` block the
-    layer concatenates context and own keys/values, a copy of the context per layer per step (~7 % of a
+    layer concatenates context and own keys/values, a copy of the context per layer per step (2-7 % of a
     cached step on a 2-core CPU). With slots the layer writes its own keys/values into the tail in place.
     """
 
