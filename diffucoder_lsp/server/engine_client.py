@@ -60,7 +60,7 @@ def sampling_options(s: Settings):
         seed=s.seed,
         eos_penalty=s.eos_penalty,
         threshold=s.threshold,
-        block_size=s.block_size or None,
+        block_size=s.block_size if s.block_size and s.alg != "origin" else None,  # origin has no order
     )
 
 

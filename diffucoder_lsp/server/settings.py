@@ -244,8 +244,9 @@ def parse_settings(raw: Any, base: Settings | None = None) -> tuple[Settings, li
             changes[name] = default
             problems.append(f"invalid {_camel(name)}: {exc}; using the default ({default!r})")
     out = dataclasses.replace(base, **changes)
-    if out.alg == "origin" and (out.threshold is not None or out.block_size):
-        # the origin algorithm reveals positions at random: no threshold rule, no block order
+    # the origin algorithm reveals positions at random: no threshold rule, no block order. A threshold, or a
+    # blockSize asked for here, is turned off with a message; the default blockSize just does not apply to it
+    if out.alg == "origin" and (out.threshold is not None or (changes.get("block_size") or 0) > 0):
         problems.append("alg 'origin' cannot use threshold or blockSize: both are turned off")
         out = dataclasses.replace(out, threshold=None, block_size=0)
     return out, problems

@@ -68,6 +68,9 @@ def test_block_size_setting_and_the_origin_conflict():
     s, problems = parse_settings({"alg": "origin", "blockSize": 16, "threshold": 0.9})
     assert (s.alg, s.block_size, s.threshold) == ("origin", 0, None)
     assert len(problems) == 1 and "origin" in problems[0]
+    # choosing origin alone is fine: the default blockSize silently does not apply to it
+    s, problems = parse_settings({"alg": "origin"})
+    assert s.alg == "origin" and problems == []
 
 
 def test_block_size_reaches_the_sampler():
@@ -75,3 +78,4 @@ def test_block_size_reaches_the_sampler():
 
     assert sampling_options(Settings()).block_size == 32
     assert sampling_options(Settings(block_size=0)).block_size is None
+    assert sampling_options(Settings(alg="origin")).block_size is None  # would be bad input otherwise
