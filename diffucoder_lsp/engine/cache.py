@@ -49,12 +49,18 @@ def _padded_index(select: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.where(valid, order, torch.zeros_like(order)), valid
 
 
+def _selected(idx: torch.Tensor, idx_valid: torch.Tensor):
+    """(row, canvas position, slot) of every real entry of the padded index ``idx``."""
+    rows = torch.arange(idx.shape[0], device=idx.device)[:, None].expand_as(idx)
+    slots = torch.arange(idx.shape[1], device=idx.device)[None, :].expand_as(idx)
+    return rows[idx_valid], idx[idx_valid], slots[idx_valid]
+
+
 def _slot_map(idx: torch.Tensor, idx_valid: torch.Tensor, shape) -> torch.Tensor:
     """Canvas position -> slot in the padded index ``idx`` (only meaningful where selected)."""
     slot = torch.zeros(shape, dtype=torch.long, device=idx.device)
-    rows = torch.arange(shape[0], device=idx.device)[:, None].expand_as(idx)
-    slots = torch.arange(idx.shape[1], device=idx.device)[None, :].expand_as(idx)
-    slot[rows[idx_valid], idx[idx_valid]] = slots[idx_valid]
+    rows, cols, slots = _selected(idx, idx_valid)
+    slot[rows, cols] = slots
     return slot
 
 
@@ -193,9 +199,7 @@ class CachedContextDenoiser:
         hidden, own = self._active_pass(
             x, idx, idx_valid, _gather_kv(self._kv_full, ctx_idx), ctx_valid, True
         )
-        rows = torch.arange(x.shape[0], device=x.device)[:, None].expand_as(idx)[idx_valid]
-        cols = idx[idx_valid]
-        slots = torch.arange(idx.shape[1], device=x.device)[None, :].expand_as(idx)[idx_valid]
+        rows, cols, slots = _selected(idx, idx_valid)
         if self._kv_shared:  # the store keeps the keys/values of the canvas as it was saved
             self._kv_full = [(k.clone(), v.clone()) for k, v in self._kv_full]
             self._kv_shared = False
