@@ -9,6 +9,7 @@ as the reference answer. Configurations:
 * ``block``      the cache with block decoding (one token per step, one block of ``block_size`` at a time)
 * ``parallel``   threshold parallel unmasking alone (full canvas)
 * ``all``        cache + block decoding + parallel unmasking
+* ``bounded``    as ``all`` with entropy-bounded unmasking (``entropy_bound``) instead of the threshold
 * ``reuse``      all + cross-request reuse: the same request made while typing, i.e. right after the request
                  for the same text ``TYPED_CHARS`` characters earlier, whose context keys/values it starts from
                  (the priming request is not timed)
@@ -38,7 +39,8 @@ from .engine.infill import DEFAULT_MARKER, infill
 from .engine.reuse import ContextStore
 from .engine.sampler import SamplingOptions
 
-CONFIGS = ("reference", "cache", "block", "parallel", "all", "reuse", "ar")
+CONFIGS = ("reference", "cache", "block", "parallel", "all", "bounded", "reuse", "ar")
+ENTROPY_BOUND = 1.0  # ``bounded``: nats a step may take beyond its least sure token (tuned in the README)
 TYPED_CHARS = 3  # characters typed between the priming request and the timed one (``reuse``)
 BLOCK_SIZE = 32  # block decoding's block (``block``, ``all``, ``reuse``); 0 = the whole span at once
 CONTEXTS = (256, 1024, 4096)
@@ -164,12 +166,16 @@ def _sync(device: torch.device) -> None:
 
 
 def configurations(
-    threshold: float, refresh_every: int, tokens_per_step: int = 1, block_size: int = BLOCK_SIZE
+    threshold: float,
+    refresh_every: int,
+    tokens_per_step: int = 1,
+    block_size: int = BLOCK_SIZE,
+    entropy_bound: float = ENTROPY_BOUND,
 ) -> dict[str, Callable]:
     """name -> f(lm, span_tokens) returning (SamplingOptions, denoiser factory).
 
-    ``tokens_per_step`` is the least parallel unmasking reveals per step (``parallel``, ``all``, ``reuse``);
-    ``block_size`` the block of ``block``, ``all`` and ``reuse`` (0: no blocks)."""
+    ``tokens_per_step`` is the least an adaptive rule reveals per step (``parallel``, ``all``, ``bounded``,
+    ``reuse``); ``block_size`` the block of ``block``, ``all``, ``bounded`` and ``reuse`` (0: no blocks)."""
     block = block_size or None
 
     def reference(lm, n):
@@ -193,12 +199,19 @@ def configurations(
         )
         return opts, lambda: CachedContextDenoiser(lm.model, refresh_every)
 
+    def bounded(lm, n):
+        opts = SamplingOptions(
+            entropy_bound=entropy_bound, tokens_per_step=tokens_per_step, temperature=0.0, block_size=block
+        )
+        return opts, lambda: CachedContextDenoiser(lm.model, refresh_every)
+
     return {
         "reference": reference,
         "cache": cache,
         "block": block_,
         "parallel": parallel,
         "all": all_,
+        "bounded": bounded,
         "reuse": all_,
     }
 
@@ -283,10 +296,11 @@ def bench(
     refresh_every: int = 0,
     tokens_per_step: int = 1,
     block_size: int = BLOCK_SIZE,
+    entropy_bound: float = ENTROPY_BOUND,
     configs: list[str] | None = None,
     log=None,
 ) -> list[Row]:
-    table = configurations(threshold, refresh_every, tokens_per_step, block_size)
+    table = configurations(threshold, refresh_every, tokens_per_step, block_size, entropy_bound)
     names = configs or [*table, "ar"]
     rows: list[Row] = []
     for wl in workloads:

@@ -180,3 +180,21 @@ def test_block_size_fills_the_holes_block_by_block(tiny_ckpt, tmp_path, capsys):
     assert all(max(a) < min(b) for a, b in zip(blocks, blocks[1:], strict=False))
     rc, _, err = run([*base, "--block-size", "0"], capsys)
     assert rc == 2 and "block_size" in err
+
+
+def test_entropy_bound_adapts_tokens_per_step(tiny_ckpt, tmp_path, capsys):
+    src = tmp_path / "a.py"
+    src.write_text(f"x = {M}\ny = {M}\nprint(x, y)\n")
+    base = ["fill", str(src), "--model", str(tiny_ckpt), "--length", "6", "--cache", "--json"]
+    # a bound no distribution reaches takes every mask at once; a bound of 0 still gives at least one a step
+    rc, out, err = run([*base, "--entropy-bound", "1000"], capsys)
+    assert rc == 0, err
+    assert json.loads(out)["forward_passes"] == 1
+    rc, out, err = run([*base, "--entropy-bound", "0", "--tokens-per-step", "3"], capsys)
+    assert rc == 0, err
+    record = json.loads(out)
+    assert [len(h["token_ids"]) for h in record["holes"]] == [6, 6] and 1 <= record["forward_passes"] <= 4
+    rc, _, err = run([*base, "--entropy-bound", "0.5", "--threshold", "0.9"], capsys)
+    assert rc == 2 and "entropy_bound" in err
+    rc, _, err = run([*base, "--entropy-bound", "-1"], capsys)
+    assert rc == 2 and "entropy_bound" in err

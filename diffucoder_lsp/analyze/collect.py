@@ -150,7 +150,7 @@ class FirstPassRecorder:
         logits[:, self.mask_id] = float("-inf")
         rows, cols = masked.nonzero(as_tuple=True)
         generator = torch.Generator(device=logits.device).manual_seed(self.options.seed)
-        _, conf, _ = pick_tokens(logits, self.options, generator)
+        conf = pick_tokens(logits, self.options, generator).confidence
         alg = "maskgit_plus" if self.options.alg == "origin" else self.options.alg
         return {
             int(c): certainty(float(v), alg)

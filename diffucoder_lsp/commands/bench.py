@@ -9,8 +9,9 @@ import sys
 from .fill import add_model_options
 
 # the configurations of diffucoder_lsp.bench.CONFIGS, spelled out so that building the CLI never imports torch
-CONFIGS = ("reference", "cache", "block", "parallel", "all", "reuse", "ar")
+CONFIGS = ("reference", "cache", "block", "parallel", "all", "bounded", "reuse", "ar")
 BLOCK_SIZE = 32  # diffucoder_lsp.bench.BLOCK_SIZE
+ENTROPY_BOUND = 1.0  # diffucoder_lsp.bench.ENTROPY_BOUND
 
 
 def _ints(value: str) -> tuple[int, ...]:
@@ -44,6 +45,12 @@ def register(sub) -> None:
         default=BLOCK_SIZE,
         help="block decoding's block in tokens (block, all, reuse); 0 = every hole at once",
     )
+    p.add_argument(
+        "--entropy-bound",
+        type=float,
+        default=ENTROPY_BOUND,
+        help="entropy-bounded unmasking's bound in nats (bounded)",
+    )
     p.add_argument("--refresh-every", type=int, default=0, help="context cache refresh period (0 = never)")
     p.add_argument("--corpus", default=None, help="held-out valid.jsonl (default: this package's source)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -64,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
         raise BadInputError("--tokens-per-step must be at least 1")
     if args.block_size < 0:
         raise BadInputError("--block-size must be at least 0")
+    if not args.entropy_bound >= 0:
+        raise BadInputError("--entropy-bound must be at least 0")
     configs = [c for c in args.configs.split(",") if c]
     unknown = set(configs) - set(CONFIGS)
     if unknown:
@@ -87,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
         workloads,
         repeat=args.repeat,
         threshold=args.threshold,
+        entropy_bound=args.entropy_bound,
         refresh_every=args.refresh_every,
         tokens_per_step=args.tokens_per_step,
         block_size=args.block_size,
@@ -103,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
         "repeat": args.repeat,
         "cases": args.cases,
         "threshold": args.threshold,
+        "entropy_bound": args.entropy_bound,
         "refresh_every": args.refresh_every,
         "tokens_per_step": args.tokens_per_step,
         "block_size": args.block_size,

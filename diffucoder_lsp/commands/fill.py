@@ -25,7 +25,7 @@ def add_sampling_options(p: argparse.ArgumentParser) -> None:
         "--tokens-per-step",
         type=int,
         default=1,
-        help="used when --steps is not given; with --threshold, the least revealed per step",
+        help="used when --steps is not given; with --threshold or --entropy-bound, the least revealed per step",
     )
     p.add_argument("--alg", choices=["entropy", "maskgit_plus", "topk_margin", "origin"], default="entropy")
     p.add_argument(
@@ -39,6 +39,13 @@ def add_sampling_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--exact", action="store_true", help="reference decoder: full canvas, reference schedule")
     p.add_argument(
         "--threshold", type=float, default=None, help="parallel unmasking: also reveal all this sure"
+    )
+    p.add_argument(
+        "--entropy-bound",
+        type=float,
+        default=None,
+        help="entropy-bounded unmasking: reveal the surest run whose entropies sum to at most this (nats) "
+        "beyond their largest (instead of --threshold)",
     )
     p.add_argument(
         "--block-size",
@@ -63,6 +70,7 @@ def sampling_options(args: argparse.Namespace):
         exact=args.exact,
         eos_penalty=args.eos_penalty,
         threshold=args.threshold,
+        entropy_bound=args.entropy_bound,
         block_size=args.block_size,
     )
 

@@ -21,6 +21,12 @@ Parallel unmasking (``threshold``): every masked position whose chosen token has
 revealed, and at least ``tokens_per_step`` per row per step (the most confident ones top the sure ones up), so
 the number of steps adapts to how sure the model is while never falling behind a fixed ``tokens_per_step``.
 
+Entropy-bounded unmasking (``entropy_bound``, the rule of the EB-sampler): the eligible positions of a row are
+ranked by the algorithm's confidence and the longest leading run is revealed whose entropies, summed, exceed
+their largest by at most the bound (in nats), again at least ``tokens_per_step``. Where a threshold asks each
+token to be nearly certain on its own, the bound lets a step take many fairly sure tokens or one unsure one:
+the error it accepts per step is what is bounded, not the confidence of each token.
+
 Block decoding (``block_size``): a row's masked positions, taken in canvas order across all its holes, are cut
 into blocks of ``block_size``; only the first unfinished block is eligible at a step, the later ones wait as mask
 tokens. The denoiser is asked for logits at the eligible positions only, so a context-cached denoiser runs a
@@ -33,6 +39,7 @@ from __future__ import annotations
 import math
 from collections.abc import Generator
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 
@@ -58,6 +65,9 @@ class SamplingOptions:
     eos_penalty: float = 0.0
     threshold: float | None = None  # parallel unmasking: reveal every position this sure (>= tokens_per_step)
     block_size: int | None = None  # block decoding: only this many masked positions (in order) are eligible
+    entropy_bound: float | None = (
+        None  # entropy-bounded unmasking: summed entropy beyond the largest, in nats
+    )
 
     def __post_init__(self) -> None:
         if self.alg not in ALGORITHMS:
@@ -80,6 +90,15 @@ class SamplingOptions:
             raise BadInputError(
                 "threshold decoding cannot be combined with exact mode or the origin algorithm"
             )
+        if self.entropy_bound is not None:
+            if not self.entropy_bound >= 0:
+                raise BadInputError(f"entropy_bound must be >= 0, got {self.entropy_bound}")
+            if self.threshold is not None:
+                raise BadInputError("choose either threshold or entropy_bound, not both")
+            if self.exact or self.alg == "origin":
+                raise BadInputError(
+                    "entropy-bounded decoding cannot be combined with exact mode or the origin algorithm"
+                )
         if self.block_size is not None:
             if self.block_size < 1:
                 raise BadInputError(f"block_size must be >= 1, got {self.block_size}")
@@ -88,9 +107,14 @@ class SamplingOptions:
                     "block decoding cannot be combined with exact mode or the origin algorithm"
                 )
 
+    @property
+    def adaptive(self) -> bool:
+        """Whether the tokens revealed per step depend on the model's certainty (threshold or entropy bound)."""
+        return self.threshold is not None or self.entropy_bound is not None
+
     def pace(self, max_masked: int) -> int:
         """Tokens per step in block decoding: ``tokens_per_step``, or what ``steps`` implies when given."""
-        if self.steps is not None and self.threshold is None:
+        if self.steps is not None and not self.adaptive:
             return max(1, math.ceil(max_masked / self.steps))
         return self.tokens_per_step
 
@@ -104,9 +128,9 @@ class SamplingOptions:
                 1,
                 max((m // size) * math.ceil(size / pace) + math.ceil((m % size) / pace) for m in counts),
             )
-        if self.steps is not None and self.threshold is None:
+        if self.steps is not None and not self.adaptive:
             return self.steps
-        # with a threshold an upper bound (>= tokens_per_step per step): usually far fewer steps are run
+        # adaptive: an upper bound (>= tokens_per_step per step): usually far fewer steps are run
         return max(1, math.ceil(max_masked / self.tokens_per_step))
 
 
@@ -232,10 +256,25 @@ def filter_logits(logits: torch.Tensor, top_p: float | None, top_k: int | None) 
     return logits
 
 
+def entropy(probs: torch.Tensor) -> torch.Tensor:
+    """Entropy in nats of each row of ``probs`` (n, V)."""
+    return -(probs * torch.log(probs + 1e-10)).sum(-1)
+
+
+class Picked(NamedTuple):
+    """One token per row of logits: its id, the confidence under the algorithm, its probability, and (when
+    asked for) the entropy of the row's distribution in nats."""
+
+    tokens: torch.Tensor
+    confidence: torch.Tensor
+    probability: torch.Tensor
+    entropy: torch.Tensor | None = None
+
+
 def pick_tokens(
-    logits: torch.Tensor, opts: SamplingOptions, generator: torch.Generator | None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Choose a token per row of ``logits`` (n, V): (tokens, confidence under ``opts.alg``, probability)."""
+    logits: torch.Tensor, opts: SamplingOptions, generator: torch.Generator | None, with_entropy: bool = False
+) -> Picked:
+    """Choose a token per row of ``logits`` (n, V) from the tempered, filtered distribution."""
     logits = logits.float()
     if opts.temperature > 0:
         logits = logits / opts.temperature
@@ -246,14 +285,35 @@ def pick_tokens(
         chosen = probs.gather(-1, tokens[:, None]).squeeze(-1)
     else:
         chosen, tokens = probs.max(-1)
+    ent = None
     if opts.alg == "topk_margin":
         top2 = probs.topk(2, dim=-1).values
         conf = top2[:, 0] - top2[:, 1]
     elif opts.alg == "entropy":
-        conf = (probs * torch.log(probs + 1e-10)).sum(-1)
+        ent = entropy(probs)
+        conf = -ent
     else:  # maskgit_plus; origin ignores it
         conf = chosen
-    return tokens, conf, chosen
+    if with_entropy and ent is None:
+        ent = entropy(probs)
+    return Picked(tokens, conf, chosen, ent if with_entropy else None)
+
+
+def entropy_bounded_count(
+    confidence: torch.Tensor, entropies: torch.Tensor, eligible: torch.Tensor, bound: float
+) -> torch.Tensor:
+    """Per row of (B, L): how many eligible positions, taken by descending ``confidence``, form the longest run
+    whose entropies sum to at most ``bound`` more than their largest one (always >= 1 where any is eligible).
+
+    Adding a position raises the sum by its entropy and the maximum by at most that, so "sum - max" never falls
+    along the run and the count is just how many ranks pass the test."""
+    score = confidence.masked_fill(~eligible, float("-inf"))
+    order = score.argsort(dim=-1, descending=True, stable=True)
+    h = entropies.masked_fill(~eligible, 0.0).gather(1, order)
+    excess = h.cumsum(1) - h.cummax(1).values
+    ranks = torch.arange(h.shape[1], device=h.device).expand_as(h)
+    ok = (excess <= bound) & (ranks < eligible.sum(1, keepdim=True))
+    return ok.sum(1)
 
 
 def choose_positions(
@@ -307,6 +367,7 @@ def denoise(
         blocks = blocks.masked_fill(~masked, x.shape[1])  # past every real block
         pace = options.pace(max_masked)
     generator = torch.Generator(device=x.device).manual_seed(options.seed)
+    bounded = options.entropy_bound is not None
     ts = torch.linspace(1, EPS, steps + 1).tolist()
     for i in range(steps):
         if not bool(masked.any()):
@@ -324,7 +385,7 @@ def denoise(
         logits[:, [mask_id, *banned_ids]] = float("-inf")
         if options.eos_penalty and stop_ids:
             logits[:, list(stop_ids)] -= options.eos_penalty
-        tokens, conf, prob = pick_tokens(logits, options, generator)
+        tokens, conf, prob, ent = pick_tokens(logits, options, generator, with_entropy=bounded)
         full_tokens = torch.full_like(x, mask_id)
         full_tokens[eligible] = tokens
         full_conf = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
@@ -337,11 +398,16 @@ def denoise(
                 draw = torch.rand(x.shape, generator=generator, device=x.device)
                 take = masked & (draw < 1 - s / t)
         else:
-            adaptive = options.threshold is not None and not last
+            adaptive = options.threshold is not None and not last  # threshold: sure ones, then a top-up
             if last:
                 k = left
             elif options.exact:
                 k = (left.double() * (1 - s / t)).floor().long()
+            elif bounded:
+                full_ent = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
+                full_ent[eligible] = ent
+                k = entropy_bounded_count(full_conf, full_ent, eligible, options.entropy_bound)
+                k = k.clamp(min=options.tokens_per_step).minimum(left)
             elif adaptive:
                 sure = torch.zeros(x.shape, dtype=torch.bool, device=x.device)
                 sure[eligible] = prob >= options.threshold

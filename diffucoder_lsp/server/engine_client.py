@@ -60,6 +60,7 @@ def sampling_options(s: Settings):
         seed=s.seed,
         eos_penalty=s.eos_penalty,
         threshold=s.threshold,
+        entropy_bound=s.entropy_bound,
         block_size=s.block_size if s.block_size and s.alg != "origin" else None,  # origin has no order
     )
 

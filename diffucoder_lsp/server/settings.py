@@ -38,6 +38,7 @@ class Settings:
     eos_penalty: float = 0.0
     seed: int = 0
     threshold: float | None = None  # parallel unmasking: reveal every position at least this sure
+    entropy_bound: float | None = None  # entropy-bounded unmasking (nats); an alternative to threshold
     block_size: int = 32  # block decoding: fill the masks in order, this many at a time; 0 = all at once
     context_cache: bool = True  # keys/values of the context computed once (refreshed every cacheRefreshEvery)
     cache_refresh_every: int = 0  # 0: never (one full pass per completion), as the engine bench defaults
@@ -69,6 +70,7 @@ class Settings:
             self.eos_penalty,
             self.seed,
             self.threshold,
+            self.entropy_bound,
             self.block_size,
             self.context_cache,
             self.cache_refresh_every,
@@ -140,6 +142,15 @@ def _optional_float(lo: float, hi: float):
     return check
 
 
+def _optional_bound(v):
+    """An entropy bound in nats: >= 0 (0 still reveals runs of certain tokens), or None for off."""
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 100:
+        raise ValueError(f"expected a number of nats between 0 and 100, got {v!r}")
+    return float(v)
+
+
 def _bool(v):
     if not isinstance(v, bool):
         raise ValueError(f"expected true or false, got {v!r}")
@@ -190,6 +201,7 @@ VALIDATORS = {
     "eos_penalty": _float(0.0, 100.0),
     "seed": _int(0),
     "threshold": _optional_float(0.0, 1.0),
+    "entropy_bound": _optional_bound,
     "block_size": _int(0, MAX_SPAN_TOKENS),
     "context_cache": _bool,
     "cache_refresh_every": _int(0, 100_000),
@@ -246,9 +258,16 @@ def parse_settings(raw: Any, base: Settings | None = None) -> tuple[Settings, li
     out = dataclasses.replace(base, **changes)
     # the origin algorithm reveals positions at random: no threshold rule, no block order. A threshold, or a
     # blockSize asked for here, is turned off with a message; the default blockSize just does not apply to it
-    if out.alg == "origin" and (out.threshold is not None or (changes.get("block_size") or 0) > 0):
-        problems.append("alg 'origin' cannot use threshold or blockSize: both are turned off")
-        out = dataclasses.replace(out, threshold=None, block_size=0)
+    adaptive = out.threshold is not None or out.entropy_bound is not None
+    if out.alg == "origin" and (adaptive or (changes.get("block_size") or 0) > 0):
+        problems.append("alg 'origin' cannot use threshold, entropyBound or blockSize: they are turned off")
+        out = dataclasses.replace(out, threshold=None, entropy_bound=None, block_size=0)
+    # two rules for how many tokens a step reveals: keep the one set last (this message's, else the threshold)
+    if out.threshold is not None and out.entropy_bound is not None:
+        keep = "entropyBound" if "entropy_bound" in changes and "threshold" not in changes else "threshold"
+        problems.append(f"threshold and entropyBound are alternatives: using {keep}")
+        drop = "threshold" if keep == "entropyBound" else "entropy_bound"
+        out = dataclasses.replace(out, **{drop: None})
     return out, problems
 
 

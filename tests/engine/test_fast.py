@@ -121,13 +121,24 @@ def test_bench_runs_end_to_end(tiny_ckpt, capsys):
         "1,3",
         "--block-size",
         "4",
+        "--entropy-bound",
+        "0",
         "--json",
     ]
     assert main(argv) == 0
     out = json.loads(capsys.readouterr().out)
     rows = out["rows"]
-    assert {r["config"] for r in rows} == {"reference", "cache", "block", "parallel", "all", "reuse", "ar"}
-    assert out["meta"]["block_size"] == 4
+    assert {r["config"] for r in rows} == {
+        "reference",
+        "cache",
+        "block",
+        "parallel",
+        "all",
+        "bounded",
+        "reuse",
+        "ar",
+    }
+    assert out["meta"]["block_size"] == 4 and out["meta"]["entropy_bound"] == 0.0
     assert {r["workload"] for r in rows} == {"ctx128/span8/holes1", "ctx128/span8/holes3"}
     for r in rows:
         assert r["p50_ms"] > 0 and r["p95_ms"] >= r["p50_ms"] and r["forward_passes"] >= 1
@@ -141,6 +152,9 @@ def test_bench_runs_end_to_end(tiny_ckpt, capsys):
     assert ref["forward_passes"] == 8  # one token per step, exact schedule
     block = [r for r in rows if r["config"] == "block" and r["workload"].endswith("holes3")][0]
     assert block["forward_passes"] == 24  # one token per step, block by block
+    # a bound of 0 nats still takes runs of certain tokens, never fewer than one a step
+    bounded = [r for r in rows if r["config"] == "bounded" and r["workload"].endswith("holes3")][0]
+    assert 1 <= bounded["forward_passes"] <= 24
 
 
 def test_bench_cli_knows_every_configuration():
@@ -148,6 +162,7 @@ def test_bench_cli_knows_every_configuration():
     from diffucoder_lsp.commands import bench as command
 
     assert command.CONFIGS == bench.CONFIGS
+    assert command.BLOCK_SIZE == bench.BLOCK_SIZE and command.ENTROPY_BOUND == bench.ENTROPY_BOUND
 
 
 def test_typed_earlier_moves_the_first_hole_back():

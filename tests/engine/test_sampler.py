@@ -14,6 +14,8 @@ from diffucoder_lsp.engine.sampler import (
     SamplingOptions,
     balanced_count,
     denoise,
+    entropy,
+    entropy_bounded_count,
     filter_logits,
     reference_schedule,
     run_to_end,
@@ -342,16 +344,23 @@ def test_fast_nucleus_on_a_batch_mixing_peaked_and_flat_rows():
     ),
     block=st.integers(1, 9),
     pace=st.integers(1, 4),
-    threshold=st.sampled_from([None, 0.3, 0.95]),
+    rule=st.sampled_from([None, ("threshold", 0.3), ("threshold", 0.95), ("bound", 0.0), ("bound", 2.0)]),
     alg=st.sampled_from(["entropy", "maskgit_plus", "topk_margin"]),
 )
-def test_block_decoding_reveals_in_block_order_each_once(rows, block, pace, threshold, alg):
+def test_block_decoding_reveals_in_block_order_each_once(rows, block, pace, rule, alg):
     """Every masked position is revealed once, and never before every position of an earlier block is."""
     lengths = [n for n, _ in rows]
     x, valid = make_canvas(lengths, [m for _, m in rows])
     masked0 = (x == MASK) & valid
+    threshold = rule[1] if rule and rule[0] == "threshold" else None
+    bound = rule[1] if rule and rule[0] == "bound" else None
     opts = SamplingOptions(
-        block_size=block, tokens_per_step=pace, threshold=threshold, alg=alg, temperature=0.0
+        block_size=block,
+        tokens_per_step=pace,
+        threshold=threshold,
+        entropy_bound=bound,
+        alg=alg,
+        temperature=0.0,
     )
     asked = []
 
@@ -373,7 +382,7 @@ def test_block_decoding_reveals_in_block_order_each_once(rows, block, pace, thre
             assert blocks.numel() <= 1  # one block per row per step
             got = int((ev.rows == r).sum())
             left = int(eligible[r].sum())
-            if threshold is None:
+            if rule is None:
                 assert got == min(pace, left)
             else:
                 assert got >= min(pace, left)
@@ -382,13 +391,13 @@ def test_block_decoding_reveals_in_block_order_each_once(rows, block, pace, thre
             earlier = masked0[r] & (order[r] // block < order[r, c] // block)
             assert not (earlier & (x[r] == MASK) & (seen[r] == 0)).any()
     assert torch.equal(seen, masked0.long())
-    bound = opts.num_steps(int(masked0.sum(1).max()), masked0.sum(1).tolist())
+    most = opts.num_steps(int(masked0.sum(1).max()), masked0.sum(1).tolist())
     if not masked0.any():
         assert events == []
-    elif threshold is None:
-        assert len(events) == bound  # the block schedule is exact without a threshold
+    elif rule is None:
+        assert len(events) == most  # the block schedule is exact without an adaptive rule
     else:
-        assert len(events) <= bound
+        assert len(events) <= most
 
 
 def test_block_steps_sum_block_by_block():
@@ -404,3 +413,100 @@ def test_block_steps_sum_block_by_block():
         SamplingOptions(block_size=8, exact=True)
     with pytest.raises(BadInputError):
         SamplingOptions(block_size=8, alg="origin")
+
+
+def _brute_force_bound_count(conf: list[float], ent: list[float], bound: float) -> int:
+    """The definition, checked run by run: the longest leading run (by descending confidence) whose summed
+    entropy exceeds its largest by at most ``bound``."""
+    order = sorted(range(len(conf)), key=lambda i: -conf[i])
+    best = 0
+    for n in range(1, len(order) + 1):
+        hs = [ent[i] for i in order[:n]]
+        if sum(hs) - max(hs) <= bound + 1e-6:
+            best = n
+    return best
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    cells=st.lists(st.tuples(st.floats(0, 5), st.booleans()), min_size=1, max_size=12),
+    bound=st.sampled_from([0.0, 0.1, 0.5, 2.0, 50.0]),
+)
+def test_entropy_bounded_count_matches_its_definition(cells, bound):
+    ent = torch.tensor([[h for h, _ in cells]])
+    eligible = torch.tensor([[e for _, e in cells]])
+    conf = -ent  # the entropy algorithm's confidence
+    got = int(entropy_bounded_count(conf, ent, eligible, bound)[0])
+    idx = [i for i, (_, e) in enumerate(cells) if e]
+    want = _brute_force_bound_count([-cells[i][0] for i in idx], [cells[i][0] for i in idx], bound)
+    assert got == want
+    assert (got >= 1) == bool(idx)  # one position always fits: its sum equals its maximum
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    n=st.integers(1, 30),
+    bound=st.sampled_from([0.0, 0.05, 1.0, 10.0]),
+    temperature=st.sampled_from([0.0, 0.5]),
+    floor=st.sampled_from([1, 3]),
+    alg=st.sampled_from(["entropy", "maskgit_plus", "topk_margin"]),
+)
+def test_entropy_bound_reveals_every_position_once(n, bound, temperature, floor, alg):
+    x = torch.full((2, n + 2), MASK)
+    x[:, 0] = 11
+    x[1, n + 1] = 12  # rows with different counts
+    opts = SamplingOptions(entropy_bound=bound, temperature=temperature, tokens_per_step=floor, alg=alg)
+    den = RandomDenoiser()
+    events, final = run_to_end(denoise(den, x, None, mask_id=MASK, options=opts))
+    seen = torch.zeros_like(x)
+    left = [int((x[r] == MASK).sum()) for r in range(2)]
+    for ev in events:
+        seen[ev.rows, ev.cols] += 1
+        for r in range(2):
+            got = int((ev.rows == r).sum())
+            assert got >= min(floor, left[r])
+            left[r] -= got
+    assert torch.equal(seen, (x == MASK).long())
+    assert not (final == MASK).any()
+    assert den.forward_passes == len(events) <= math.ceil((n + 1) / floor)
+
+
+def test_entropy_bound_takes_sure_runs_and_stops_at_the_unsure():
+    """Positions 0-5 are near certain, 6-11 flat: a bound of 0.5 nats takes the sure six in one step (plus at
+    most one unsure one, whose entropy is the run's maximum), then the flat ones one at a time."""
+
+    class HalfSure:
+        forward_passes = 0
+
+        def __call__(self, x, valid, masked):
+            cols = masked.nonzero(as_tuple=True)[1]
+            logits = torch.zeros(len(cols), VOCAB)
+            logits[cols < 6, 20] = 40.0
+            return logits
+
+    x = torch.full((1, 12), MASK)
+    opts = SamplingOptions(entropy_bound=0.5, temperature=0.0, top_p=None)
+    events, final = run_to_end(denoise(HalfSure(), x, None, mask_id=MASK, options=opts))
+    first = sorted(events[0].cols.tolist())
+    assert first[:6] == [0, 1, 2, 3, 4, 5] and len(first) == 7
+    assert [len(ev.cols) for ev in events[1:]] == [1] * 5
+    flat = math.log(VOCAB - 1)  # every id but the mask is equally likely
+    assert float(entropy(torch.full((1, VOCAB - 1), 1 / (VOCAB - 1)))[0]) == pytest.approx(flat, rel=1e-4)
+    # a bound above one flat position's entropy lets two of them go together
+    opts = SamplingOptions(entropy_bound=flat + 0.01, temperature=0.0, top_p=None)
+    events, _ = run_to_end(denoise(HalfSure(), x, None, mask_id=MASK, options=opts))
+    assert [len(ev.cols) for ev in events] == [8, 2, 2]
+
+
+def test_entropy_bound_options():
+    assert SamplingOptions(entropy_bound=0.1).adaptive
+    assert SamplingOptions(entropy_bound=0.1, tokens_per_step=4).num_steps(10) == 3
+    for bad in (
+        dict(entropy_bound=-0.1),
+        dict(entropy_bound=float("nan")),
+        dict(entropy_bound=0.1, threshold=0.9),
+        dict(entropy_bound=0.1, exact=True),
+        dict(entropy_bound=0.1, alg="origin"),
+    ):
+        with pytest.raises(BadInputError):
+            SamplingOptions(**bad)

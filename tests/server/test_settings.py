@@ -79,3 +79,20 @@ def test_block_size_reaches_the_sampler():
     assert sampling_options(Settings()).block_size == 32
     assert sampling_options(Settings(block_size=0)).block_size is None
     assert sampling_options(Settings(alg="origin")).block_size is None  # would be bad input otherwise
+    assert sampling_options(Settings(entropy_bound=0.5)).entropy_bound == 0.5
+
+
+def test_entropy_bound_setting_and_its_conflicts():
+    s, problems = parse_settings({"entropyBound": 1})
+    assert s.entropy_bound == 1.0 and problems == []
+    assert Settings(entropy_bound=1.0).sampling_key() != Settings().sampling_key()
+    for bad in (-0.5, "1", True, 1000):
+        s, problems = parse_settings({"entropyBound": bad})
+        assert s.entropy_bound is None and len(problems) == 1 and "entropyBound" in problems[0]
+    # both rules in one message: the threshold stays; the bound set later over a threshold replaces it
+    s, problems = parse_settings({"entropyBound": 1, "threshold": 0.9})
+    assert (s.threshold, s.entropy_bound) == (0.9, None) and "alternatives" in problems[0]
+    s, problems = parse_settings({"entropyBound": 2}, base=Settings(threshold=0.9))
+    assert (s.threshold, s.entropy_bound) == (None, 2.0) and len(problems) == 1
+    s, problems = parse_settings({"alg": "origin", "entropyBound": 1})
+    assert (s.alg, s.entropy_bound) == ("origin", None) and "origin" in problems[0]

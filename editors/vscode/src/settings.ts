@@ -15,6 +15,7 @@ export const SERVER_KEYS = [
   "eosPenalty",
   "seed",
   "threshold",
+  "entropyBound",
   "blockSize",
   "contextCache",
   "cacheRefreshEvery",
