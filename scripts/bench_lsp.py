@@ -137,7 +137,16 @@ async def run(args: argparse.Namespace, reuse: bool = True) -> dict:
     options: dict = {"device": args.device, "dtype": args.dtype, "debounceMs": 0, "contextReuse": reuse}
     if args.model:
         options["model"] = args.model
-    for key in ("tokensPerStep", "blockSize", "maxTokens", "maxTokensSingleLine", "contextTokens", "steps"):
+    keys = (
+        "tokensPerStep",
+        "blockSize",
+        "endEarly",
+        "maxTokens",
+        "maxTokensSingleLine",
+        "contextTokens",
+        "steps",
+    )
+    for key in keys:
         value = getattr(args, key)
         if value is not None:
             options[key] = value
@@ -244,6 +253,9 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tokens-per-step", dest="tokensPerStep", type=int, default=None)
     p.add_argument("--block-size", dest="blockSize", type=int, default=None, help="0: blocks off")
+    p.add_argument(
+        "--no-end-early", dest="endEarly", action="store_false", default=None, help="setting endEarly false"
+    )
     p.add_argument("--max-tokens", dest="maxTokens", type=int, default=None)
     p.add_argument("--max-tokens-single-line", dest="maxTokensSingleLine", type=int, default=None)
     p.add_argument("--context-tokens", dest="contextTokens", type=int, default=None)

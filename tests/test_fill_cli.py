@@ -198,3 +198,15 @@ def test_entropy_bound_adapts_tokens_per_step(tiny_ckpt, tmp_path, capsys):
     assert rc == 2 and "entropy_bound" in err
     rc, _, err = run([*base, "--entropy-bound", "-1"], capsys)
     assert rc == 2 and "entropy_bound" in err
+
+
+def test_no_end_early_denoises_every_position_of_an_auto_hole(tiny_ckpt, tmp_path, capsys):
+    src = tmp_path / "a.py"
+    src.write_text(f"x = {M}\ny = 2\n")
+    base = ["fill", str(src), "--model", str(tiny_ckpt), "--cache", "--tokens-per-step", "4", "--json"]
+    rc, out, err = run([*base, "--no-end-early"], capsys)
+    assert rc == 0, err
+    assert json.loads(out)["forward_passes"] == 12  # 48 auto positions at 4 a step, eos or not
+    rc, out, err = run(base, capsys)
+    assert rc == 0, err
+    assert 1 <= json.loads(out)["forward_passes"] <= 12

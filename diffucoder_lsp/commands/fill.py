@@ -99,6 +99,13 @@ def register(sub) -> None:
     p.add_argument(
         "--refresh-every", type=int, default=0, help="with --cache: full pass every R steps (0 = never)"
     )
+    p.add_argument(
+        "--no-end-early",
+        dest="end_early",
+        action="store_false",
+        help="denoise an auto hole to its end even after the model wrote its end token (slower; the default "
+        "stops there, as what follows is cut)",
+    )
     p.add_argument("--json", action="store_true", help="print a JSON record instead of the text")
     p.set_defaults(func=run)
 
@@ -148,6 +155,7 @@ def run(args: argparse.Namespace) -> int:
         marker=args.marker,
         max_context_tokens=args.context_tokens,
         denoiser=denoiser,
+        end_early=None if args.end_early else False,
     )
     if args.json:
         json.dump(result.to_json(), sys.stdout, ensure_ascii=False)

@@ -212,8 +212,14 @@ def infill_stream(
     marker: str = DEFAULT_MARKER,
     max_context_tokens: int | None = None,
     denoiser=None,
+    end_early: bool | None = None,
 ) -> Generator[tuple[InfillCanvas, StepEvent], None, InfillResult]:
     """Fill every hole of ``text``; yields ``(canvas, event)`` per denoising step, returns the result.
+
+    ``end_early``: which holes stop denoising what follows their first revealed stop token (it would be cut):
+    None the ``auto`` holes, whose results are cut there (none in ``exact`` mode: the reference decoder stays
+    the reference); True every hole (for callers that cut the results themselves, as the server does); False
+    none.
 
     Closing the generator between steps cancels the run (the model is not called again).
     """
@@ -232,6 +238,11 @@ def infill_stream(
         options=options,
         allowed_vocab=min(tok.vocab_size, lm.config.vocab_size),
         stop_ids=tuple(sorted(tok.stop_ids)),
+        end_spans=[
+            (0, a, b)
+            for (a, b), auto in zip(canvas.hole_spans, canvas.auto, strict=True)
+            if (auto and not options.exact if end_early is None else end_early)
+        ],
     )
     reveal_step = [-1] * len(canvas.ids)
     confidence = [0.0] * len(canvas.ids)

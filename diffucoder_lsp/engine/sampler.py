@@ -37,7 +37,7 @@ left to right, as Fast-dLLM's semi-autoregressive blocks; within a block any rul
 from __future__ import annotations
 
 import math
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -345,12 +345,17 @@ def denoise(
     allowed_vocab: int | None = None,
     banned_ids: tuple[int, ...] = (),
     stop_ids: tuple[int, ...] = (),
+    end_spans: Sequence[tuple[int, int, int]] = (),
 ) -> Generator[StepEvent, None, torch.Tensor]:
     """Denoise ``x`` in place step by step; yields one :class:`StepEvent` per step, returns the final canvas.
 
     ``allowed_vocab``: ids at or beyond it are never sampled (the logits cover more ids than the tokenizer has).
     ``banned_ids``: never sampled either; the mask id never is. ``stop_ids`` get ``options.eos_penalty``
     subtracted from their logits: long canvases otherwise fill up with eos/pad.
+    ``end_spans``: (row, start, end) spans cut at their first stop token afterwards (an ``auto`` hole, a server
+    completion). Once a stop token is revealed in one, its still-masked positions after it can only be cut, so
+    they are filled with that token at once and never denoised (reported in the same step's event with
+    confidence 0); the positions before it go on seeing the end of the span.
     """
     x = x.clone()
     if valid is None:
@@ -367,6 +372,7 @@ def denoise(
         blocks = blocks.masked_fill(~masked, x.shape[1])  # past every real block
         pace = options.pace(max_masked)
     generator = torch.Generator(device=x.device).manual_seed(options.seed)
+    stop_tensor = torch.tensor(stop_ids, dtype=x.dtype, device=x.device) if end_spans and stop_ids else None
     bounded = options.entropy_bound is not None
     ts = torch.linspace(1, EPS, steps + 1).tolist()
     for i in range(steps):
@@ -422,6 +428,8 @@ def denoise(
             )
             if adaptive:
                 take |= sure
+        if stop_tensor is not None:
+            take = _end_spans_at_stops(x, masked, take, full_tokens, full_conf, end_spans, stop_tensor)
         x[take] = full_tokens[take]
         masked &= ~take
         rows, cols = take.nonzero(as_tuple=True)
@@ -435,6 +443,29 @@ def denoise(
             remaining=int(masked.sum()),
         )
     return x
+
+
+def _end_spans_at_stops(x, masked, take, full_tokens, full_conf, spans, stops) -> torch.Tensor:
+    """``take`` plus the masked positions of ``spans`` after a stop token revealed at or before this step; their
+    ``full_tokens`` become that stop token and ``full_conf`` 0."""
+    new_stop = take & torch.isin(full_tokens, stops)
+    if not bool(new_stop.any()):
+        return take
+    take = take.clone()
+    for r, a, b in spans:
+        hits = new_stop[r, a:b].nonzero()
+        if hits.numel() == 0:
+            continue
+        c = a + int(
+            hits[0]
+        )  # the first stop token revealed now; an earlier revealed one already cut the rest
+        after = masked[r, c + 1 : b] & ~take[r, c + 1 : b]
+        if bool(after.any()):
+            cols = (c + 1) + after.nonzero().flatten()
+            full_tokens[r, cols] = int(full_tokens[r, c])
+            full_conf[r, cols] = 0.0
+            take[r, cols] = True
+    return take
 
 
 def run_to_end(gen: Generator[StepEvent, None, torch.Tensor]) -> tuple[list[StepEvent], torch.Tensor]:

@@ -309,6 +309,7 @@ class EngineClient:
             marker=MARKER,
             max_context_tokens=window or settings.context_tokens + sum(lengths) + 64,
             denoiser=make_denoiser(lm, settings, self.store_for(stream)),
+            end_early=settings.end_early,  # every completion is cut at its first stop token below
         )
         try:
             while True:

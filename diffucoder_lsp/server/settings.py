@@ -40,6 +40,7 @@ class Settings:
     threshold: float | None = None  # parallel unmasking: reveal every position at least this sure
     entropy_bound: float | None = None  # entropy-bounded unmasking (nats); an alternative to threshold
     block_size: int = 32  # block decoding: fill the masks in order, this many at a time; 0 = all at once
+    end_early: bool = True  # stop denoising what follows a completion's first revealed end (stop) token
     context_cache: bool = True  # keys/values of the context computed once (refreshed every cacheRefreshEvery)
     cache_refresh_every: int = 0  # 0: never (one full pass per completion), as the engine bench defaults
     context_reuse: bool = True  # with contextCache: start from the previous request's context keys/values
@@ -72,6 +73,7 @@ class Settings:
             self.threshold,
             self.entropy_bound,
             self.block_size,
+            self.end_early,
             self.context_cache,
             self.cache_refresh_every,
             self.context_reuse,
@@ -203,6 +205,7 @@ VALIDATORS = {
     "threshold": _optional_float(0.0, 1.0),
     "entropy_bound": _optional_bound,
     "block_size": _int(0, MAX_SPAN_TOKENS),
+    "end_early": _bool,
     "context_cache": _bool,
     "cache_refresh_every": _int(0, 100_000),
     "context_reuse": _bool,

@@ -67,6 +67,44 @@ def test_auto_length_trims_trailing_stop_tokens(lm):
     assert res.text == "a = 1\nx\nb = 2\n"
 
 
+def test_auto_holes_end_early_fixed_and_exact_ones_do_not(lm):
+    """The model writes "x" then eos: an auto hole stops denoising once an eos is revealed (what follows is
+    cut), with the same result; a fixed-length hole, end_early=False and the reference decoder go to the end."""
+    tok = lm.tokenizer
+    keep = tok.encode("x")[0]
+    text = f"a = 1\n{M}\nb = 2\n"
+    canvas = prepare_infill(tok, text, length=12)
+    ((a, b),) = canvas.hole_spans
+
+    class Scripted:
+        def __init__(self):
+            self.forward_passes = 0
+
+        def __call__(self, x, valid, masked):
+            self.forward_passes += 1
+            cols = masked.nonzero(as_tuple=True)[1]
+            logits = torch.zeros(len(cols), lm.config.vocab_size)
+            for i, c in enumerate(cols.tolist()):
+                logits[i, keep if c == a else tok.eos_id] = 10.0 - (c - a) * 0.1  # the earliest are surest
+            return logits
+
+    def run(length, **kw):
+        den = Scripted()
+        opts = kw.pop("options", GREEDY)
+        res = infill(lm, text, length=length, options=opts, denoiser=den, **kw)
+        return res, den.forward_passes
+
+    res, passes = run(12)  # fixed length: the default leaves it alone
+    assert passes == 12 and res.holes[0].token_ids[0] == keep
+    res, passes = run(12, end_early=True)  # step 1: "x", step 2: the first eos ends the other 10
+    assert passes == 2 and res.holes[0].token_ids == [keep] + [tok.eos_id] * 11
+    res, passes = run("auto")
+    assert passes == 2 and res.holes[0].token_ids == [keep] and res.text == "a = 1\nx\nb = 2\n"
+    assert run("auto", end_early=False)[1] == 48
+    exact = SamplingOptions(steps=48, exact=True, temperature=0.0)
+    assert run("auto", options=exact)[1] == 48
+
+
 def test_context_cut_respects_budget_and_keeps_text(lm):
     tok = lm.tokenizer
     before = "".join(f"line_{i} = {i}\n" for i in range(200))

@@ -51,3 +51,19 @@ def test_only_the_most_recent_documents_keep_a_store(engine):
         engine.store_for(f"file:///other{i}.py")
     assert engine.store_for("file:///first.py") is not first
     assert len(engine._stores) == STORED_STREAMS
+
+
+def test_completions_end_early_unless_switched_off(engine, monkeypatch):
+    from diffucoder_lsp.engine import infill as infill_module
+
+    seen = []
+    real = infill_module.infill_stream
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("end_early"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(infill_module, "infill_stream", spy)
+    complete(engine, PREFIX, Settings(temperature=0.0), stream="file:///e.py")
+    complete(engine, PREFIX, Settings(temperature=0.0, end_early=False), stream="file:///e.py")
+    assert seen == [True, False]

@@ -96,3 +96,12 @@ def test_entropy_bound_setting_and_its_conflicts():
     assert (s.threshold, s.entropy_bound) == (None, 2.0) and len(problems) == 1
     s, problems = parse_settings({"alg": "origin", "entropyBound": 1})
     assert (s.alg, s.entropy_bound) == ("origin", None) and "origin" in problems[0]
+
+
+def test_end_early_setting():
+    assert Settings().end_early is True
+    s, problems = parse_settings({"endEarly": False})
+    assert s.end_early is False and problems == []
+    assert Settings(end_early=False).sampling_key() != Settings().sampling_key()
+    s, problems = parse_settings({"endEarly": "no"})
+    assert s.end_early is True and "endEarly" in problems[0]

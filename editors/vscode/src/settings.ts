@@ -17,6 +17,7 @@ export const SERVER_KEYS = [
   "threshold",
   "entropyBound",
   "blockSize",
+  "endEarly",
   "contextCache",
   "cacheRefreshEvery",
   "contextReuse",
