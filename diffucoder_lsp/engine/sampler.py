@@ -423,6 +423,8 @@ def denoise(
                 k = left.clamp(max=pace)
             else:
                 k = balanced_count(left, steps - i)
+                if options.steps is None:  # keep the pace when positions ended early (end_spans)
+                    k = k.clamp(min=options.tokens_per_step).minimum(left)
             take = choose_positions(
                 full_conf, eligible & ~sure if adaptive else eligible, k, options.alg_temp, generator
             )

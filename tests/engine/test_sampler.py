@@ -607,3 +607,16 @@ def test_end_spans_reveal_every_position_once_and_never_ask_past_a_stop(n, pace,
             stop_at = [c for c in range(1, n + 1) if int(canvas[r, c]) in stops]
             if stop_at:
                 assert not masked[r, stop_at[0] + 1 :].any()
+
+
+def test_ending_early_keeps_the_pace_without_blocks():
+    """48 masks at 3 a step is 16 steps; once the stop token at 4 ends the rest, the 3 before it take one more
+    step at that pace, not one each spread over the 15 steps left."""
+    x = torch.full((1, 50), MASK)
+    x[0, 0] = 11
+    x[0, 49] = 12
+    opts = SamplingOptions(temperature=0.0, alg="maskgit_plus", tokens_per_step=3)
+    events, _ = run_to_end(
+        denoise(StopAt(4), x, None, mask_id=MASK, options=opts, stop_ids=(STOP,), end_spans=[(0, 1, 49)])
+    )
+    assert [len(ev.cols) for ev in events] == [3 + 44, 1]
