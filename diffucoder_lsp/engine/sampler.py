@@ -32,6 +32,9 @@ into blocks of ``block_size``; only the first unfinished block is eligible at a 
 tokens. The denoiser is asked for logits at the eligible positions only, so a context-cached denoiser runs a
 step over one block instead of every hole (3 holes x 64 tokens: 33 queries a step instead of 195). Blocks go
 left to right, as Fast-dLLM's semi-autoregressive blocks; within a block any rule above picks the order.
+
+Ending early (``end_spans``): a span that its consumer cuts at the first stop token (an ``auto`` hole, a server
+completion) stops being denoised past a revealed stop token; see :func:`denoise`.
 """
 
 from __future__ import annotations
@@ -65,9 +68,7 @@ class SamplingOptions:
     eos_penalty: float = 0.0
     threshold: float | None = None  # parallel unmasking: reveal every position this sure (>= tokens_per_step)
     block_size: int | None = None  # block decoding: only this many masked positions (in order) are eligible
-    entropy_bound: float | None = (
-        None  # entropy-bounded unmasking: summed entropy beyond the largest, in nats
-    )
+    entropy_bound: float | None = None  # entropy-bounded unmasking: nats a step takes beyond its least sure
 
     def __post_init__(self) -> None:
         if self.alg not in ALGORITHMS:
@@ -404,7 +405,7 @@ def denoise(
                 draw = torch.rand(x.shape, generator=generator, device=x.device)
                 take = masked & (draw < 1 - s / t)
         else:
-            adaptive = options.threshold is not None and not last  # threshold: sure ones, then a top-up
+            thresholded = options.threshold is not None and not last  # the sure ones, then a top-up
             if last:
                 k = left
             elif options.exact:
@@ -414,7 +415,7 @@ def denoise(
                 full_ent[eligible] = ent
                 k = entropy_bounded_count(full_conf, full_ent, eligible, options.entropy_bound)
                 k = k.clamp(min=options.tokens_per_step).minimum(left)
-            elif adaptive:
+            elif thresholded:
                 sure = torch.zeros(x.shape, dtype=torch.bool, device=x.device)
                 sure[eligible] = prob >= options.threshold
                 # rows reveal at least tokens_per_step positions: the sure ones, topped up by the most confident
@@ -426,12 +427,12 @@ def denoise(
                 if options.steps is None:  # keep the pace when positions ended early (end_spans)
                     k = k.clamp(min=options.tokens_per_step).minimum(left)
             take = choose_positions(
-                full_conf, eligible & ~sure if adaptive else eligible, k, options.alg_temp, generator
+                full_conf, eligible & ~sure if thresholded else eligible, k, options.alg_temp, generator
             )
-            if adaptive:
+            if thresholded:
                 take |= sure
         if stop_tensor is not None:
-            take = _end_spans_at_stops(x, masked, take, full_tokens, full_conf, end_spans, stop_tensor)
+            take = _end_spans_at_stops(masked, take, full_tokens, full_conf, end_spans, stop_tensor)
         x[take] = full_tokens[take]
         masked &= ~take
         rows, cols = take.nonzero(as_tuple=True)
@@ -447,7 +448,7 @@ def denoise(
     return x
 
 
-def _end_spans_at_stops(x, masked, take, full_tokens, full_conf, spans, stops) -> torch.Tensor:
+def _end_spans_at_stops(masked, take, full_tokens, full_conf, spans, stops) -> torch.Tensor:
     """``take`` plus the masked positions of ``spans`` after a stop token revealed at or before this step; their
     ``full_tokens`` become that stop token and ``full_conf`` 0."""
     new_stop = take & torch.isin(full_tokens, stops)
@@ -458,9 +459,8 @@ def _end_spans_at_stops(x, masked, take, full_tokens, full_conf, spans, stops) -
         hits = new_stop[r, a:b].nonzero()
         if hits.numel() == 0:
             continue
-        c = a + int(
-            hits[0]
-        )  # the first stop token revealed now; an earlier revealed one already cut the rest
+        # the first stop token revealed now (an earlier revealed one already ended what follows it)
+        c = a + int(hits[0])
         after = masked[r, c + 1 : b] & ~take[r, c + 1 : b]
         if bool(after.any()):
             cols = (c + 1) + after.nonzero().flatten()
