@@ -524,11 +524,13 @@ class StopAt:
     def __init__(self, stop_col: int) -> None:
         self.stop_col = stop_col
         self.asked: list[torch.Tensor] = []
+        self.seen: list[torch.Tensor] = []
         self.forward_passes = 0
 
     def __call__(self, x, valid, masked):
         self.forward_passes += 1
         self.asked.append(masked.clone())
+        self.seen.append(x.clone())
         cols = masked.nonzero(as_tuple=True)[1]
         logits = torch.zeros(len(cols), VOCAB)
         logits[:, 20] = 5.0
@@ -550,6 +552,7 @@ def test_an_end_span_stops_denoising_after_its_first_stop_token():
     assert events[0].confidence[events[0].cols > 4].eq(0).all()
     assert len(events) == 1 + 3 and den.forward_passes == 4
     assert all(not a[0, 5:].any() for a in den.asked[1:])  # never asked about the ended positions again
+    assert all(c[0, 5:13].eq(MASK).all() for c in den.seen)  # which it still sees as masks, as before
     assert final[0, 1:4].eq(20).all() and final[0, 4:13].eq(STOP).all()
     # without the span (or without stop ids) every position is denoised
     events, final = run_to_end(denoise(StopAt(4), x, None, mask_id=MASK, options=opts, stop_ids=(STOP,)))
