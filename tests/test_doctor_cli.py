@@ -114,3 +114,31 @@ def test_make_tiny_refuses_a_non_empty_folder(capsys, tmp_path):
     assert main(["make-tiny", str(tmp_path)]) == EXIT_BAD_INPUT
     assert "not an empty folder" in capsys.readouterr().err
     assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
+
+
+def test_make_tiny_preset_is_the_real_7b_shape(capsys, tmp_path, monkeypatch):
+    """The preset carries the facts doc's 7B shape; building it is left to the GPU check (15 GB), so here the
+    writer gets the preset's shape with the width shrunk, and the options are checked."""
+    from diffucoder_lsp.commands import make_tiny
+
+    shape = make_tiny.PRESETS["dream-7b"]
+    assert (shape["hidden_size"], shape["num_hidden_layers"], shape["num_attention_heads"]) == (3584, 28, 28)
+    assert (shape["num_key_value_heads"], shape["intermediate_size"], shape["vocab_size"]) == (4, 18944, 152064)
+    assert shape["rope_theta"] == 1e6 and shape["hidden_size"] // shape["num_attention_heads"] == 128
+    small = dict(shape, hidden_size=56, intermediate_size=64, vocab_size=1000)  # 28 heads of 2, 4 kv heads
+    monkeypatch.setitem(make_tiny.PRESETS, "dream-7b", small)
+    out = tmp_path / "shape"
+    assert main(["make-tiny", str(out), "--preset", "dream-7b", "--layers", "2", "--shards", "1"]) == 0
+    cfg = load_model(str(out), device="cpu").config
+    assert (cfg.vocab_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.num_hidden_layers) == (
+        1000,
+        28,
+        4,
+        2,
+    )
+    assert cfg.rope_theta == 1e6 and cfg.max_position_embeddings == 32768
+    bad = ["make-tiny", str(tmp_path / "bad"), "--preset", "dream-7b"]
+    assert main([*bad, "--hidden-size", "64"]) == EXIT_BAD_INPUT
+    if not torch.cuda.is_available():
+        assert main([*bad, "--device", "cuda"]) == EXIT_BAD_INPUT
+    assert main([*bad, "--device", "nonsense"]) == EXIT_BAD_INPUT

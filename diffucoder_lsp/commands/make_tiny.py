@@ -14,6 +14,20 @@ from pathlib import Path
 
 from ..errors import BadInputError
 
+# The exact shape of DiffuCoder-7B / Dream-7B (facts doc): random weights of it measure GPU speed and memory.
+PRESETS = {
+    "dream-7b": {
+        "hidden_size": 3584,
+        "intermediate_size": 18944,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 28,
+        "num_key_value_heads": 4,
+        "rope_theta": 1e6,
+        "vocab_size": 152064,
+        "max_position_embeddings": 32768,
+    }
+}
+
 
 def _positive(value: str) -> int:
     try:
@@ -42,6 +56,13 @@ def register(sub) -> None:
         help="override the hidden size (default 64; multiple of 8)",
     )
     p.add_argument("--layers", type=_positive, default=None, help="override the number of layers (default 2)")
+    p.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default=None,
+        help="a real model's shape (dream-7b: 7.6B parameters, 15 GB in bf16); --layers still applies",
+    )
+    p.add_argument("--device", default="cpu", help="where the random weights are made (cuda: much faster)")
     p.set_defaults(func=run)
 
 
@@ -53,7 +74,9 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out).expanduser()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise BadInputError(f"{out} exists and is not an empty folder: choose a new path")
-    overrides: dict[str, int] = {}
+    overrides: dict[str, int | float] = dict(PRESETS[args.preset]) if args.preset else {}
+    if args.hidden_size is not None and args.preset:
+        raise BadInputError("--hidden-size cannot be combined with --preset (the preset fixes the shape)")
     if args.hidden_size is not None:
         if args.hidden_size % 8:
             raise BadInputError("--hidden-size must be a multiple of 8 (4 attention heads of even size)")
@@ -62,7 +85,15 @@ def run(args: argparse.Namespace) -> int:
     if args.layers is not None:
         overrides["num_hidden_layers"] = args.layers
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
-    path = write_tiny_checkpoint(out, shards=args.shards, seed=args.seed, dtype=dtype, **overrides)
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as exc:
+        raise BadInputError(f"unknown device {args.device!r}: {exc}") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise BadInputError("--device cuda: no CUDA device is available here")
+    path = write_tiny_checkpoint(
+        out, shards=args.shards, seed=args.seed, dtype=dtype, device=device, **overrides
+    )
     print(f"wrote a tiny random checkpoint to {path} (noise output; for testing the tools)", file=sys.stderr)
     print(str(path))
     return 0

@@ -78,6 +78,7 @@ def write_tiny_checkpoint(
     dtype: torch.dtype = torch.bfloat16,
     tokenizer_vocab: int = 320,
     extra_vocab: int = 64,
+    device: str | torch.device = "cpu",
     **config_overrides,
 ) -> Path:
     """Create ``folder`` holding a random model of DiffuCoder's architecture, sharded ``shards`` ways.
@@ -89,10 +90,12 @@ def write_tiny_checkpoint(
     folder.mkdir(parents=True, exist_ok=True)
     tok = train_bpe([_SAMPLE] * 4, vocab_size=tokenizer_vocab, min_frequency=1)
     n_tok = tok.get_vocab_size(with_added_tokens=True)
-    cfg = tiny_config(n_tok + extra_vocab, tok.token_to_id(MASK), tok.token_to_id(EOS), **config_overrides)
+    vocab = max(n_tok, config_overrides.pop("vocab_size", n_tok + extra_vocab))  # a real shape fixes it
+    cfg = tiny_config(vocab, tok.token_to_id(MASK), tok.token_to_id(EOS), **config_overrides)
 
     torch.manual_seed(seed)
-    model = DreamModel(cfg)
+    with torch.device(device):  # a GPU makes the 7B shape's random weights in seconds
+        model = DreamModel(cfg)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("layernorm.weight") or name.endswith("norm.weight"):
@@ -101,7 +104,8 @@ def write_tiny_checkpoint(
                 p.normal_(0.0, 0.02)
             else:
                 p.normal_(0.0, 0.08)
-    state = {k: v.detach().to(dtype).contiguous() for k, v in model.state_dict().items()}
+    state = {k: v.detach().to(dtype).cpu().contiguous() for k, v in model.state_dict().items()}
+    del model
     write_sharded_safetensors(folder, state, shards)
     tok.save(str(folder / "tokenizer.json"))
     cfg_dict = cfg.to_dict()
