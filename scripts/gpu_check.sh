@@ -12,8 +12,9 @@
 #    `all` only, for its speed and peak memory (the target is <= 6 GB).
 # Results land in $OUT (the device tool brings them back): bench_bf16.json, bench_nf4.json, log.txt.
 #
-# A dry run anywhere: PYTHON=.venv/bin/python LAYERS=1 DEVICE=cpu CONTEXTS=256 SPANS=16 CASES=1 REPEAT=1 OUT=/tmp/x bash
-# scripts/gpu_check.sh (a 1-layer model of the same width: slow on a CPU, but it exercises every step).
+# A dry run anywhere: PYTHON=.venv/bin/python DEVICE=cpu CONTEXTS=128 SPANS=8 CASES=1 REPEAT=1 OUT=/tmp/x
+# CKPT=<a make-tiny folder> bash scripts/gpu_check.sh (37 s on 2 cores; CKPT skips making the 7B checkpoint, and
+# LAYERS=1 makes a 1-layer one of the 7B width instead, too slow on a CPU for more than the first table).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu_check}
