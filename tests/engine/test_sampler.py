@@ -253,17 +253,23 @@ def test_threshold_reveals_every_position_once(n, threshold, temperature, floor)
     opts = SamplingOptions(threshold=threshold, temperature=temperature, tokens_per_step=floor)
     den = RandomDenoiser()
     events, final = run_to_end(denoise(den, x, None, mask_id=MASK, options=opts))
+    _assert_each_once_at_least_floor(x, events, final, floor)
+    assert den.forward_passes == len(events) <= math.ceil((n + 1) / floor)
+
+
+def _assert_each_once_at_least_floor(x, events, final, floor: int) -> None:
+    """Every masked position of ``x`` revealed exactly once, and every row at least ``floor`` a step (or all it
+    has left)."""
     seen = torch.zeros_like(x)
-    left = [n + 1, n + 1]
+    left = [int((x[r] == MASK).sum()) for r in range(x.shape[0])]
     for ev in events:
         seen[ev.rows, ev.cols] += 1
-        for r in range(2):  # every row reveals at least the floor (or all it has left)
+        for r in range(x.shape[0]):
             got = int((ev.rows == r).sum())
             assert got >= min(floor, left[r])
             left[r] -= got
     assert torch.equal(seen, (x == MASK).long())
     assert not (final == MASK).any()
-    assert den.forward_passes == len(events) <= math.ceil((n + 1) / floor)
 
 
 def test_threshold_adapts_steps_to_certainty():
@@ -461,16 +467,7 @@ def test_entropy_bound_reveals_every_position_once(n, bound, temperature, floor,
     opts = SamplingOptions(entropy_bound=bound, temperature=temperature, tokens_per_step=floor, alg=alg)
     den = RandomDenoiser()
     events, final = run_to_end(denoise(den, x, None, mask_id=MASK, options=opts))
-    seen = torch.zeros_like(x)
-    left = [int((x[r] == MASK).sum()) for r in range(2)]
-    for ev in events:
-        seen[ev.rows, ev.cols] += 1
-        for r in range(2):
-            got = int((ev.rows == r).sum())
-            assert got >= min(floor, left[r])
-            left[r] -= got
-    assert torch.equal(seen, (x == MASK).long())
-    assert not (final == MASK).any()
+    _assert_each_once_at_least_floor(x, events, final, floor)
     assert den.forward_passes == len(events) <= math.ceil((n + 1) / floor)
 
 
