@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from diffucoder_lsp.errors import BadInputError, CheckpointError
 from diffucoder_lsp.model import devices, loading
+from diffucoder_lsp.model.config import ModelConfig
 from diffucoder_lsp.model.loading import (
     default_model_path,
     load_model,
@@ -271,11 +272,13 @@ def test_device_map_on_cpu(tiny_ckpt):
 
 
 @pytest.mark.slow  # a fresh interpreter imports torch (~3 s)
-def test_cpu_loading_never_imports_accelerate_or_bitsandbytes(tiny_ckpt):
+def test_cpu_loading_never_imports_accelerate_bitsandbytes_or_dynamo(tiny_ckpt):
     code = (
         "import sys; from diffucoder_lsp.model import load_model; "
         f"load_model({str(tiny_ckpt)!r}, device='cpu'); "
-        "bad = [m for m in ('accelerate', 'bitsandbytes', 'transformers') if m in sys.modules]; "
+        # torch._dynamo: torch's init of a meta-device embedding would import it (2.5-3.3 s of every load)
+        "bad = [m for m in ('accelerate', 'bitsandbytes', 'transformers', 'torch._dynamo') "
+        "if m in sys.modules]; "
         "assert not bad, bad"
     )
     env = dict(os.environ, HF_HUB_OFFLINE="1")
@@ -284,3 +287,15 @@ def test_cpu_loading_never_imports_accelerate_or_bitsandbytes(tiny_ckpt):
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout == ""  # library code never writes to stdout (the LSP channel)
+
+
+def test_a_model_built_off_the_meta_device_keeps_torch_init(tiny_ckpt):
+    """Skipping the embedding's init applies to the meta device (loading) only: a model built on the CPU, as the
+    tests and the trainer's own init expect, starts from torch's N(0, 1) embedding."""
+    cfg = ModelConfig.from_file(tiny_ckpt / "config.json")
+    w = DreamModel(cfg).model.embed_tokens.weight
+    assert w.device.type == "cpu" and w.requires_grad
+    assert 0.8 < float(w.std()) < 1.2 and abs(float(w.mean())) < 0.1
+    with torch.device("meta"):
+        meta = DreamModel(cfg).model.embed_tokens.weight
+    assert meta.is_meta and meta.shape == (cfg.vocab_size, cfg.hidden_size)
