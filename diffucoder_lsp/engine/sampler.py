@@ -272,6 +272,22 @@ class Picked(NamedTuple):
     entropy: torch.Tensor | None = None
 
 
+def sample_categorical(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """One draw per row of ``probs`` (n, V) by inverting its cumulative sum at a uniform point.
+
+    ``torch.multinomial`` draws an exponential variate for every vocabulary entry of every row: 14 ms for
+    48 x 8192 on a 2-core CPU (about as much as the network's cached step) and 266 ms for 48 rows of a 152k
+    vocabulary, where one uniform per row and a binary search take 0.3 and 5 ms. The cumulative sum is scaled
+    by its own total, so rows need not sum to exactly 1; a token of probability 0 is never chosen (its bucket
+    is empty), and float rounding that lands past the end falls back to the row's most likely token.
+    """
+    cum = probs.float().cumsum(-1)
+    u = torch.rand(probs.shape[0], 1, generator=generator, device=probs.device) * cum[:, -1:]
+    tokens = torch.searchsorted(cum, u, right=True).squeeze(-1).clamp_(max=probs.shape[-1] - 1)
+    empty = probs.gather(-1, tokens[:, None]).squeeze(-1) <= 0
+    return torch.where(empty, probs.argmax(-1), tokens)
+
+
 def pick_tokens(
     logits: torch.Tensor, opts: SamplingOptions, generator: torch.Generator | None, with_entropy: bool = False
 ) -> Picked:
@@ -282,7 +298,7 @@ def pick_tokens(
     logits = filter_logits(logits, opts.top_p, opts.top_k)
     probs = logits.softmax(-1)
     if opts.temperature > 0:
-        tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        tokens = sample_categorical(probs, generator)
         chosen = probs.gather(-1, tokens[:, None]).squeeze(-1)
     else:
         chosen, tokens = probs.max(-1)
