@@ -12,6 +12,10 @@ again after each (kind ``typing``: what cross-request context reuse serves; the 
 text, so the completion cache rarely answers). ``--compare-reuse`` runs everything twice in one invocation,
 with ``contextReuse`` on and off, and prints the ratio.
 
+``--pause S``: after opening a file, send a code-action request at the cursor (what VS Code does wherever the
+cursor lands) and wait S seconds before the first request: the user reading before typing, time the server
+uses to warm the context there (``--no-warm``: setting ``warmContext`` false, for comparison).
+
     .venv/bin/python scripts/bench_lsp.py [--model PATH|HUB_ID] [--device cpu] [-n 40] [--json out.json]
     .venv/bin/python scripts/bench_lsp.py -n 20 --typing 4 --compare-reuse
 """
@@ -141,6 +145,7 @@ async def run(args: argparse.Namespace, reuse: bool = True) -> dict:
         "tokensPerStep",
         "blockSize",
         "endEarly",
+        "warmContext",
         "maxTokens",
         "maxTokensSingleLine",
         "contextTokens",
@@ -178,6 +183,16 @@ async def run(args: argparse.Namespace, reuse: bool = True) -> dict:
                 )
             )
         )
+        if args.pause > 0:
+            here = types.Position(line=case["line"], character=case["character"])
+            await client.text_document_code_action_async(
+                types.CodeActionParams(
+                    text_document=types.TextDocumentIdentifier(uri=case["uri"]),
+                    range=types.Range(start=here, end=here),
+                    context=types.CodeActionContext(diagnostics=[]),
+                )
+            )
+            await asyncio.sleep(args.pause)
         ms, text, empty = await request(client, case["uri"], case["line"], case["character"])
         timed = i >= args.warmup
         if timed:
@@ -256,6 +271,10 @@ def main() -> int:
     p.add_argument(
         "--no-end-early", dest="endEarly", action="store_false", default=None, help="setting endEarly false"
     )
+    p.add_argument(
+        "--no-warm", dest="warmContext", action="store_false", default=None, help="setting warmContext false"
+    )
+    p.add_argument("--pause", type=float, default=0.0, help="seconds between opening a file and its request")
     p.add_argument("--max-tokens", dest="maxTokens", type=int, default=None)
     p.add_argument("--max-tokens-single-line", dest="maxTokensSingleLine", type=int, default=None)
     p.add_argument("--context-tokens", dest="contextTokens", type=int, default=None)

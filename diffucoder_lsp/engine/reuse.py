@@ -24,12 +24,13 @@ accumulate without limit.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from ..model.config import ModelConfig
-from ..model.network import KV, apply_rope, rope_cos_sin
+from ..model.network import KV, DreamModel, apply_rope, positions_from_valid, rope_cos_sin
 
 NEEDLE = 16  # tokens used to locate a context run in the previous canvas
 
@@ -169,3 +170,34 @@ class ContextStore:
             self.entry = None
             return
         self.entry = StoredContext(x[0].tolist(), [(k.detach(), v.detach()) for k, v in kvs], chain)
+
+
+@torch.no_grad()
+def warm_store(
+    model: DreamModel, ids: list[int], store: ContextStore, should_stop: Callable[[], bool] = lambda: False
+) -> bool:
+    """Compute the keys/values of a canvas the next request is expected to have, before it is made.
+
+    The server calls this while the user pauses (a document opened, an edit with no completion after it): the
+    next request then starts from these keys/values as it would from a previous request's, and skips its own
+    full context pass. When the guess is exact (same canvas, masks included) its context keys/values are the
+    ones a cold request computes; otherwise the usual reuse matching and guards apply. ``should_stop`` is
+    checked before every layer, so a completion request never waits for more than one layer of this. Returns
+    whether the store now holds the canvas (False: stopped, or too short for the store to reuse).
+    """
+    if len(ids) < store.min_tokens:
+        return False
+    x = torch.tensor([ids], dtype=torch.long, device=model.device)
+    valid = torch.ones_like(x, dtype=torch.bool)
+    hidden = model.model.embed_tokens(x)
+    cos, sin = rope_cos_sin(model.config, positions_from_valid(valid), hidden.dtype)
+    last = len(model.model.layers) - 1
+    keep = torch.tensor([[len(ids) - 1]], device=x.device)  # the last layer's outputs are never read
+    kvs: list[KV] = []
+    for i, layer in enumerate(model.model.layers):
+        if should_stop():
+            return False
+        hidden, kv = layer(hidden, cos, sin, None, keep=keep if i == last else None)
+        kvs.append(kv)
+    store.save(x, kvs, chain=0)
+    return True

@@ -166,10 +166,20 @@ async def regenerate_selection(ls: DiffuCoderServer, uri: str, rng: Any) -> dict
     return {"applied": bool(result and result.applied), "holes": 1}
 
 
+def note_cursor(ls: DiffuCoderServer, doc, position: types.Position) -> None:
+    """Editors ask for code actions wherever the cursor lands (VS Code does, for its light bulb): the only word
+    the server gets of a cursor that moved without an edit. The context there is warmed while the user pauses."""
+    offset = ls.position_to_offset(doc, position)
+    if offset != doc.cursor:
+        doc.cursor = offset
+        ls.warm_later(doc.uri)
+
+
 def code_actions(ls: DiffuCoderServer, params: types.CodeActionParams):
     doc = ls.documents.get(params.text_document.uri)
     if doc is None or not ls.settings.language_enabled(doc.language_id):
         return None
+    note_cursor(ls, doc, params.range.end)
     uri = params.text_document.uri
     commands = []
     if MARKER in doc.text:

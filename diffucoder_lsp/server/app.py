@@ -3,8 +3,10 @@
 Request flow for a completion: the handler snapshots the document text and version on the event loop, decides
 single-line or block, answers from the cache when it can, otherwise schedules the engine on the model thread
 (debounced for automatic triggers, cancelling the previous job of the same document), drops the result if the
-document moved on meanwhile, and post-processes it into an edit. Commands and code actions live in
-:mod:`diffucoder_lsp.server.actions`.
+document moved on meanwhile, and post-processes it into an edit. While the user pauses (a document opened, the
+cursor moved as a code-action request reports, an edit with no completion after it) a background job computes
+the context the next completion there starts from (:meth:`DiffuCoderServer.warm_later`). Commands and code
+actions live in :mod:`diffucoder_lsp.server.actions`.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from .scheduler import Cancelled, Job, Scheduler
 from .settings import SECTION, Settings, known_key, parse_settings, problems_message, section_of
 
 log = logging.getLogger(__name__)
+
+WARM_DELAY_S = 0.3  # quiet time after an open or an edit before the context is warmed
 
 
 def _version() -> str:
@@ -93,6 +97,7 @@ class DiffuCoderServer(LanguageServer):
         self.encoding = UTF16
         self.pending_problems: list[str] = []
         self._tasks: set[asyncio.Task] = set()
+        self.last_uri: str | None = None  # the document the user last opened, edited or completed in
 
     # --- plumbing -------------------------------------------------------------------------------------------
 
@@ -112,11 +117,11 @@ class DiffuCoderServer(LanguageServer):
         log.error("protocol error (%s): %s", getattr(source, "__name__", source), error)
 
     def _job_started(self, job: Job) -> None:
-        if job.label != "load":
+        if job.label not in ("load", "warm"):  # warming is invisible: the status bar shows requests only
             self.engine.set_state(BUSY)
 
     def _job_finished(self, job: Job, elapsed_ms: float, error: BaseException | None) -> None:
-        if job.label == "load":
+        if job.label in ("load", "warm"):
             return
         if error is None:
             self.engine.last_latency_ms = (time.perf_counter() - job.created) * 1000
@@ -144,8 +149,13 @@ class DiffuCoderServer(LanguageServer):
             self.show(types.MessageType.Warning, problems_message(problems))
         if not initial and new.model_key() != old.model_key():
             log.info("model settings changed: reloading %s", new.model or "the default model")
-            self.spawn(self.engine.load(new))
+            self.spawn(self.load_model(new))
         return problems
+
+    async def load_model(self, settings: Settings) -> None:
+        """(Re)load the model, then warm the context of the document the user last worked in."""
+        if await self.engine.load(settings) and self.last_uri is not None:
+            self.warm_later(self.last_uri)
 
     def show(self, kind: types.MessageType, text: str) -> None:
         self.window_show_message(types.ShowMessageParams(type=kind, message=text))
@@ -173,6 +183,57 @@ class DiffuCoderServer(LanguageServer):
     def is_current(self, uri: str, doc: Document, version: int | None):
         return lambda: self.documents.get(uri) is doc and doc.version == version
 
+    def span_at(self, prefix: str, suffix: str) -> tuple[str, int]:
+        """The completion mode at a cursor (single line or block) and its span in tokens."""
+        line_prefix, line_suffix, _ = split_at_cursor(prefix, suffix)
+        mode = decide_mode(line_prefix, line_suffix)
+        s = self.settings
+        return mode, s.max_tokens_single_line if mode == SINGLE else s.max_tokens
+
+    def warm_later(self, uri: str) -> None:
+        """After an open or an edit: once the user pauses, compute the context keys/values the next completion
+        will start from (at the last place the user worked; a document opened and not yet edited is warmed
+        whole when it fits the window). A background job: any request preempts it, between layers, and a
+        completion that already ran for this version leaves nothing to do."""
+        self.last_uri = uri
+        s = self.settings
+        if not (s.warm_context and s.context_cache and s.context_reuse) or not self.engine.ready:
+            return
+        doc = self.usable_document(uri)
+        if doc is None:
+            return
+        version, text, cursor = doc.version, doc.text, doc.cursor
+        if cursor is None:
+            prefix, suffix, max_tokens = "", text, 0
+        else:
+            prefix, suffix = text[:cursor], text[cursor:]
+            max_tokens = self.span_at(prefix, suffix)[1]
+        engine = self.engine
+
+        def work(should_stop) -> bool:
+            if doc.completed_version == version:
+                return False
+            return engine.warm(
+                prefix, suffix, settings=s, max_tokens=max_tokens, should_stop=should_stop, stream=uri
+            )
+
+        async def run() -> None:
+            try:
+                await self.scheduler.run(
+                    work,
+                    key=("warm", uri),
+                    is_current=self.is_current(uri, doc, version),
+                    debounce_s=WARM_DELAY_S,
+                    label="warm",
+                    background=True,
+                )
+            except Cancelled:
+                pass
+            except Exception as exc:  # the next completion reports a failure that persists
+                log.warning("warming the context of %s failed: %s: %s", uri, type(exc).__name__, exc)
+
+        self.spawn(run())
+
     async def complete_at(self, uri: str, position: types.Position, *, automatic: bool) -> Answer | None:
         doc = self.usable_document(uri)
         if doc is None or not self.engine.ready:
@@ -180,10 +241,10 @@ class DiffuCoderServer(LanguageServer):
         s = self.settings
         version, text = doc.version, doc.text
         offset = self.position_to_offset(doc, position)
+        doc.cursor = offset
+        self.last_uri = uri
         prefix, suffix = text[:offset], text[offset:]
-        line_prefix, line_suffix, _ = split_at_cursor(prefix, suffix)
-        mode = decide_mode(line_prefix, line_suffix)
-        max_tokens = s.max_tokens_single_line if mode == SINGLE else s.max_tokens
+        mode, max_tokens = self.span_at(prefix, suffix)
         key = (s.sampling_key(), mode)
         hit = self.cache.get(key, prefix, suffix)
         if hit is not None:
@@ -215,6 +276,7 @@ class DiffuCoderServer(LanguageServer):
                 if self.engine.state == BUSY:
                     self.engine.set_state(READY if self.engine.lm is not None else ERROR)
                 return None
+            doc.completed_version = version
             raw = fill.texts[0]
             self.cache.put(key, prefix, suffix, raw)
         if self.documents.get(uri) is not doc or doc.version != version:
@@ -257,7 +319,7 @@ def register_lifecycle(server: DiffuCoderServer) -> None:
         if ls.pending_problems:
             ls.show(types.MessageType.Warning, problems_message(ls.pending_problems))
             ls.pending_problems = []
-        ls.spawn(ls.engine.load(ls.settings))
+        ls.spawn(ls.load_model(ls.settings))
 
     @server.feature(types.SHUTDOWN)
     def shutdown(ls: DiffuCoderServer, params: None) -> None:
@@ -268,6 +330,7 @@ def register_lifecycle(server: DiffuCoderServer) -> None:
         td = params.text_document
         doc = ls.documents.open(td.uri, td.text, td.version, td.language_id)
         ls.documents.should_skip(doc, ls.settings.max_document_chars)
+        ls.warm_later(td.uri)
 
     @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
     def did_change(ls: DiffuCoderServer, params: types.DidChangeTextDocumentParams) -> None:
@@ -287,10 +350,12 @@ def register_lifecycle(server: DiffuCoderServer) -> None:
                     ls.encoding,
                 )
         doc.version = params.text_document.version
+        ls.warm_later(params.text_document.uri)
 
     @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
     def did_close(ls: DiffuCoderServer, params: types.DidCloseTextDocumentParams) -> None:
         ls.scheduler.cancel(params.text_document.uri, "document closed")
+        ls.scheduler.cancel(("warm", params.text_document.uri), "document closed")
         ls.documents.close(params.text_document.uri)
 
     @server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)

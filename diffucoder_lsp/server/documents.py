@@ -70,6 +70,10 @@ class Document:
     text: str
     version: int | None = None
     language_id: str = ""
+    # where the user was last seen working (code points): the end of the last ranged edit or the last completion
+    # request; None until then. The server warms the context around it while the user pauses.
+    cursor: int | None = None
+    completed_version: int | None = None  # the version a completion last ran for (the context is warm there)
     _starts: list[int] | None = field(default=None, repr=False)
 
     # --- lines ----------------------------------------------------------------------------------------------
@@ -136,12 +140,15 @@ class Document:
         """Apply one content change: a full replacement (no range) or a ranged (incremental) edit."""
         if start is None or end is None:
             self.text = text
+            if self.cursor is not None:
+                self.cursor = min(self.cursor, len(text))
         else:
             a = self.offset_at(*start, encoding)
             b = self.offset_at(*end, encoding)
             if b < a:
                 a, b = b, a
             self.text = self.text[:a] + text + self.text[b:]
+            self.cursor = a + len(text)
         self._starts = None
 
     def skip_reason(self, max_chars: int) -> str | None:

@@ -268,13 +268,7 @@ class EngineClient:
     ) -> Fill:
         """Fill ``max_tokens`` masks between the context around the cursor (cut to the token budget).
         ``stream`` (the document) lets consecutive completions reuse context keys/values."""
-        ctx = build_context(
-            prefix,
-            suffix,
-            budget=settings.context_tokens,
-            count=self.count_tokens,
-            prefix_share=settings.prefix_share,
-        )
+        ctx = self._context(prefix, suffix, settings)
         fill = self.infill(
             ctx.prefix + MARKER + ctx.suffix,
             [max_tokens],
@@ -284,6 +278,48 @@ class EngineClient:
             stream=stream,
         )
         return Fill(fill.texts, fill.steps, fill.elapsed_ms, ctx.tokens)
+
+    def _context(self, prefix: str, suffix: str, settings: Settings):
+        return build_context(
+            prefix,
+            suffix,
+            budget=settings.context_tokens,
+            count=self.count_tokens,
+            prefix_share=settings.prefix_share,
+        )
+
+    def warm(
+        self,
+        prefix: str,
+        suffix: str,
+        *,
+        settings: Settings,
+        max_tokens: int,
+        should_stop: Callable[[], bool],
+        stream: str,
+    ) -> bool:
+        """While the user pauses: compute the context keys/values of the completion :meth:`complete` would run
+        at this cursor (same window, same ``max_tokens`` masks) into the document's store, so that request skips
+        its context pass. ``max_tokens`` 0 (cursor unknown, as after opening) warms the document without a hole,
+        and only when it fits the window whole: elsewhere there is no telling which part the user will edit.
+        Returns whether the store was filled; stops between layers when asked."""
+        from ..engine.infill import prepare_infill
+        from ..engine.reuse import warm_store
+
+        lm = self.lm
+        if lm is None:
+            return False
+        ctx = self._context(prefix, suffix, settings)
+        tok = lm.tokenizer
+        if max_tokens:
+            window = min(lm.config.max_position_embeddings, ctx.tokens + max_tokens + 64)
+            text = ctx.prefix + MARKER + ctx.suffix
+            ids = prepare_infill(tok, text, length=[max_tokens], marker=MARKER, context_window=window).ids
+        elif ctx.prefix_cut or ctx.suffix_cut:
+            return False
+        else:
+            ids = tok.encode(ctx.prefix) + tok.encode(ctx.suffix)
+        return warm_store(lm.model, ids, self.store_for(stream), should_stop)
 
     def infill(
         self,

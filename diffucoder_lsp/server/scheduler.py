@@ -9,6 +9,8 @@
   the next step boundary), or when ``is_current()`` says the document moved on to a newer version.
 * ``debounce_s``: a job waits this long before queuing; a newer job for the same key during the wait means this
   one never reaches the model.
+* ``background`` jobs (context warming while the user pauses) give way: any other job submitted cancels every
+  background job, queued or running (a running one stops at its next check, between layers).
 """
 
 from __future__ import annotations
@@ -79,6 +81,7 @@ class Scheduler:
         self._on_start = on_start
         self._on_finish = on_finish
         self.running: Job | None = None
+        self._background: set[Job] = set()
         self.stats: Counter[str] = Counter()
         self._closed = False
 
@@ -90,11 +93,19 @@ class Scheduler:
         is_current: Callable[[], bool] | None = None,
         debounce_s: float = 0.0,
         label: str = "job",
+        background: bool = False,
     ) -> T:
         """Run ``work(should_stop)`` on the model thread; raises :class:`Cancelled` if it was stopped."""
         if self._closed:
             raise Cancelled("shutting down")
         job = Job(key, work, is_current, label)
+        if background:
+            self._background.add(job)
+        else:
+            for other in self._background:
+                if not other.cancelled:
+                    other.cancel("preempted")
+                    self.stats["preempted"] += 1
         if key is not None:
             prev = self._latest.get(key)
             if prev is not None:
@@ -115,6 +126,7 @@ class Scheduler:
             self.stats["client_cancelled"] += 1
             raise
         finally:
+            self._background.discard(job)
             if key is not None and self._latest.get(key) is job:
                 del self._latest[key]
 

@@ -8,7 +8,7 @@ import torch
 from diffucoder_lsp.engine.cache import CachedContextDenoiser
 from diffucoder_lsp.engine.denoiser import FullCanvasDenoiser
 from diffucoder_lsp.engine.infill import infill
-from diffucoder_lsp.engine.reuse import ContextStore, plan_reuse
+from diffucoder_lsp.engine.reuse import ContextStore, plan_reuse, warm_store
 from diffucoder_lsp.engine.sampler import SamplingOptions
 
 M = "<|mask|>"
@@ -186,3 +186,51 @@ def test_two_holes_typed_around_reuse_the_text_between_them(lm):
     assert again.full_passes == 0
     # everything but the typed tokens, the holes and the holes' predecessors comes from the store
     assert again.reused_tokens >= len(lm.tokenizer.encode(PREFIX)) - 2 + n_middle - 2
+
+
+# --- warming the store before a request ---------------------------------------------------------------------
+
+
+def test_a_warmed_store_serves_the_request_it_guessed_with_no_full_pass(lm):
+    """Warming with the exact canvas of the next request: that request makes no full pass, reuses every context
+    position, and fills exactly as a cold cached request does (its context keys/values are the same ones)."""
+    opts = SamplingOptions(temperature=0.0, steps=6)
+    x, valid, masked = canvas(lm, PREFIX, 6, SUFFIX)
+    store = ContextStore(min_tokens=0)
+    assert warm_store(lm.model, x[0].tolist(), store)
+    assert store.entry.chain == 0 and store.entry.tokens == x[0].tolist()
+    _, fresh = lm.model.hidden_states(x, valid, return_kv=True)
+    for (k, v), (fk, fv) in zip(store.entry.kvs, fresh, strict=True):
+        assert torch.allclose(k, fk, atol=1e-5) and torch.allclose(v, fv, atol=1e-5)
+    warm = CachedContextDenoiser(lm.model, store=store)
+    got = infill(lm, PREFIX + M + SUFFIX, length=6, options=opts, denoiser=warm)
+    cold = CachedContextDenoiser(lm.model)
+    want = infill(lm, PREFIX + M + SUFFIX, length=6, options=opts, denoiser=cold)
+    assert warm.full_passes == 0 and cold.full_passes == 1
+    assert warm.reused_tokens == int((~masked).sum()) - 1  # all context but the first hole's predecessor
+    assert got.holes[0].token_ids == want.holes[0].token_ids
+    # a document warmed without a hole serves a request that opens one in it
+    plain = ContextStore(min_tokens=0)
+    assert warm_store(lm.model, lm.tokenizer.encode(PREFIX + SUFFIX), plain)
+    d = CachedContextDenoiser(lm.model, store=plain)
+    d(x, valid, masked)
+    assert d.full_passes == 0 and d.reused_tokens > 20 and plain.hits == 1
+
+
+def test_warming_stops_between_layers_and_skips_short_canvases(lm):
+    x, _, _ = canvas(lm, PREFIX, 6, SUFFIX)
+    ids = x[0].tolist()
+    asked = []
+
+    def stop_at_second_layer() -> bool:
+        asked.append(1)
+        return len(asked) == 2
+
+    store = ContextStore(min_tokens=0)
+    assert not warm_store(lm.model, ids, store, stop_at_second_layer)
+    # stopped before its second layer; nothing half-done is kept
+    assert len(asked) == 2 and store.entry is None
+    assert not warm_store(lm.model, ids, ContextStore(min_tokens=len(ids) + 1))  # never reused: not computed
+    asked.clear()
+    assert warm_store(lm.model, ids, store, lambda: bool(asked.append(1)))
+    assert len(asked) == lm.config.num_hidden_layers

@@ -67,3 +67,28 @@ def test_completions_end_early_unless_switched_off(engine, monkeypatch):
     complete(engine, PREFIX, Settings(temperature=0.0), stream="file:///e.py")
     complete(engine, PREFIX, Settings(temperature=0.0, end_early=False), stream="file:///e.py")
     assert seen == [True, False]
+
+
+def test_warming_fills_the_store_the_next_completion_starts_from(engine):
+    s = Settings(temperature=0.0)
+    uri = "file:///w.py"
+    args = dict(settings=s, max_tokens=6, should_stop=lambda: False, stream=uri)
+    assert engine.warm(PREFIX, SUFFIX, **args)
+    store = engine.store_for(uri)
+    assert store.entry.chain == 0 and store.hits == 0
+    warm = complete(engine, PREFIX, s, stream=uri)
+    assert store.hits == 1 and store.entry.chain == 1  # the completion started from the warmed context
+    cold = complete(engine, PREFIX, Settings(temperature=0.0, context_reuse=False), stream="file:///cold.py")
+    assert warm.texts == cold.texts  # the guess was exact: the same fill as without warming
+
+    # cursor unknown (max_tokens 0): a document that fits the window is warmed whole, a larger one is not
+    whole, roomy = "file:///whole.py", Settings(temperature=0.0, context_tokens=2048)
+    assert engine.warm("", PREFIX + SUFFIX, **{**args, "max_tokens": 0, "stream": whole, "settings": roomy})
+    complete(engine, PREFIX, roomy, stream=whole)
+    assert engine.store_for(whole).hits == 1
+    big = "x = 1\n" * 3000
+    assert not engine.warm("", big, **{**args, "max_tokens": 0, "stream": "file:///big.py"})
+    assert engine.store_for("file:///big.py").entry is None
+    # stopped on request: nothing is stored
+    assert not engine.warm(PREFIX, SUFFIX, **{**args, "should_stop": lambda: True, "stream": "file:///s.py"})
+    assert engine.store_for("file:///s.py").entry is None

@@ -123,3 +123,26 @@ async def test_callbacks_see_each_job():
     ]
     with pytest.raises(Cancelled):
         await s.run(lambda stop: 1)
+
+
+async def test_any_other_job_preempts_background_jobs_queued_or_running(scheduler):
+    log: list = []
+    running = asyncio.ensure_future(scheduler.run(stepping(200, 0.01, log), key="w1", background=True))
+    await asyncio.sleep(0.1)
+    queued = asyncio.ensure_future(
+        scheduler.run(stepping(1, 0.0, log), key="w2", background=True, debounce_s=0.05)
+    )
+    await asyncio.sleep(0)
+    assert await scheduler.run(stepping(1, 0.0, log), key="doc") == 1
+    for job in (running, queued):
+        with pytest.raises(Cancelled, match="preempted"):
+            await job
+    stopped = [i for kind, i in log if kind == "stopped"]
+    assert len(stopped) == 1 and stopped[0] < 50  # the running one stopped at a check; the queued never ran
+    assert scheduler.stats["preempted"] == 2
+    # a background job does not preempt another one, and one submitted after a request runs
+    results = await asyncio.gather(
+        scheduler.run(stepping(2, 0.0, log), key="w3", background=True),
+        scheduler.run(stepping(2, 0.0, log), key="w4", background=True),
+    )
+    assert results == [2, 2]

@@ -105,3 +105,11 @@ def test_end_early_setting():
     assert Settings(end_early=False).sampling_key() != Settings().sampling_key()
     s, problems = parse_settings({"endEarly": "no"})
     assert s.end_early is True and "endEarly" in problems[0]
+
+
+def test_warm_context_setting():
+    assert Settings().warm_context is True
+    s, problems = parse_settings({"warmContext": False})
+    assert s.warm_context is False and problems == []
+    s, problems = parse_settings({"diffucoder": {"warmContext": 3}})
+    assert s.warm_context is True and "warmContext" in problems[0]

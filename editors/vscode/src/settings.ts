@@ -21,6 +21,7 @@ export const SERVER_KEYS = [
   "contextCache",
   "cacheRefreshEvery",
   "contextReuse",
+  "warmContext",
   "maxTokens",
   "maxTokensSingleLine",
   "contextTokens",
