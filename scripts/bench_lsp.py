@@ -16,6 +16,10 @@ with ``contextReuse`` on and off, and prints the ratio.
 cursor lands) and wait S seconds before the first request: the user reading before typing, time the server
 uses to warm the context there (``--no-warm``: setting ``warmContext`` false, for comparison).
 
+``--accept K``: after each first request, accept the suggestion K times in a row (``--read-s`` seconds of
+reading each, then the edit an editor makes and a request after it, kind ``accepted``): what speculation serves
+(``--no-speculate``: setting ``speculate`` false).
+
     .venv/bin/python scripts/bench_lsp.py [--model PATH|HUB_ID] [--device cpu] [-n 40] [--json out.json]
     .venv/bin/python scripts/bench_lsp.py -n 20 --typing 4 --compare-reuse
 """
@@ -109,6 +113,12 @@ def percentile(values: list[float], q: float) -> float:
 
 async def request(client, uri: str, line: int, character: int) -> tuple[float, str, bool]:
     """One inlineCompletion at (line, character): (milliseconds, first item's text, empty?)."""
+    ms, item = await request_item(client, uri, line, character)
+    return ms, (item.insert_text if item is not None else ""), item is None
+
+
+async def request_item(client, uri: str, line: int, character: int):
+    """One inlineCompletion at (line, character): (milliseconds, first item or None)."""
     params = types.InlineCompletionParams(
         text_document=types.TextDocumentIdentifier(uri=uri),
         position=types.Position(line=line, character=character),
@@ -118,7 +128,23 @@ async def request(client, uri: str, line: int, character: int) -> tuple[float, s
     result = await client.text_document_inline_completion_async(params)
     ms = (time.perf_counter() - t0) * 1000
     items = result.items if result is not None and hasattr(result, "items") else (result or [])
-    return ms, (items[0].insert_text if items else ""), not items
+    return ms, (items[0] if items else None)
+
+
+def accept_edit(uri: str, version: int, item) -> types.DidChangeTextDocumentParams:
+    """The change an editor sends when a suggestion is accepted: its text over its range."""
+    return types.DidChangeTextDocumentParams(
+        text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=version),
+        content_changes=[types.TextDocumentContentChangePartial(range=item.range, text=item.insert_text)],
+    )
+
+
+def end_of_insert(start: types.Position, text: str) -> types.Position:
+    """Where the cursor lands after inserting ``text`` at ``start`` (UTF-16 columns)."""
+    lines = text.split("\n")
+    if len(lines) == 1:
+        return types.Position(start.line, start.character + len(text.encode("utf-16-le")) // 2)
+    return types.Position(start.line + len(lines) - 1, len(lines[-1].encode("utf-16-le")) // 2)
 
 
 async def run(args: argparse.Namespace, reuse: bool = True) -> dict:
@@ -146,6 +172,7 @@ async def run(args: argparse.Namespace, reuse: bool = True) -> dict:
         "blockSize",
         "endEarly",
         "warmContext",
+        "speculate",
         "maxTokens",
         "maxTokensSingleLine",
         "contextTokens",
@@ -193,12 +220,36 @@ async def run(args: argparse.Namespace, reuse: bool = True) -> dict:
                 )
             )
             await asyncio.sleep(args.pause)
-        ms, text, empty = await request(client, case["uri"], case["line"], case["character"])
+        ms, item = await request_item(client, case["uri"], case["line"], case["character"])
+        text, empty = (item.insert_text if item is not None else ""), item is None
         timed = i >= args.warmup
         if timed:
             results.append({"kind": case["kind"], "ms": ms, "chars": len(text), "empty": empty})
             if args.verbose:
                 print(f"{case['kind']:>11} {ms:8.1f} ms  {text[:60]!r}", file=sys.stderr)
+        version = 1
+        for _ in range(args.accept):  # the user accepts the suggestion; the editor asks again at once
+            if item is None:
+                break
+            await asyncio.sleep(args.read_s)
+            version += 1
+            client.text_document_did_change(accept_edit(case["uri"], version, item))
+            at = end_of_insert(item.range.start, item.insert_text)
+            ms, item = await request_item(client, case["uri"], at.line, at.character)
+            if timed:
+                got = item.insert_text if item is not None else ""
+                results.append({"kind": "accepted", "ms": ms, "chars": len(got), "empty": item is None})
+        if args.accept:  # the typing below starts from the file as it was opened
+            client.text_document_did_close(
+                types.DidCloseTextDocumentParams(text_document=types.TextDocumentIdentifier(uri=case["uri"]))
+            )
+            client.text_document_did_open(
+                types.DidOpenTextDocumentParams(
+                    text_document=types.TextDocumentItem(
+                        uri=case["uri"], language_id="python", version=1, text=case["text"]
+                    )
+                )
+            )
         character = case["character"]
         for k, ch in enumerate(case["removed"][: args.typing]):  # the user types on, one key at a time
             pos = types.Position(line=case["line"], character=character)
@@ -243,7 +294,7 @@ async def run(args: argparse.Namespace, reuse: bool = True) -> dict:
     return summary
 
 
-KINDS = ("single-line", "block", "typing", "all")
+KINDS = ("single-line", "block", "typing", "accepted", "all")
 
 
 def server_peak_rss_mb(client) -> float | None:
@@ -275,6 +326,15 @@ def main() -> int:
         "--no-warm", dest="warmContext", action="store_false", default=None, help="setting warmContext false"
     )
     p.add_argument("--pause", type=float, default=0.0, help="seconds between opening a file and its request")
+    p.add_argument(
+        "--accept", type=int, default=0, help="accept this many suggestions in a row after each first request"
+    )
+    p.add_argument(
+        "--read-s", type=float, default=0.5, help="seconds the user reads a suggestion before accepting it"
+    )
+    p.add_argument(
+        "--no-speculate", dest="speculate", action="store_false", default=None, help="setting speculate false"
+    )
     p.add_argument("--max-tokens", dest="maxTokens", type=int, default=None)
     p.add_argument("--max-tokens-single-line", dest="maxTokensSingleLine", type=int, default=None)
     p.add_argument("--context-tokens", dest="contextTokens", type=int, default=None)

@@ -17,6 +17,7 @@ from lsprotocol import types
 from pygls.exceptions import JsonRpcInvalidParams
 
 from ..errors import BadInputError
+from .background import warm_later
 from .context import defuse_special_tokens
 from .engine_client import MARKER
 from .scheduler import Cancelled
@@ -172,7 +173,7 @@ def note_cursor(ls: DiffuCoderServer, doc, position: types.Position) -> None:
     offset = ls.position_to_offset(doc, position)
     if offset != doc.cursor:
         doc.cursor = offset
-        ls.warm_later(doc.uri)
+        warm_later(ls, doc.uri)
 
 
 def code_actions(ls: DiffuCoderServer, params: types.CodeActionParams):

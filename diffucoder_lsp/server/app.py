@@ -5,8 +5,9 @@ single-line or block, answers from the cache when it can, otherwise schedules th
 (debounced for automatic triggers, cancelling the previous job of the same document), drops the result if the
 document moved on meanwhile, and post-processes it into an edit. While the user pauses (a document opened, the
 cursor moved as a code-action request reports, an edit with no completion after it) a background job computes
-the context the next completion there starts from (:meth:`DiffuCoderServer.warm_later`). Commands and code
-actions live in :mod:`diffucoder_lsp.server.actions`.
+the context the next completion there starts from, and after a completion is shown another one computes the
+completion that follows it once accepted (:mod:`diffucoder_lsp.server.background`). Commands and code actions
+live in :mod:`diffucoder_lsp.server.actions`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from lsprotocol import types
 from pygls.lsp.server import LanguageServer
 
 from ..errors import BadInputError
+from .background import speculate_after, warm_later
 from .cache import CompletionCache
 from .documents import UTF16, Document, DocumentStore
 from .engine_client import BUSY, ERROR, READY, EngineClient
@@ -29,8 +31,6 @@ from .scheduler import Cancelled, Job, Scheduler
 from .settings import SECTION, Settings, known_key, parse_settings, problems_message, section_of
 
 log = logging.getLogger(__name__)
-
-WARM_DELAY_S = 0.3  # quiet time after an open or an edit before the context is warmed
 
 
 def _version() -> str:
@@ -117,11 +117,11 @@ class DiffuCoderServer(LanguageServer):
         log.error("protocol error (%s): %s", getattr(source, "__name__", source), error)
 
     def _job_started(self, job: Job) -> None:
-        if job.label not in ("load", "warm"):  # warming is invisible: the status bar shows requests only
+        if job.label != "load" and not job.background:  # the status bar shows the user's requests only
             self.engine.set_state(BUSY)
 
     def _job_finished(self, job: Job, elapsed_ms: float, error: BaseException | None) -> None:
-        if job.label in ("load", "warm"):
+        if job.label == "load" or job.background:
             return
         if error is None:
             self.engine.last_latency_ms = (time.perf_counter() - job.created) * 1000
@@ -155,7 +155,7 @@ class DiffuCoderServer(LanguageServer):
     async def load_model(self, settings: Settings) -> None:
         """(Re)load the model, then warm the context of the document the user last worked in."""
         if await self.engine.load(settings) and self.last_uri is not None:
-            self.warm_later(self.last_uri)
+            warm_later(self, self.last_uri)
 
     def show(self, kind: types.MessageType, text: str) -> None:
         self.window_show_message(types.ShowMessageParams(type=kind, message=text))
@@ -190,50 +190,6 @@ class DiffuCoderServer(LanguageServer):
         s = self.settings
         return mode, s.max_tokens_single_line if mode == SINGLE else s.max_tokens
 
-    def warm_later(self, uri: str) -> None:
-        """After an open or an edit: once the user pauses, compute the context keys/values the next completion
-        will start from (at the last place the user worked; a document opened and not yet edited is warmed
-        whole when it fits the window). A background job: any request preempts it, between layers, and a
-        completion that already ran for this version leaves nothing to do."""
-        self.last_uri = uri
-        s = self.settings
-        if not (s.warm_context and s.context_cache and s.context_reuse) or not self.engine.ready:
-            return
-        doc = self.usable_document(uri)
-        if doc is None:
-            return
-        version, text, cursor = doc.version, doc.text, doc.cursor
-        if cursor is None:
-            prefix, suffix, max_tokens = "", text, 0
-        else:
-            prefix, suffix = text[:cursor], text[cursor:]
-            max_tokens = self.span_at(prefix, suffix)[1]
-        engine = self.engine
-
-        def work(should_stop) -> bool:
-            if doc.completed_version == version:
-                return False
-            return engine.warm(
-                prefix, suffix, settings=s, max_tokens=max_tokens, should_stop=should_stop, stream=uri
-            )
-
-        async def run() -> None:
-            try:
-                await self.scheduler.run(
-                    work,
-                    key=("warm", uri),
-                    is_current=self.is_current(uri, doc, version),
-                    debounce_s=WARM_DELAY_S,
-                    label="warm",
-                    background=True,
-                )
-            except Cancelled:
-                pass
-            except Exception as exc:  # the next completion reports a failure that persists
-                log.warning("warming the context of %s failed: %s: %s", uri, type(exc).__name__, exc)
-
-        self.spawn(run())
-
     async def complete_at(self, uri: str, position: types.Position, *, automatic: bool) -> Answer | None:
         doc = self.usable_document(uri)
         if doc is None or not self.engine.ready:
@@ -249,6 +205,7 @@ class DiffuCoderServer(LanguageServer):
         hit = self.cache.get(key, prefix, suffix)
         if hit is not None:
             raw = hit.fill
+            doc.completed_version = version  # answered: nothing to warm here
         else:
             engine = self.engine
 
@@ -284,7 +241,9 @@ class DiffuCoderServer(LanguageServer):
         completion = postprocess(raw, prefix, suffix, mode)
         if completion is None:
             return None
-        return Answer(completion, offset, doc)
+        answer = Answer(completion, offset, doc)
+        speculate_after(self, answer, prefix, suffix)
+        return answer
 
     def answer_range(self, answer: Answer) -> types.Range:
         start = self.offset_to_position(answer.doc, answer.offset)
@@ -330,7 +289,7 @@ def register_lifecycle(server: DiffuCoderServer) -> None:
         td = params.text_document
         doc = ls.documents.open(td.uri, td.text, td.version, td.language_id)
         ls.documents.should_skip(doc, ls.settings.max_document_chars)
-        ls.warm_later(td.uri)
+        warm_later(ls, td.uri)
 
     @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
     def did_change(ls: DiffuCoderServer, params: types.DidChangeTextDocumentParams) -> None:
@@ -350,7 +309,7 @@ def register_lifecycle(server: DiffuCoderServer) -> None:
                     ls.encoding,
                 )
         doc.version = params.text_document.version
-        ls.warm_later(params.text_document.uri)
+        warm_later(ls, params.text_document.uri)
 
     @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
     def did_close(ls: DiffuCoderServer, params: types.DidCloseTextDocumentParams) -> None:

@@ -48,6 +48,10 @@ class CompletionCache:
         while len(self._entries) > self.capacity:
             self._entries.popitem(last=False)
 
+    def has(self, key: Hashable, prefix: str, suffix: str) -> bool:
+        """Whether an exact entry exists (no effect on recency or the hit counts)."""
+        return (key, prefix, suffix) in self._entries
+
     def get(self, key: Hashable, prefix: str, suffix: str) -> Hit | None:
         """An exact hit, or the longest cached fill the user has typed part of; None when nothing applies."""
         exact = self._entries.get((key, prefix, suffix))

@@ -9,7 +9,7 @@
   the next step boundary), or when ``is_current()`` says the document moved on to a newer version.
 * ``debounce_s``: a job waits this long before queuing; a newer job for the same key during the wait means this
   one never reaches the model.
-* ``background`` jobs (context warming while the user pauses) give way: any other job submitted cancels every
+* ``background`` jobs (context warming, speculative completions) give way: any other job submitted cancels every
   background job, queued or running (a running one stops at its next check, between layers).
 """
 
@@ -43,11 +43,13 @@ class Job:
         work: Callable[[Callable[[], bool]], Any],
         is_current: Callable[[], bool] | None,
         label: str,
+        background: bool = False,
     ) -> None:
         self.key = key
         self.work = work
         self.is_current = is_current
         self.label = label
+        self.background = background
         self.reason: str | None = None
         self.created = time.perf_counter()
         self._stop = threading.Event()
@@ -98,7 +100,7 @@ class Scheduler:
         """Run ``work(should_stop)`` on the model thread; raises :class:`Cancelled` if it was stopped."""
         if self._closed:
             raise Cancelled("shutting down")
-        job = Job(key, work, is_current, label)
+        job = Job(key, work, is_current, label, background)
         if background:
             self._background.add(job)
         else:

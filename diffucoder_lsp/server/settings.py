@@ -45,6 +45,7 @@ class Settings:
     cache_refresh_every: int = 0  # 0: never (one full pass per completion), as the engine bench defaults
     context_reuse: bool = True  # with contextCache: start from the previous request's context keys/values
     warm_context: bool = True  # with contextReuse: compute the next request's context while the user pauses
+    speculate: bool = True  # after showing a completion, compute the one that follows it once accepted
     max_tokens: int = 48  # multi-line completion span
     max_tokens_single_line: int = 20
     context_tokens: int = 512  # prefix + suffix budget (the bundled model trained on 512-token rows)
@@ -212,6 +213,7 @@ VALIDATORS = {
     "cache_refresh_every": _int(0, 100_000),
     "context_reuse": _bool,
     "warm_context": _bool,
+    "speculate": _bool,
     "max_tokens": _int(1, MAX_SPAN_TOKENS),
     "max_tokens_single_line": _int(1, MAX_SPAN_TOKENS),
     "context_tokens": _int(16, 32768),

@@ -113,3 +113,11 @@ def test_warm_context_setting():
     assert s.warm_context is False and problems == []
     s, problems = parse_settings({"diffucoder": {"warmContext": 3}})
     assert s.warm_context is True and "warmContext" in problems[0]
+
+
+def test_speculate_setting():
+    assert Settings().speculate is True
+    s, problems = parse_settings({"speculate": False})
+    assert s.speculate is False and problems == []
+    s, problems = parse_settings({"speculate": "off"})
+    assert s.speculate is True and "speculate" in problems[0]

@@ -22,6 +22,7 @@ export const SERVER_KEYS = [
   "cacheRefreshEvery",
   "contextReuse",
   "warmContext",
+  "speculate",
   "maxTokens",
   "maxTokensSingleLine",
   "contextTokens",
