@@ -288,14 +288,41 @@ def sample_categorical(probs: torch.Tensor, generator: torch.Generator | None) -
     return torch.where(empty, probs.argmax(-1), tokens)
 
 
-def pick_tokens(
-    logits: torch.Tensor, opts: SamplingOptions, generator: torch.Generator | None, with_entropy: bool = False
+def _nucleus_candidates(
+    logits: torch.Tensor, top_p: float | None, top_k: int | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """The filtered distribution of each row as at most ``NUCLEUS_PROBE`` candidates, where it fits in them.
+
+    Returns (candidate logits (n, K), -inf where filtered out; their vocabulary ids (n, K); closed (n,): the
+    rows whose whole filtered distribution is among their candidates), or None when no row can be (no filter,
+    or a top-k larger than the probe). Same kept tokens as :func:`filter_logits` for the closed rows.
+    """
+    if top_k is not None and top_k < logits.shape[-1]:
+        if top_k > NUCLEUS_PROBE:
+            return None
+        vals, idx = torch.topk(logits, top_k, dim=-1)
+        closed = torch.ones(logits.shape[0], dtype=torch.bool, device=logits.device)
+        total = torch.logsumexp(vals, dim=-1, keepdim=True)  # top-p applies to the top-k distribution
+    elif top_p is not None and top_p < 1.0 and NUCLEUS_PROBE < logits.shape[-1]:
+        vals, idx = torch.topk(logits, NUCLEUS_PROBE, dim=-1)
+        total = torch.logsumexp(logits, dim=-1, keepdim=True)
+        closed = None
+    else:
+        return None
+    if top_p is not None and top_p < 1.0:
+        cum = (vals - total).exp().cumsum(-1)
+        if closed is None:
+            closed = cum[:, -1] > top_p
+        keep = torch.ones_like(cum, dtype=torch.bool)
+        keep[:, 1:] = cum[:, :-1] <= top_p
+        vals = vals.masked_fill(~keep, float("-inf"))
+    return vals, idx, closed
+
+
+def _pick_from(
+    logits: torch.Tensor, opts: SamplingOptions, generator: torch.Generator | None, with_entropy: bool
 ) -> Picked:
-    """Choose a token per row of ``logits`` (n, V) from the tempered, filtered distribution."""
-    logits = logits.float()
-    if opts.temperature > 0:
-        logits = logits / opts.temperature
-    logits = filter_logits(logits, opts.top_p, opts.top_k)
+    """``pick_tokens`` on already tempered and filtered logits (n, K); tokens are column indices."""
     probs = logits.softmax(-1)
     if opts.temperature > 0:
         tokens = sample_categorical(probs, generator)
@@ -304,8 +331,8 @@ def pick_tokens(
         chosen, tokens = probs.max(-1)
     ent = None
     if opts.alg == "topk_margin":
-        top2 = probs.topk(2, dim=-1).values
-        conf = top2[:, 0] - top2[:, 1]
+        top2 = probs.topk(min(2, probs.shape[-1]), dim=-1).values
+        conf = top2[:, 0] - (top2[:, 1] if top2.shape[-1] > 1 else 0.0)
     elif opts.alg == "entropy":
         ent = entropy(probs)
         conf = -ent
@@ -314,6 +341,48 @@ def pick_tokens(
     if with_entropy and ent is None:
         ent = entropy(probs)
     return Picked(tokens, conf, chosen, ent if with_entropy else None)
+
+
+def pick_tokens(
+    logits: torch.Tensor, opts: SamplingOptions, generator: torch.Generator | None, with_entropy: bool = False
+) -> Picked:
+    """Choose a token per row of ``logits`` (n, V) from the tempered, filtered distribution.
+
+    A nucleus (top-p, top-k) of a peaked row lies within its ``NUCLEUS_PROBE`` best candidates: such rows are
+    picked from those candidates alone (softmax, draw, entropy over 64 values instead of the vocabulary; the
+    filtered-out tokens have probability 0 either way), the others from the whole filtered vocabulary. Per step
+    of 32 positions over an 8k vocabulary on a 2-core CPU: 6-12 ms for the whole-vocabulary route, about as
+    much as the network's cached step.
+    """
+    logits = logits.float()
+    if opts.temperature > 0:
+        logits = logits / opts.temperature
+    found = _nucleus_candidates(logits, opts.top_p, opts.top_k) if logits.shape[0] else None
+    if found is None:
+        return _pick_from(filter_logits(logits, opts.top_p, opts.top_k), opts, generator, with_entropy)
+    vals, idx, closed = found
+    if bool(closed.all()):
+        picked = _pick_from(vals, opts, generator, with_entropy)
+        return picked._replace(tokens=idx.gather(-1, picked.tokens[:, None]).squeeze(-1))
+    near = _pick_from(vals[closed], opts, generator, with_entropy)
+    far = _pick_from(filter_logits(logits[~closed], opts.top_p, opts.top_k), opts, generator, with_entropy)
+    n = logits.shape[0]
+    tokens = torch.empty(n, dtype=torch.long, device=logits.device)
+    tokens[closed] = idx[closed].gather(-1, near.tokens[:, None]).squeeze(-1)
+    tokens[~closed] = far.tokens
+    out = [tokens]
+    for a, b in (
+        (near.confidence, far.confidence),
+        (near.probability, far.probability),
+        (near.entropy, far.entropy),
+    ):
+        if a is None:
+            out.append(None)
+            continue
+        merged = torch.empty(n, dtype=a.dtype, device=a.device)
+        merged[closed], merged[~closed] = a, b
+        out.append(merged)
+    return Picked(*out)
 
 
 def entropy_bounded_count(

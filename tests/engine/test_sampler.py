@@ -17,6 +17,7 @@ from diffucoder_lsp.engine.sampler import (
     entropy,
     entropy_bounded_count,
     filter_logits,
+    pick_tokens,
     reference_schedule,
     run_to_end,
     sample_categorical,
@@ -351,6 +352,57 @@ def test_categorical_draws_follow_the_distribution_and_skip_zeros():
     one_hot[torch.arange(4), torch.tensor([0, 3, 8, 5])] = 1.0
     assert sample_categorical(one_hot, None).tolist() == [0, 3, 8, 5]
     assert sample_categorical(torch.zeros(0, 9), None).shape == (0,)
+
+
+def _mixed_logits(seed: int = 5) -> torch.Tensor:
+    """Peaked rows (nucleus within 64 candidates), flat rows (it is not), and rows with -inf entries."""
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.cat([torch.randn(6, 3000, generator=g) * 8, torch.randn(5, 3000, generator=g) * 0.05])
+    logits[[0, 7], 100:2000] = float("-inf")
+    return logits[torch.randperm(11, generator=g)]
+
+
+@pytest.mark.parametrize("alg", ["entropy", "maskgit_plus", "topk_margin"])
+@pytest.mark.parametrize(
+    "top_p,top_k,temperature",
+    [(0.95, None, 0.0), (0.9, None, 0.5), (None, 20, 0.0), (0.8, 40, 1.0), (None, None, 0.0)],
+)
+def test_picking_from_nucleus_candidates_matches_the_whole_vocabulary(alg, top_p, top_k, temperature):
+    """Rows whose nucleus lies within their best 64 candidates are picked from those alone: the same greedy
+    token, confidence, probability and entropy as from the whole filtered vocabulary, for every algorithm, in a
+    batch that mixes such rows with flat ones (which take the whole-vocabulary route)."""
+    logits = _mixed_logits()
+    opts = SamplingOptions(alg=alg, top_p=top_p, top_k=top_k, temperature=temperature)
+    got = pick_tokens(logits, opts, torch.Generator().manual_seed(0), with_entropy=True)
+    tempered = logits / temperature if temperature > 0 else logits
+    probs = filter_logits(tempered, top_p, top_k).softmax(-1)
+    want_entropy = entropy(probs)
+    assert torch.allclose(got.entropy, want_entropy, atol=1e-4)
+    assert torch.allclose(got.probability, probs.gather(1, got.tokens[:, None]).squeeze(1), atol=1e-5)
+    assert (probs.gather(1, got.tokens[:, None]) > 0).all()  # never a filtered-out token
+    if temperature == 0:
+        assert torch.equal(got.tokens, probs.argmax(-1))
+    if alg == "entropy":
+        assert torch.allclose(got.confidence, -want_entropy, atol=1e-4)
+    elif alg == "topk_margin":
+        top2 = probs.topk(2, dim=-1).values
+        assert torch.allclose(got.confidence, top2[:, 0] - top2[:, 1], atol=1e-5)
+    else:
+        assert torch.allclose(got.confidence, got.probability)
+
+
+def test_draws_from_nucleus_candidates_follow_the_filtered_distribution():
+    """Sampling through the candidate route: token frequencies match the filtered distribution."""
+    g = torch.Generator().manual_seed(2)
+    row = torch.randn(1, 500, generator=g) * 3.5
+    n = 20_000
+    got = pick_tokens(
+        row.expand(n, -1), SamplingOptions(temperature=1.0, top_p=0.9), torch.Generator().manual_seed(1)
+    )
+    probs = filter_logits(row, 0.9, None).softmax(-1)[0]
+    assert int((probs > 0).sum()) <= 64  # a peaked row: the candidate route
+    freq = torch.bincount(got.tokens, minlength=500).float() / n
+    assert ((freq - probs).abs() <= 5 * (probs * (1 - probs) / n).sqrt() + 1e-9).all()
 
 
 def test_fast_nucleus_on_a_batch_mixing_peaked_and_flat_rows():
