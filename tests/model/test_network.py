@@ -151,3 +151,15 @@ def test_causal_flag_ignores_future_tokens(ours, hf):
     assert (a[0, 10:] - b[0, 10:]).abs().max() > 1e-4
     # And the causal path is exactly HF's default (causal) Qwen2.
     torch.testing.assert_close(a, hf_hidden, atol=ATOL, rtol=1e-5)
+
+
+def test_the_in_place_inference_mlp_matches_the_autograd_one(ours):
+    """Without gradients the MLP works in place; with them it must not (silu's backward needs its input)."""
+    mlp = copy.deepcopy(ours.model.model.layers[0].mlp).requires_grad_(True)
+    x = torch.randn(2, 7, ours.config.hidden_size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        fast = mlp(x)
+    slow = mlp(x.clone().requires_grad_(True))
+    assert torch.allclose(fast, slow.detach(), atol=1e-6)
+    slow.sum().backward()  # no "modified by an inplace operation" error
+    assert mlp.gate_proj.weight.grad is not None
