@@ -166,6 +166,13 @@ class Attention(nn.Module):
             v = torch.cat([extra_kv[1], v], dim=2)
         if x.device.type == "cpu" and nq <= SHORT_QUERY_ATTENTION and not (causal and mask is None):
             out = grouped_attention(q, k, v, mask)
+        elif x.device.type == "cpu":
+            # SDPA's own GQA, without copying keys/values per query head (1k tokens: 14.3 -> 12.9 ms per layer
+            # here); other devices keep the copy, since not every GPU kernel takes enable_gqa (unmeasured there)
+            gqa = self.n_kv != self.n_heads
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, is_causal=causal and mask is None, enable_gqa=gqa
+            )
         else:
             if self.n_kv != self.n_heads:
                 rep = self.n_heads // self.n_kv
