@@ -314,7 +314,8 @@ def register_lifecycle(server: DiffuCoderServer) -> None:
     @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
     def did_close(ls: DiffuCoderServer, params: types.DidCloseTextDocumentParams) -> None:
         ls.scheduler.cancel(params.text_document.uri, "document closed")
-        ls.scheduler.cancel(("warm", params.text_document.uri), "document closed")
+        for kind in ("warm", "speculate"):
+            ls.scheduler.cancel((kind, params.text_document.uri), "document closed")
         ls.documents.close(params.text_document.uri)
 
     @server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
