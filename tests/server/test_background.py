@@ -207,3 +207,18 @@ async def test_a_request_preempts_speculation_and_the_setting_switches_it_off(se
     await server.complete_at(URI, types.Position(line=2, character=0), automatic=False)
     await settle(server)
     assert server.scheduler.stats["started"] == started + 1  # the request, no speculation
+
+
+async def test_after_a_load_the_document_last_worked_in_is_warmed(tiny_ckpt, monkeypatch):
+    monkeypatch.setattr(background, "WARM_DELAY_S", 0.01)
+    ls = build_server()
+    ls.apply_settings({"model": str(tiny_ckpt), "device": "cpu", "speculate": False}, initial=True)
+    try:
+        ls.documents.open(URI, TEXT, 1, "python")
+        background.warm_later(ls, URI)  # the model is still loading: nothing to do but remember the document
+        assert not ls._tasks and ls.last_uri == URI
+        await ls.load_model(ls.settings)
+        await settle(ls)
+        assert ls.engine.ready and ls.engine.store_for(URI).entry is not None
+    finally:
+        ls.scheduler.shutdown()
