@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 
 from ..model.config import ModelConfig
-from ..model.network import KV, DreamModel, apply_rope, positions_from_valid, rope_cos_sin
+from ..model.network import KV, DreamModel, apply_rope, rope_cos_sin
 
 NEEDLE = 16  # tokens used to locate a context run in the previous canvas
 
@@ -188,16 +188,9 @@ def warm_store(
     if len(ids) < store.min_tokens:
         return False
     x = torch.tensor([ids], dtype=torch.long, device=model.device)
-    valid = torch.ones_like(x, dtype=torch.bool)
-    hidden = model.model.embed_tokens(x)
-    cos, sin = rope_cos_sin(model.config, positions_from_valid(valid), hidden.dtype)
-    last = len(model.model.layers) - 1
     keep = torch.tensor([[len(ids) - 1]], device=x.device)  # the last layer's outputs are never read
-    kvs: list[KV] = []
-    for i, layer in enumerate(model.model.layers):
-        if should_stop():
-            return False
-        hidden, kv = layer(hidden, cos, sin, None, keep=keep if i == last else None)
-        kvs.append(kv)
-    store.save(x, kvs, chain=0)
+    out = model.hidden_states(x, return_kv=True, keep=keep, should_stop=should_stop)
+    if out is None:
+        return False
+    store.save(x, out[1], chain=0)
     return True

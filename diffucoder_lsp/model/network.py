@@ -11,6 +11,7 @@ keys: that is the slot a context cache uses (issue: fast inference), the exact p
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -262,7 +263,8 @@ class DreamModel(nn.Module):
         causal: bool = False,
         return_kv: bool = False,
         keep: torch.Tensor | None = None,
-    ) -> torch.Tensor | tuple[torch.Tensor, list[KV]]:
+        should_stop: Callable[[], bool] | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, list[KV]] | None:
         """Final-norm hidden states (B, L, H), or (B, N', H) at the positions ``keep`` (B, N') selects.
 
         ``valid`` (B, L) marks real tokens (False = padding). ``extra_kv`` is a per-layer block of keys/values
@@ -270,7 +272,8 @@ class DreamModel(nn.Module):
         them and to ``input_ids``. ``causal`` turns the network into the autoregressive baseline. With ``keep``
         the last layer computes queries (attention and MLP) only for the kept positions: every layer's keys and
         values are still complete, and a context-cache pass that reads a few hole positions saves ~1/L of
-        its work.
+        its work. ``should_stop`` is asked before every layer; when it says yes the pass is abandoned and None
+        returned (background work that a request must not wait for).
         """
         b, n = input_ids.shape
         if valid is None:
@@ -290,6 +293,8 @@ class DreamModel(nn.Module):
         kvs: list[KV] = []
         last = len(self.model.layers) - 1
         for i, layer in enumerate(self.model.layers):
+            if should_stop is not None and should_stop():
+                return None
             extra = extra_kv[i] if extra_kv is not None else None
             x, kv = layer(x, cos, sin, mask, extra, causal, keep if i == last else None)
             if return_kv:
