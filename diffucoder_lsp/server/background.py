@@ -20,7 +20,8 @@ reports one that persists).
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
 
 from .scheduler import Cancelled
 
@@ -28,10 +29,39 @@ if TYPE_CHECKING:
     from .app import Answer, DiffuCoderServer
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 WARM_DELAY_S = 0.3  # quiet time after an open, a cursor move or an edit before the context is warmed
 # after a suggestion is shown: a user who types on (rather than reading it) preempts the speculation before it starts
 SPECULATE_DELAY_S = 0.15
+
+
+def in_background(
+    ls: DiffuCoderServer,
+    kind: str,
+    uri: str,
+    work: Callable[[Callable[[], bool]], T],
+    is_current: Callable[[], bool],
+    delay_s: float,
+    done: Callable[[T], None] | None = None,
+) -> None:
+    """Run ``work`` as the background job ``kind`` of document ``uri`` (a newer one of the same kind replaces
+    it) after ``delay_s``; ``done`` gets its result on the event loop. Stopped jobs end silently."""
+
+    async def run() -> None:
+        try:
+            result = await ls.scheduler.run(
+                work, key=(kind, uri), is_current=is_current, debounce_s=delay_s, label=kind, background=True
+            )
+        except Cancelled:
+            return
+        except Exception as exc:
+            log.warning("%s job for %s failed: %s: %s", kind, uri, type(exc).__name__, exc)
+            return
+        if done is not None:
+            done(result)
+
+    ls.spawn(run())
 
 
 def warm_later(ls: DiffuCoderServer, uri: str) -> None:
@@ -60,22 +90,7 @@ def warm_later(ls: DiffuCoderServer, uri: str) -> None:
             prefix, suffix, settings=s, max_tokens=max_tokens, should_stop=should_stop, stream=uri
         )
 
-    async def run() -> None:
-        try:
-            await ls.scheduler.run(
-                work,
-                key=("warm", uri),
-                is_current=ls.is_current(uri, doc, version),
-                debounce_s=WARM_DELAY_S,
-                label="warm",
-                background=True,
-            )
-        except Cancelled:
-            pass
-        except Exception as exc:
-            log.warning("warming the context of %s failed: %s: %s", uri, type(exc).__name__, exc)
-
-    ls.spawn(run())
+    in_background(ls, "warm", uri, work, ls.is_current(uri, doc, version), WARM_DELAY_S)
 
 
 def speculate_after(ls: DiffuCoderServer, answer: Answer, prefix: str, suffix: str) -> None:
@@ -107,21 +122,7 @@ def speculate_after(ls: DiffuCoderServer, answer: Answer, prefix: str, suffix: s
             engine.warm(after_prefix, after_suffix, **args)
         return engine.complete(after_prefix, after_suffix, **args)
 
-    async def run() -> None:
-        try:
-            fill = await ls.scheduler.run(
-                work,
-                key=("speculate", uri),
-                is_current=lambda: ls.documents.get(uri) is doc,
-                debounce_s=SPECULATE_DELAY_S,
-                label="speculate",
-                background=True,
-            )
-        except Cancelled:
-            return
-        except Exception as exc:
-            log.warning("speculating in %s failed: %s: %s", uri, type(exc).__name__, exc)
-            return
+    def done(fill) -> None:
         ls.cache.put(key, after_prefix, after_suffix, fill.texts[0])
 
-    ls.spawn(run())
+    in_background(ls, "speculate", uri, work, lambda: ls.documents.get(uri) is doc, SPECULATE_DELAY_S, done)
