@@ -23,6 +23,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
+from ..errors import BadInputError
 from .scheduler import Cancelled
 
 if TYPE_CHECKING:
@@ -54,6 +55,9 @@ def in_background(
                 work, key=(kind, uri), is_current=is_current, debounce_s=delay_s, label=kind, background=True
             )
         except Cancelled:
+            return
+        except BadInputError as exc:  # the request itself would say so (at info), once per request
+            log.debug("no %s job for %s: %s", kind, uri, exc)
             return
         except Exception as exc:
             log.warning("%s job for %s failed: %s: %s", kind, uri, type(exc).__name__, exc)

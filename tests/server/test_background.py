@@ -222,3 +222,25 @@ async def test_after_a_load_the_document_last_worked_in_is_warmed(tiny_ckpt, mon
         assert ls.engine.ready and ls.engine.store_for(URI).entry is not None
     finally:
         ls.scheduler.shutdown()
+
+
+async def test_a_failing_background_job_is_logged_and_the_server_carries_on(server, monkeypatch, caplog):
+    from diffucoder_lsp.errors import BadInputError
+
+    def broken(*args, **kwargs):
+        raise BadInputError("the holes do not fit")
+
+    server.documents.open(URI, TEXT, 1, "python")
+    monkeypatch.setattr(server.engine, "warm", broken)
+    with caplog.at_level("DEBUG", logger="diffucoder_lsp.server.background"):
+        background.warm_later(server, URI)
+        await settle(server)
+        monkeypatch.setattr(server.engine, "warm", lambda *a, **k: 1 / 0)
+        background.warm_later(server, URI)
+        await settle(server)
+    levels = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert levels[0][0] == "DEBUG" and "do not fit" in levels[0][1]
+    assert levels[1][0] == "WARNING" and "ZeroDivisionError" in levels[1][1]
+    await server.complete_at(URI, end_of_text(), automatic=False)
+    assert server.scheduler.stats["started"] == 3  # both jobs ran, and the completion after them
+    assert server.engine.ready and server.documents.get(URI).completed_version == 1
