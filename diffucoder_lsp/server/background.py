@@ -11,7 +11,8 @@ reports one that persists).
   keys/values of the canvas the next completion there would have, into the document's reuse store; that
   completion then makes no full context pass.
 * **Speculation** (``speculate``): after a completion is shown, the server computes the one that would follow
-  it once accepted (the document with the suggestion inserted, the cursor after it) into the completion cache.
+  it once accepted (the document with the suggestion inserted, the cursor after it) into the completion cache,
+  in a reuse store of its own (the document's keeps the text as it is, for when the suggestion is rejected).
   Accepting a suggestion makes editors ask again at once, and that request is answered from the cache; a chain
   of accepted suggestions stays instant as long as the model keeps ahead of the user (llama.vscode's
   "speculative FIM" does the same).
@@ -35,6 +36,7 @@ T = TypeVar("T")
 WARM_DELAY_S = 0.3  # quiet time after an open, a cursor move or an edit before the context is warmed
 # after a suggestion is shown: a user who types on (rather than reading it) preempts the speculation before it starts
 SPECULATE_DELAY_S = 0.15
+SPECULATION_STREAM = "#speculation"  # appended to a document's URI: the reuse store speculation works in
 
 
 def in_background(
@@ -119,7 +121,11 @@ def speculate_after(ls: DiffuCoderServer, answer: Answer, prefix: str, suffix: s
     engine = ls.engine
 
     def work(should_stop):
-        args = dict(settings=s, max_tokens=max_tokens, should_stop=should_stop, stream=uri)
+        # Its own reuse store: the document's keeps the keys/values of the text as it is, which is what the next
+        # request starts from when the suggestion is not accepted (most are not).
+        args = dict(
+            settings=s, max_tokens=max_tokens, should_stop=should_stop, stream=uri + SPECULATION_STREAM
+        )
         if s.context_cache and s.context_reuse:
             # the context pass first, as warming does: it stops between layers, where the completion's own first
             # step (that same pass) could not, and the completion then starts from it

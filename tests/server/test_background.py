@@ -156,8 +156,12 @@ async def test_an_accepted_suggestion_is_followed_from_the_cache(server, monkeyp
     doc = server.documents.open(URI, TEXT, 1, "python")
     first = await server.complete_at(URI, end_of_text(), automatic=True)
     assert first.completion.text == "total_1"
+    entry = server.engine.store_for(URI).entry
     await settle(server)  # the speculation: the document with total_1 accepted, the cursor after it
     assert scripted.calls[1] == (TEXT[:-1] + "total_1", "\n")
+    # it worked in a store of its own: the document's still holds the text as it is (for a rejection)
+    assert server.engine.store_for(URI).entry is entry
+    assert server.engine.store_for(URI + background.SPECULATION_STREAM).entry is not None
     started = server.scheduler.stats["started"]
 
     cursor = accept(server, doc, first)
