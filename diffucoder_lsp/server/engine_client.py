@@ -269,13 +269,9 @@ class EngineClient:
         """Fill ``max_tokens`` masks between the context around the cursor (cut to the token budget).
         ``stream`` (the document) lets consecutive completions reuse context keys/values."""
         ctx = self._context(prefix, suffix, settings)
+        text, window = self._completion_text(ctx, max_tokens)
         fill = self.infill(
-            ctx.prefix + MARKER + ctx.suffix,
-            [max_tokens],
-            settings=settings,
-            should_stop=should_stop,
-            window=ctx.tokens + max_tokens + 64,
-            stream=stream,
+            text, [max_tokens], settings=settings, should_stop=should_stop, window=window, stream=stream
         )
         return Fill(fill.texts, fill.steps, fill.elapsed_ms, ctx.tokens)
 
@@ -287,6 +283,12 @@ class EngineClient:
             count=self.count_tokens,
             prefix_share=settings.prefix_share,
         )
+
+    @staticmethod
+    def _completion_text(ctx, max_tokens: int) -> tuple[str, int]:
+        """The text with its one hole and the context window a completion runs with (what :meth:`warm` must
+        reproduce exactly for the request to find its context computed)."""
+        return ctx.prefix + MARKER + ctx.suffix, ctx.tokens + max_tokens + 64
 
     def warm(
         self,
@@ -312,8 +314,8 @@ class EngineClient:
         ctx = self._context(prefix, suffix, settings)
         tok = lm.tokenizer
         if max_tokens:
-            window = min(lm.config.max_position_embeddings, ctx.tokens + max_tokens + 64)
-            text = ctx.prefix + MARKER + ctx.suffix
+            text, window = self._completion_text(ctx, max_tokens)
+            window = min(lm.config.max_position_embeddings, window)  # as infill_stream clamps it
             ids = prepare_infill(tok, text, length=[max_tokens], marker=MARKER, context_window=window).ids
         elif ctx.prefix_cut or ctx.suffix_cut:
             return False
