@@ -131,6 +131,22 @@ async def request_item(client, uri: str, line: int, character: int):
     return ms, (items[0] if items else None)
 
 
+def open_case(client, case: dict) -> None:
+    client.text_document_did_open(
+        types.DidOpenTextDocumentParams(
+            text_document=types.TextDocumentItem(
+                uri=case["uri"], language_id="python", version=1, text=case["text"]
+            )
+        )
+    )
+
+
+def close_case(client, case: dict) -> None:
+    client.text_document_did_close(
+        types.DidCloseTextDocumentParams(text_document=types.TextDocumentIdentifier(uri=case["uri"]))
+    )
+
+
 def accept_edit(uri: str, version: int, item) -> types.DidChangeTextDocumentParams:
     """The change an editor sends when a suggestion is accepted: its text over its range."""
     return types.DidChangeTextDocumentParams(
@@ -203,13 +219,7 @@ async def run(args: argparse.Namespace, reuse: bool = True) -> dict:
     cases = make_cases(load_sources(), args.n + args.warmup, args.seed)
     results = []
     for i, case in enumerate(cases):
-        client.text_document_did_open(
-            types.DidOpenTextDocumentParams(
-                text_document=types.TextDocumentItem(
-                    uri=case["uri"], language_id="python", version=1, text=case["text"]
-                )
-            )
-        )
+        open_case(client, case)
         if args.pause > 0:
             here = types.Position(line=case["line"], character=case["character"])
             await client.text_document_code_action_async(
@@ -240,16 +250,8 @@ async def run(args: argparse.Namespace, reuse: bool = True) -> dict:
                 got = item.insert_text if item is not None else ""
                 results.append({"kind": "accepted", "ms": ms, "chars": len(got), "empty": item is None})
         if args.accept:  # the typing below starts from the file as it was opened
-            client.text_document_did_close(
-                types.DidCloseTextDocumentParams(text_document=types.TextDocumentIdentifier(uri=case["uri"]))
-            )
-            client.text_document_did_open(
-                types.DidOpenTextDocumentParams(
-                    text_document=types.TextDocumentItem(
-                        uri=case["uri"], language_id="python", version=1, text=case["text"]
-                    )
-                )
-            )
+            close_case(client, case)
+            open_case(client, case)
         character = case["character"]
         for k, ch in enumerate(case["removed"][: args.typing]):  # the user types on, one key at a time
             pos = types.Position(line=case["line"], character=character)
@@ -265,9 +267,7 @@ async def run(args: argparse.Namespace, reuse: bool = True) -> dict:
             ms, text, empty = await request(client, case["uri"], case["line"], character)
             if timed:
                 results.append({"kind": "typing", "ms": ms, "chars": len(text), "empty": empty})
-        client.text_document_did_close(
-            types.DidCloseTextDocumentParams(text_document=types.TextDocumentIdentifier(uri=case["uri"]))
-        )
+        close_case(client, case)
     peak_rss_mb = server_peak_rss_mb(client)
     await client.shutdown_async(None)
     client.exit(None)
