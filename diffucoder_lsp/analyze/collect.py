@@ -30,9 +30,10 @@ from pathlib import Path
 import torch
 
 from ..analysis import certainty
+from ..engine.choice import pick_tokens
 from ..engine.denoiser import FullCanvasDenoiser
 from ..engine.infill import infill_stream
-from ..engine.sampler import SamplingOptions, pick_tokens
+from ..engine.sampler import SamplingOptions
 from ..errors import BadInputError
 
 log = logging.getLogger(__name__)
