@@ -84,20 +84,31 @@ def _mixed_logits(seed: int = 5) -> torch.Tensor:
     return logits[torch.randperm(11, generator=g)]
 
 
+def _textbook_filter(logits: torch.Tensor, top_p: float | None, top_k: int | None) -> torch.Tensor:
+    """Top-k, then the nucleus by a full sort: the definitions the fast routes must reproduce."""
+    logits = filter_logits(logits, None, top_k)
+    return _top_p_sorted(logits, top_p) if top_p is not None and top_p < 1 else logits
+
+
+@pytest.mark.parametrize("rows", ["mixed", "flat"])
 @pytest.mark.parametrize("alg", ["entropy", "maskgit_plus", "topk_margin"])
 @pytest.mark.parametrize(
     "top_p,top_k,temperature",
     [(0.95, None, 0.0), (0.9, None, 0.5), (None, 20, 0.0), (0.8, 40, 1.0), (None, None, 0.0)],
 )
-def test_picking_from_nucleus_candidates_matches_the_whole_vocabulary(alg, top_p, top_k, temperature):
-    """Rows whose nucleus lies within their best 64 candidates are picked from those alone: the same greedy
-    token, confidence, probability and entropy as from the whole filtered vocabulary, for every algorithm, in a
-    batch that mixes such rows with flat ones (which take the whole-vocabulary route)."""
+def test_picking_from_nucleus_candidates_matches_the_whole_vocabulary(alg, top_p, top_k, temperature, rows):
+    """Rows whose nucleus lies within their best 64 candidates are picked from those alone, flat ones from a
+    nucleus mask and sums over it: the same greedy token, confidence, probability and entropy as from the
+    whole vocabulary filtered by the textbook definitions, for every algorithm, in a batch that mixes both
+    kinds of row and in one of flat rows only."""
     logits = _mixed_logits()
+    if rows == "flat":
+        logits = logits[logits.softmax(-1).amax(-1) < 0.01]
+        assert logits.shape[0] == 5
     opts = SamplingOptions(alg=alg, top_p=top_p, top_k=top_k, temperature=temperature)
     got = pick_tokens(logits, opts, torch.Generator().manual_seed(0), with_entropy=True)
     tempered = logits / temperature if temperature > 0 else logits
-    probs = filter_logits(tempered, top_p, top_k).softmax(-1)
+    probs = _textbook_filter(tempered, top_p, top_k).softmax(-1)
     want_entropy = entropy(probs)
     assert torch.allclose(got.entropy, want_entropy, atol=1e-4)
     assert torch.allclose(got.probability, probs.gather(1, got.tokens[:, None]).squeeze(1), atol=1e-5)
@@ -121,9 +132,25 @@ def test_draws_from_nucleus_candidates_follow_the_filtered_distribution():
     got = pick_tokens(
         row.expand(n, -1), SamplingOptions(temperature=1.0, top_p=0.9), torch.Generator().manual_seed(1)
     )
-    probs = filter_logits(row, 0.9, None).softmax(-1)[0]
+    probs = _textbook_filter(row, 0.9, None).softmax(-1)[0]
     assert int((probs > 0).sum()) <= 64  # a peaked row: the candidate route
     freq = torch.bincount(got.tokens, minlength=500).float() / n
+    assert ((freq - probs).abs() <= 5 * (probs * (1 - probs) / n).sqrt() + 1e-9).all()
+
+
+def test_draws_from_a_flat_nucleus_follow_the_filtered_distribution():
+    """Sampling a flat row (its nucleus far beyond the candidates): frequencies match the filtered
+    distribution, and the tokens the nucleus drops are never drawn."""
+    g = torch.Generator().manual_seed(4)
+    row = torch.randn(1, 300, generator=g) * 0.8
+    n = 30_000
+    got = pick_tokens(
+        row.expand(n, -1), SamplingOptions(temperature=1.0, top_p=0.6), torch.Generator().manual_seed(1)
+    )
+    probs = _textbook_filter(row, 0.6, None).softmax(-1)[0]
+    assert 64 < int((probs > 0).sum()) < 250  # the open route, with tokens to drop
+    freq = torch.bincount(got.tokens, minlength=300).float() / n
+    assert (freq[probs == 0] == 0).all()
     assert ((freq - probs).abs() <= 5 * (probs * (1 - probs) / n).sqrt() + 1e-9).all()
 
 
