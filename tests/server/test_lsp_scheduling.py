@@ -82,7 +82,7 @@ async def test_cancel_request_answers_fast_and_the_next_request_is_served(client
     client.protocol.notify(types.CANCEL_REQUEST, types.CancelParams(id="long-cancel"))
     with pytest.raises(JsonRpcRequestCancelled):
         await asyncio.wait_for(long, timeout=5)
-    assert time.monotonic() - start < 1.0
+    assert time.monotonic() - start < 2.0  # the job had over 4 s of steps left
     # The model thread stopped at a step boundary: a short request is answered long before the 256-step job
     # could have finished (over 5 s).
     other = "file:///work/after_cancel.py"
@@ -90,7 +90,7 @@ async def test_cancel_request_answers_fast_and_the_next_request_is_served(client
     start = time.monotonic()
     result = await client.text_document_inline_completion_async(inline_params(other, 0, 16))
     assert texts_of(result) == [SINGLE_LINE]
-    assert time.monotonic() - start < 2.5
+    assert time.monotonic() - start < 3.0
 
 
 async def test_a_new_request_for_the_same_document_supersedes_the_running_one(client: LanguageClient):

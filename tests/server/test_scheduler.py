@@ -83,7 +83,7 @@ async def test_client_cancellation_stops_the_model_between_steps(scheduler):
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert time.monotonic() - start < 0.2
+    assert time.monotonic() - start < 1.0  # the job had ~5 s of steps left: it stopped at the next one
     assert await scheduler.run(stepping(1, 0.0, log)) == 1  # served right after: the thread is free
     assert any(kind == "stopped" for kind, _ in log)
 
