@@ -27,6 +27,7 @@ def register(subparsers) -> None:
     c.add_argument("--no-site-packages", action="store_true", help="leave out installed packages")
     c.add_argument("--valid-fraction", type=float, default=0.02)
     c.add_argument("--manifest", help="keep only the files listed in this manifest.txt (exact rebuild)")
+    c.add_argument("--workers", type=int, default=None, help="processes checking files (default: one per CPU)")
     c.set_defaults(func=_corpus)
 
     t = sub.add_parser("tokenizer", help="train the byte-level BPE tokenizer on a corpus sample")
@@ -83,6 +84,8 @@ def _corpus(args: argparse.Namespace) -> int:
         raise BadInputError(f"no such manifest: {args.manifest}")
     if not 0.0 <= args.valid_fraction < 1.0:
         raise BadInputError("--valid-fraction must be in [0, 1)")
+    if args.workers is not None and args.workers < 1:
+        raise BadInputError("--workers must be >= 1")
     stats = build_corpus(
         args.out,
         args.folders,
@@ -90,6 +93,7 @@ def _corpus(args: argparse.Namespace) -> int:
         site_packages=not args.no_site_packages,
         valid_fraction=args.valid_fraction,
         manifest=args.manifest,
+        workers=args.workers,
     )
     print(
         f"kept {stats.kept_files} files, {stats.kept_bytes / 1e6:.1f} MB "

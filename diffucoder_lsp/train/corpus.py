@@ -28,9 +28,11 @@ same file always lands on the same side.
 from __future__ import annotations
 
 import ast
+import contextlib
 import hashlib
 import json
 import logging
+import multiprocessing
 import os
 import sys
 import sysconfig
@@ -157,6 +159,18 @@ def reject_reason(raw: bytes) -> tuple[str | None, str]:
     return None, text
 
 
+def _examine(path: Path) -> tuple[Path, str | None, str, str]:
+    """(path, reason to drop or None, text, sha256 of the text) of one file: the per-file work of a build."""
+    try:
+        raw = path.read_bytes()
+    except OSError:
+        return path, "unreadable", "", ""
+    reason, text = reject_reason(raw)
+    if reason is not None:
+        return path, reason, "", ""
+    return path, None, text, hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 def is_valid_split(sha: str, valid_fraction: float) -> bool:
     """Deterministic split by content hash: the first 8 hex digits as a fraction of 2**32."""
     return int(sha[:8], 16) / 2**32 < valid_fraction
@@ -170,9 +184,14 @@ def build_corpus(
     site_packages: bool = True,
     valid_fraction: float = 0.02,
     manifest: str | Path | None = None,
+    workers: int | None = None,
 ) -> CorpusStats:
     """Collect, filter, dedup and split; write ``train.jsonl``, ``valid.jsonl``, ``stats.json`` and
     ``manifest.txt`` in ``out_dir``.
+
+    ``workers`` processes (default: one per CPU) read and check the files, whose results are taken in the
+    walk's order, so the corpus is the same for any number of workers (parsing every file is most of the
+    time: ~3 minutes for 250 MB on one core).
 
     Rows are ``{"path", "sha", "text"}``; ``path`` is where the file was found (for provenance only).
     The corpus depends on what is installed, so ``manifest.txt`` lists the kept files' hash prefixes (sorted);
@@ -186,18 +205,20 @@ def build_corpus(
     seen: set[str] = set()
     wanted = read_manifest(manifest) if manifest is not None else None
     tmp_train, tmp_valid = out / "train.jsonl.tmp", out / "valid.jsonl.tmp"
-    with tmp_train.open("w", encoding="utf-8") as ftrain, tmp_valid.open("w", encoding="utf-8") as fvalid:
-        for path in iter_python_files(roots):
-            try:
-                raw = path.read_bytes()
-            except OSError:
-                stats.dropped["unreadable"] += 1
-                continue
-            reason, text = reject_reason(raw)
+    workers = max(1, workers or os.cpu_count() or 1)
+    with contextlib.ExitStack() as stack:
+        ftrain = stack.enter_context(tmp_train.open("w", encoding="utf-8"))
+        fvalid = stack.enter_context(tmp_valid.open("w", encoding="utf-8"))
+        paths = iter_python_files(roots)
+        if workers > 1:  # the same results in the same order, the per-file work spread over processes
+            pool = stack.enter_context(multiprocessing.get_context("spawn").Pool(workers))
+            examined = pool.imap(_examine, paths, chunksize=16)
+        else:
+            examined = map(_examine, paths)
+        for path, reason, text, sha in examined:
             if reason is not None:
                 stats.dropped[reason] += 1
                 continue
-            sha = hashlib.sha256(text.encode("utf-8")).hexdigest()
             if sha in seen:
                 stats.dropped["duplicate"] += 1
                 continue

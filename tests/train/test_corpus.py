@@ -103,6 +103,16 @@ def test_split_is_deterministic_and_order_independent(source_tree, tmp_path):
     assert not train_a & valid_a and not any(is_valid_split(s, 0.3) for s in train_a)
 
 
+def test_workers_build_the_same_corpus_as_one_process(source_tree, tmp_path):
+    """Files checked in worker processes are taken in the walk's order: byte-identical output."""
+    one, three = tmp_path / "one", tmp_path / "three"
+    a = build_corpus(one, [source_tree], stdlib=False, site_packages=False, valid_fraction=0.3, workers=1)
+    b = build_corpus(three, [source_tree], stdlib=False, site_packages=False, valid_fraction=0.3, workers=3)
+    assert a.to_dict() == b.to_dict() and a.kept_files == 40
+    for name in ("train.jsonl", "valid.jsonl", "manifest.txt", "stats.json"):
+        assert (one / name).read_bytes() == (three / name).read_bytes(), name
+
+
 def test_cli_corpus_reports_and_rejects_missing_folder(source_tree, tmp_path, capsys):
     out = tmp_path / "c"
     rc = main(["train", "corpus", "--out", str(out), "--no-stdlib", "--no-site-packages", str(source_tree)])
@@ -111,6 +121,8 @@ def test_cli_corpus_reports_and_rejects_missing_folder(source_tree, tmp_path, ca
     rc = main(
         ["train", "corpus", "--out", str(out), "--no-stdlib", "--no-site-packages", str(tmp_path / "nope")]
     )
+    assert rc == 2
+    rc = main(["train", "corpus", "--out", str(out), "--no-stdlib", "--workers", "0", str(source_tree)])
     assert rc == 2
 
 
