@@ -25,6 +25,7 @@ import os
 import random
 import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -91,6 +92,7 @@ class PretrainArgs:
     eval_batches: int = 8
     ckpt_minutes: float = 5.0
     ckpt_every: int | None = None  # steps; in addition to ckpt_minutes
+    prefetch: bool | None = None  # build the next batch in a thread during the step; None = on a GPU only
     extra: dict = field(default_factory=dict)
 
 
@@ -228,7 +230,15 @@ class Trainer:
             lr=args.lr,
             betas=(0.9, 0.95),
             eps=1e-8,
+            # on a GPU one kernel updates every parameter instead of a few kernels per tensor
+            fused=self.device.type == "cuda" or None,
         )
+        # The next batch is built (numpy, ~10 ms for 128 x 512 tokens on one core) while the GPU runs the step;
+        # batches are a function of the step, so what a step trains on is the same either way. On a CPU the
+        # thread would take cores from the step itself.
+        prefetch = args.prefetch if args.prefetch is not None else self.device.type == "cuda"
+        self._prefetcher = ThreadPoolExecutor(1, thread_name_prefix="batches") if prefetch else None
+        self._pending: tuple[int, Future] | None = None
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_lambda(s, args.warmup, args.steps, args.min_lr_ratio)
         )
@@ -293,10 +303,22 @@ class Trainer:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             return masked_diffusion_loss(self.model, ids, trainable, valid_arg, generator=gen)
 
+    def _train_batch(self, step: int):
+        """The batch of ``step``, from the prefetcher when it built it; then starts on the next one."""
+        if self._prefetcher is None:
+            return self.train_data.batch(step, self.args.batch_size)
+        if self._pending is not None and self._pending[0] == step:
+            batch = self._pending[1].result()
+        else:
+            batch = self.train_data.batch(step, self.args.batch_size)
+        upcoming = self._prefetcher.submit(self.train_data.batch, step + 1, self.args.batch_size)
+        self._pending = (step + 1, upcoming)
+        return batch
+
     def train_step(self) -> dict:
         """One optimizer step at ``self.step``; returns its metrics."""
         self.model.train()
-        batch = self.train_data.batch(self.step, self.args.batch_size)
+        batch = self._train_batch(self.step)
         gen = torch.Generator(device=self.device).manual_seed(self.args.seed * 1_000_003 + self.step)
         loss, stats = self._loss(batch, gen)
         self.optimizer.zero_grad(set_to_none=True)
@@ -404,6 +426,9 @@ class Trainer:
                 break
         if bar is not None:
             bar.close()
+        if self._prefetcher is not None:
+            self._prefetcher.shutdown(wait=False, cancel_futures=True)
+            self._prefetcher, self._pending = None, None
         final = self.evaluate() if args.eval_batches else {}
         self.save()
         summary = {

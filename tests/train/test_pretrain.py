@@ -84,6 +84,23 @@ def test_resume_reproduces_the_next_step(corpus, tmp_path):
     assert not torch.equal(_params(fresh)["lm_head.weight"], expected_params["lm_head.weight"])
 
 
+def test_prefetched_batches_train_exactly_as_inline_ones(corpus, tmp_path):
+    """The batch prefetcher (on by default on a GPU) builds each step's batch ahead in a thread: the same
+    batches, so the same losses and weights as building them inline; a whole run with it completes."""
+    inline = Trainer(_args(corpus, tmp_path / "a", prefetch=False))
+    assert inline._prefetcher is None
+    want = [inline.train_step()["loss"] for _ in range(4)]
+    ahead = Trainer(_args(corpus, tmp_path / "b", prefetch=True))
+    got = [ahead.train_step()["loss"] for _ in range(2)]
+    assert ahead._pending is not None and ahead._pending[0] == 2  # step 2's batch was built ahead
+    got += [ahead.train_step()["loss"] for _ in range(2)]
+    assert got == want
+    for k, v in _params(inline).items():
+        assert torch.equal(_params(ahead)[k], v), k
+    summary = Trainer(_args(corpus, tmp_path / "c", prefetch=True)).fit(progress=False)
+    assert summary["step"] == 5 and summary["val_loss"] > 0
+
+
 def test_time_limit_stops_saves_and_resume_completes(corpus, tmp_path):
     out = tmp_path / "run"
     summary = Trainer(_args(corpus, out, time_limit=1e-9)).fit(progress=False)
