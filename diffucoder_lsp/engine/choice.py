@@ -53,11 +53,12 @@ def _binned_keep(lp: torch.Tensor, probs: torch.Tensor, top_p: float, bins: int 
     order = vals.argsort(descending=True, stable=True)
     order = order[rows[order].argsort(stable=True)]
     rows, cols, vals = rows[order], cols[order], vals[order]
-    pv = vals.double().exp()
+    wide = torch.float32 if lp.device.type == "mps" else torch.float64  # MPS has no float64
+    pv = vals.to(wide).exp()
     run = torch.cat([pv.new_zeros(1), pv.cumsum(0)])  # mass of the members listed before each entry
     counts = torch.bincount(rows, minlength=n)
     row_start = run[counts.cumsum(0) - counts]  # ... before each row's first member
-    kept_in_bin = (above.double()[rows] + run[:-1] - row_start[rows] <= top_p) & (vals > float("-inf"))
+    kept_in_bin = (above.to(wide)[rows] + run[:-1] - row_start[rows] <= top_p) & (vals > float("-inf"))
     keep = b < c
     keep[rows[kept_in_bin], cols[kept_in_bin]] = True
     keep.scatter_(1, best, True)  # the most likely token always survives

@@ -294,7 +294,8 @@ def denoise(
             if last:
                 k = left
             elif options.exact:
-                k = (left.double() * (1 - s / t)).floor().long()
+                # the reference's int(n * (1 - s / t)) in Python floats (float64 tensors fail on MPS)
+                k = torch.tensor([int(n * (1 - s / t)) for n in left.tolist()], device=x.device)
             elif bounded:
                 full_ent = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
                 full_ent[eligible] = ent
