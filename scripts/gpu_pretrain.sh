@@ -58,7 +58,7 @@ print(f"{(rows[40] - rows[20]) / 20:.5f}")
 EOF
 ) || exit 1
 LEFT=$(( TOTAL_S - $(since) - 45 ))  # start-up, final evaluation, save and export
-STEPS=$("$PY" -c "print(max(50, int($LEFT / $STEP_S)))")
+STEPS=$("$PY" -c "print(max(50, int(0.95 * $LEFT / $STEP_S)))")  # evaluations and checkpoints take the rest
 WARMUP=$(( STEPS / 30 > 50 ? STEPS / 30 : 50 ))
 echo "calibrated at $(since) s: ${STEP_S} s per step; $LEFT s left -> $STEPS steps (warmup $WARMUP)"
 
