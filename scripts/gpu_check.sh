@@ -8,9 +8,12 @@
 #    15 GB of bf16 in /tmp;
 # 2. `diffucoder bench` in bf16 at ~1k context: one 64-token hole (every configuration, the reference included)
 #    and 3 x 64 (all but the reference), the table the README's GPU section wants;
-# 3. if bitsandbytes is importable (carry its wheel in .whl, see the device README): the same model in NF4,
+# 3. scripts/step_profile.py on one `all` fill: per step, the GPU's busy time against wall time and the host
+#    reads (syncs) in the loop, which say whether sync-free steps or CUDA graphs would pay;
+# 4. if bitsandbytes is importable (carry its wheel in .whl, see the device README): the same model in NF4,
 #    `all` only, for its speed and peak memory (the target is <= 6 GB).
-# Results land in $OUT (the device tool brings them back): bench_bf16.json, bench_nf4.json, log.txt.
+# Results land in $OUT (the device tool brings them back): bench_bf16.json, bench_bf16_3holes.json,
+# step_profile.json, bench_nf4.json, log.txt.
 #
 # A dry run anywhere: PYTHON=.venv/bin/python DEVICE=cpu CONTEXTS=128 SPANS=8 CASES=1 REPEAT=1 OUT=/tmp/x
 # CKPT=<a make-tiny folder> bash scripts/gpu_check.sh (37 s on 2 cores; CKPT skips making the 7B checkpoint, and
@@ -45,6 +48,9 @@ common=(--model "$CKPT" --device "$DEVICE" --contexts "$CONTEXTS" --spans "$SPAN
 dc bench "${common[@]}" --holes 1 --dtype bf16 > "$OUT/bench_bf16.json" || echo "bf16 bench (1 hole) failed"
 dc bench "${common[@]}" --holes 3 --dtype bf16 --configs cache,block,parallel,all,bounded,ar \
   > "$OUT/bench_bf16_3holes.json" || echo "bf16 bench (3 holes) failed"
+# one `all` fill step by step: device busy time against wall time, host reads per step (syncs, CUDA graphs?)
+"$PY" scripts/step_profile.py --model "$CKPT" --device "$DEVICE" --dtype bf16 --context "${CONTEXTS%%,*}" \
+  --span "${SPANS%%,*}" --json "$OUT/step_profile.json" || echo "step profile failed"
 if "$PY" -c 'import bitsandbytes' 2>/dev/null; then
   dc bench "${common[@]}" --holes 1 --quant 4bit --configs all,ar > "$OUT/bench_nf4.json" || echo "nf4 bench failed"
 else

@@ -251,3 +251,21 @@ def test_block_switches_leave_the_stored_context_as_it_was_saved(lm):
     for (k, v), (k0, v0) in zip(store.entry.kvs, saved, strict=True):
         assert torch.equal(k, k0) and torch.equal(v, v0)
     assert store.entry.tokens == x[0].tolist()
+
+
+def test_step_profile_script_reports_steps_and_host_reads(tiny_ckpt, tmp_path):
+    """scripts/step_profile.py (the GPU check's step profile) runs on a CPU and reports per-step figures."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "scripts" / "step_profile.py"
+    spec = importlib.util.spec_from_file_location("step_profile", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "profile.json"
+    args = ["--model", str(tiny_ckpt), "--device", "cpu", "--context", "96", "--span", "8", "--json", str(out)]
+    assert module.main(args) == 0
+    got = json.loads(out.read_text())
+    assert got["steps"] >= 1 and got["fill_ms"] > 0 and got["device_busy_ms_per_step"] is None
+    assert got["host_reads_per_step"]["aten::_local_scalar_dense"] > 0  # the loop reads values on the host
