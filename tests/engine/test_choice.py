@@ -124,32 +124,23 @@ def test_picking_from_nucleus_candidates_matches_the_whole_vocabulary(alg, top_p
         assert torch.allclose(got.confidence, got.probability)
 
 
-def test_draws_from_nucleus_candidates_follow_the_filtered_distribution():
-    """Sampling through the candidate route: token frequencies match the filtered distribution."""
-    g = torch.Generator().manual_seed(2)
-    row = torch.randn(1, 500, generator=g) * 3.5
-    n = 20_000
-    got = pick_tokens(
-        row.expand(n, -1), SamplingOptions(temperature=1.0, top_p=0.9), torch.Generator().manual_seed(1)
+@pytest.mark.parametrize("route", ["candidates", "flat"])
+def test_draws_follow_the_filtered_distribution(route):
+    """Sampling through either route (a peaked row's 64 candidates, a flat row's nucleus mask): token
+    frequencies match the filtered distribution, and the tokens the nucleus drops are never drawn."""
+    seed, vocab, scale, top_p, n = (
+        (2, 500, 3.5, 0.9, 20_000) if route == "candidates" else (4, 300, 0.8, 0.6, 30_000)
     )
-    probs = _textbook_filter(row, 0.9, None).softmax(-1)[0]
-    assert int((probs > 0).sum()) <= 64  # a peaked row: the candidate route
-    freq = torch.bincount(got.tokens, minlength=500).float() / n
-    assert ((freq - probs).abs() <= 5 * (probs * (1 - probs) / n).sqrt() + 1e-9).all()
-
-
-def test_draws_from_a_flat_nucleus_follow_the_filtered_distribution():
-    """Sampling a flat row (its nucleus far beyond the candidates): frequencies match the filtered
-    distribution, and the tokens the nucleus drops are never drawn."""
-    g = torch.Generator().manual_seed(4)
-    row = torch.randn(1, 300, generator=g) * 0.8
-    n = 30_000
-    got = pick_tokens(
-        row.expand(n, -1), SamplingOptions(temperature=1.0, top_p=0.6), torch.Generator().manual_seed(1)
-    )
-    probs = _textbook_filter(row, 0.6, None).softmax(-1)[0]
-    assert 64 < int((probs > 0).sum()) < 250  # the open route, with tokens to drop
-    freq = torch.bincount(got.tokens, minlength=300).float() / n
+    row = torch.randn(1, vocab, generator=torch.Generator().manual_seed(seed)) * scale
+    opts = SamplingOptions(temperature=1.0, top_p=top_p)
+    got = pick_tokens(row.expand(n, -1), opts, torch.Generator().manual_seed(1))
+    probs = _textbook_filter(row, top_p, None).softmax(-1)[0]
+    kept = int((probs > 0).sum())
+    if route == "candidates":
+        assert kept <= 64  # a peaked row
+    else:
+        assert 64 < kept < 250  # an open row, with tokens to drop
+    freq = torch.bincount(got.tokens, minlength=vocab).float() / n
     assert (freq[probs == 0] == 0).all()
     assert ((freq - probs).abs() <= 5 * (probs * (1 - probs) / n).sqrt() + 1e-9).all()
 
