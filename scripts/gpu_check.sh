@@ -16,7 +16,7 @@
 # step_profile.json, bench_nf4.json, log.txt.
 #
 # A dry run anywhere: PYTHON=.venv/bin/python DEVICE=cpu CONTEXTS=128 SPANS=8 CASES=1 REPEAT=1 OUT=/tmp/x
-# CKPT=<a make-tiny folder> bash scripts/gpu_check.sh (37 s on 2 cores; CKPT skips making the 7B checkpoint, and
+# CKPT=<a make-tiny folder> bash scripts/gpu_check.sh (49 s on 2 cores; CKPT skips making the 7B checkpoint, and
 # LAYERS=1 makes a 1-layer one of the 7B width instead, too slow on a CPU for more than the first table).
 set -uo pipefail
 cd "$(dirname "$0")/.."
