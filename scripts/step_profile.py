@@ -31,8 +31,15 @@ from diffucoder_lsp.engine.infill import infill_stream  # noqa: E402
 from diffucoder_lsp.model.loading import load_model  # noqa: E402
 
 # aten ops that read a device value on the host, so that on a GPU the host waits for the device: .item(), bool()
-# and int() of a tensor go through _local_scalar_dense, boolean-mask indexing and nonzero() through nonzero
-HOST_READS = ("aten::_local_scalar_dense", "aten::nonzero")
+# and int() of a tensor go through _local_scalar_dense, boolean-mask indexing and nonzero() through nonzero;
+# on a GPU the CUDA runtime's own calls are counted too (.tolist() and .cpu() copies show up only there)
+HOST_READS = (
+    "aten::_local_scalar_dense",
+    "aten::nonzero",
+    "cudaStreamSynchronize",
+    "cudaDeviceSynchronize",
+    "cudaMemcpyAsync",
+)
 
 
 def _sync(device: torch.device) -> None:
