@@ -32,7 +32,8 @@ from diffucoder_lsp.model.loading import load_model  # noqa: E402
 
 # aten ops that read a device value on the host, so that on a GPU the host waits for the device: .item(), bool()
 # and int() of a tensor go through _local_scalar_dense, boolean-mask indexing and nonzero() through nonzero;
-# on a GPU the CUDA runtime's own calls are counted too (.tolist() and .cpu() copies show up only there)
+# on a GPU the CUDA runtime's own calls are counted too (.tolist() and .cpu() copies show up only there; one
+# cudaDeviceSynchronize per step is this script's own, for the step times)
 HOST_READS = (
     "aten::_local_scalar_dense",
     "aten::nonzero",
