@@ -171,6 +171,13 @@ def _examine(path: Path) -> tuple[Path, str | None, str, str]:
     return path, None, text, hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def _pool_context():
+    """Fork where there is one: workers start at once and never re-run the caller's main module (spawned ones
+    do, and a script without a ``__main__`` guard would start them again and again). They run no torch."""
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+
+
 def is_valid_split(sha: str, valid_fraction: float) -> bool:
     """Deterministic split by content hash: the first 8 hex digits as a fraction of 2**32."""
     return int(sha[:8], 16) / 2**32 < valid_fraction
@@ -211,7 +218,7 @@ def build_corpus(
         fvalid = stack.enter_context(tmp_valid.open("w", encoding="utf-8"))
         paths = iter_python_files(roots)
         if workers > 1:  # the same results in the same order, the per-file work spread over processes
-            pool = stack.enter_context(multiprocessing.get_context("spawn").Pool(workers))
+            pool = stack.enter_context(_pool_context().Pool(workers))
             examined = pool.imap(_examine, paths, chunksize=16)
         else:
             examined = map(_examine, paths)

@@ -113,6 +113,24 @@ def test_workers_build_the_same_corpus_as_one_process(source_tree, tmp_path):
         assert (one / name).read_bytes() == (three / name).read_bytes(), name
 
 
+def test_workers_start_from_a_script_without_a_main_guard(source_tree, tmp_path):
+    """A script that calls build_corpus at module level (no ``if __name__ == "__main__"``) finishes: workers
+    must not re-run it (spawned workers would, and the pool would restart them for ever)."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "unguarded.py"
+    out = tmp_path / "out"
+    script.write_text(
+        "from diffucoder_lsp.train.corpus import build_corpus\n"
+        f"s = build_corpus({str(out)!r}, [{str(source_tree)!r}], stdlib=False, site_packages=False, workers=2)\n"
+        "print(s.kept_files)\n"
+    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "40" and (out / "train.jsonl").is_file()
+
+
 def test_cli_corpus_reports_and_rejects_missing_folder(source_tree, tmp_path, capsys):
     out = tmp_path / "c"
     rc = main(["train", "corpus", "--out", str(out), "--no-stdlib", "--no-site-packages", str(source_tree)])
