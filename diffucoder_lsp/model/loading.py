@@ -161,8 +161,12 @@ def resolve_checkpoint(name_or_path: str | os.PathLike | None) -> Path:
     text = str(name_or_path)
     path = Path(text).expanduser()
     if path.exists():
+        if path.is_file() and path.suffix.lower() == ".gguf":
+            return gguf_checkpoint(path)
         if not path.is_dir():
-            raise CheckpointError(f"{path} is a file: pass the checkpoint folder that holds config.json")
+            raise CheckpointError(
+                f"{path} is a file: pass the checkpoint folder that holds config.json (or a .gguf file)"
+            )
         return path.resolve()
     if _HUB_ID.match(text):
         return _from_hub(text)
@@ -170,6 +174,36 @@ def resolve_checkpoint(name_or_path: str | os.PathLike | None) -> Path:
         f"no checkpoint folder at {text!r}: pass a folder holding config.json, a Hugging Face id such as "
         "apple/DiffuCoder-7B-Instruct, or 'default'"
     )
+
+
+def gguf_checkpoint(path: Path) -> Path:
+    """The checkpoint folder converted from a GGUF file, made once in the cache (keyed by name, size, mtime).
+
+    Converted into a temp folder and renamed into place, so an interrupted conversion is never mistaken for one.
+    """
+    import hashlib
+
+    from .gguf import convert_gguf
+
+    st = path.stat()
+    key = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    target = cache_root() / "gguf" / f"{path.stem}-{key}"
+    if (target / "config.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        log.warning("converting %s into %s (once)", path, target)
+        convert_gguf(path, tmp)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not (target / "config.json").is_file():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
 
 
 def _truthy(value: str | None) -> bool:
