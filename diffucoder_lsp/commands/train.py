@@ -1,4 +1,4 @@
-"""``diffucoder train corpus|tokenizer|pretrain|export``: build the bundled default model from local Python.
+"""``diffucoder train corpus|tokenizer|pretrain|adapt|export``: build the bundled default model from local Python.
 
 Each stage writes into a folder the next one reads, so the whole model is reproducible from four commands
 (listed in ``weights/default/MODEL_CARD.md``). torch is imported inside the handlers: ``diffucoder --help``
@@ -39,9 +39,34 @@ def register(subparsers) -> None:
     t.set_defaults(func=_tokenizer)
 
     r = sub.add_parser("pretrain", help="masked-diffusion pretraining (resumable)")
+    _run_options(r)
+    r.add_argument("--config", default="small", help="tiny, small, or a JSON file of model config fields")
+    r.set_defaults(func=_pretrain)
+
+    a = sub.add_parser("adapt", help="adapt a pretrained AR checkpoint to masked diffusion (resumable)")
+    _run_options(a)
+    a.add_argument("--base", required=True, help="the AR base: a checkpoint folder or a .gguf file")
+    a.add_argument("--mode", choices=["lora", "partial", "full"], default="lora")
+    a.add_argument("--lora-r", type=int, default=32)
+    a.add_argument("--lora-alpha", type=int, default=64)
+    a.add_argument("--anneal-steps", type=int, default=100, help="steps from causal to full attention")
+    a.set_defaults(func=_adapt, steps=2000, batch_size=8, seq_len=384, lr=1e-3, warmup=20, eval_every=50,
+                   infill_fraction=0.7)
+
+    e = sub.add_parser("export", help="write a run's last checkpoint as a HF-layout bf16 model folder")
+    e.add_argument("run_dir")
+    e.add_argument("--out", required=True)
+    e.set_defaults(func=_export)
+
+    from ..train.finetune_cli import register as register_finetune  # sft and grpo (no torch import)
+
+    register_finetune(sub)
+
+
+def _run_options(r) -> None:
+    """Options every resumable training run takes (pretrain, adapt)."""
     r.add_argument("--corpus", required=True)
     r.add_argument("--out", required=True, help="run folder (checkpoints, metrics.jsonl)")
-    r.add_argument("--config", default="small", help="tiny, small, or a JSON file of model config fields")
     r.add_argument("--steps", type=int, default=10000)
     r.add_argument("--batch-size", type=int, default=16)
     r.add_argument("--seq-len", type=int, default=512)
@@ -62,16 +87,6 @@ def register(subparsers) -> None:
     r.add_argument("--autocast", choices=["auto", "bf16", "off"], default="auto")
     r.add_argument("--eval-every", type=int, default=250)
     r.add_argument("--ckpt-minutes", type=float, default=5.0)
-    r.set_defaults(func=_pretrain)
-
-    e = sub.add_parser("export", help="write a run's last checkpoint as a HF-layout bf16 model folder")
-    e.add_argument("run_dir")
-    e.add_argument("--out", required=True)
-    e.set_defaults(func=_export)
-
-    from ..train.finetune_cli import register as register_finetune  # sft and grpo (no torch import)
-
-    register_finetune(sub)
 
 
 def _corpus(args: argparse.Namespace) -> int:
@@ -135,16 +150,13 @@ def _tokenizer(args: argparse.Namespace) -> int:
     return 0
 
 
-def _pretrain(args: argparse.Namespace) -> int:
-    from ..train.pretrain import PretrainArgs, pretrain
-
+def _run_fields(args: argparse.Namespace) -> dict:
     corpus = Path(args.corpus)
     if not (corpus / "train.jsonl").is_file():
         raise BadInputError(f"no train.jsonl in {corpus}: run `diffucoder train corpus` first")
-    pargs = PretrainArgs(
+    return dict(
         corpus=str(corpus),
         out=args.out,
-        config=args.config,
         steps=args.steps,
         batch_size=args.batch_size,
         seq_len=args.seq_len,
@@ -160,7 +172,32 @@ def _pretrain(args: argparse.Namespace) -> int:
         eval_every=args.eval_every,
         ckpt_minutes=args.ckpt_minutes,
     )
-    summary = pretrain(pargs)
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    from ..train.pretrain import PretrainArgs, pretrain
+
+    summary = pretrain(PretrainArgs(config=args.config, **_run_fields(args)))
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _adapt(args: argparse.Namespace) -> int:
+    from ..model.loading import resolve_checkpoint
+    from ..train.adapt import AdaptArgs, adapt
+
+    base = resolve_checkpoint(args.base)  # a .gguf file is converted once into the cache
+    fields = _run_fields(args)
+    summary = adapt(
+        AdaptArgs(
+            base=str(base),
+            mode=args.mode,
+            lora_r=args.lora_r,
+            lora_alpha=args.lora_alpha,
+            anneal_steps=args.anneal_steps,
+            **fields,
+        )
+    )
     print(json.dumps(summary, indent=2))
     return 0
 

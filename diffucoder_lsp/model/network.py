@@ -264,6 +264,7 @@ class DreamModel(nn.Module):
         return_kv: bool = False,
         keep: torch.Tensor | None = None,
         should_stop: Callable[[], bool] | None = None,
+        attn_mask: torch.Tensor | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, list[KV]] | None:
         """Final-norm hidden states (B, L, H), or (B, N', H) at the positions ``keep`` (B, N') selects.
 
@@ -273,7 +274,9 @@ class DreamModel(nn.Module):
         the last layer computes queries (attention and MLP) only for the kept positions: every layer's keys and
         values are still complete, and a context-cache pass that reads a few hole positions saves ~1/L of
         its work. ``should_stop`` is asked before every layer; when it says yes the pass is abandoned and None
-        returned (background work that a request must not wait for).
+        returned (background work that a request must not wait for). ``attn_mask`` (B or 1, 1, L, L), True where a
+        query may attend, is combined with the padding mask: adapting an AR model anneals from causal to full
+        attention through it (``train/adapt.py``).
         """
         b, n = input_ids.shape
         if valid is None:
@@ -290,6 +293,14 @@ class DreamModel(nn.Module):
             mask = attention_mask_from_valid(valid, keys_valid) & causal_mask
         elif not bool(keys_valid.all()):
             mask = attention_mask_from_valid(valid, keys_valid)
+        if attn_mask is not None:
+            pad = attention_mask_from_valid(valid, keys_valid)
+            mask = (attn_mask & pad) if mask is None else (mask & attn_mask)
+            # a query must see at least itself, else SDPA returns NaN for its row
+            keys = mask.shape[-1]
+            own = torch.zeros(n, keys, dtype=torch.bool, device=x.device)
+            own[torch.arange(n), torch.arange(keys - n, keys)] = True
+            mask = mask | own
         kvs: list[KV] = []
         last = len(self.model.layers) - 1
         for i, layer in enumerate(self.model.layers):

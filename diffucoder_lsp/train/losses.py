@@ -68,13 +68,15 @@ def masked_diffusion_loss(
     *,
     t: torch.Tensor | None = None,
     masked: torch.Tensor | None = None,
+    attn_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, LossStats]:
     """Masked diffusion loss of ``model`` (a :class:`DreamModel`, possibly wrapped) on one batch.
 
     ``trainable_mask`` (B, L) bool marks the tokens that may be masked and scored (all real tokens in
     pretraining, span + pads of infill rows, the response in SFT). ``valid`` marks non-padding positions.
     ``t`` (B,) and ``masked`` (B, L) may be given to fix the noise (tests, low-variance validation); otherwise
-    they are drawn from ``generator``. Positions outside ``trainable_mask`` are never masked.
+    they are drawn from ``generator``. Positions outside ``trainable_mask`` are never masked. ``attn_mask``
+    restricts attention (adaptation's causal-to-full annealing; see ``DreamModel.hidden_states``).
     """
     trainable_mask = trainable_mask.bool()
     if valid is not None:
@@ -91,7 +93,7 @@ def masked_diffusion_loss(
         masked = masked.bool() & trainable_mask
         noisy = torch.where(masked, torch.full_like(input_ids, mask_id), input_ids)
 
-    hidden = core.hidden_states(noisy, valid)
+    hidden = core.hidden_states(noisy, valid, attn_mask=attn_mask)
     hidden = torch.cat([hidden[:, :1], hidden[:, :-1]], dim=1)  # the logit shift, applied before the head
     logits = core.lm_head(hidden[masked]).float()
     targets = input_ids[masked]

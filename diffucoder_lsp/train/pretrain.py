@@ -193,8 +193,8 @@ class Trainer:
         self.is_main = rank == 0
         self.autocast = _use_autocast(args.autocast, self.device)
 
-        self.tok = load_tokenizer(args.corpus)
-        self.cfg = model_config(args.config, self.tok)
+        self.tok = self._tokenizer()
+        self.cfg = self._config()
         line_end = line_end_table(self.tok)
         train_cache = tokenize_split(args.corpus, "train", self.tok)
         valid_cache = tokenize_split(args.corpus, "valid", self.tok)
@@ -221,10 +221,10 @@ class Trainer:
         torch.manual_seed(args.seed)
         random.seed(args.seed)
         np.random.seed(args.seed)
-        self.model = DreamModel(self.cfg)
-        init_weights(self.model, args.seed)
-        decay = [p for n, p in self.model.named_parameters() if p.ndim >= 2]
-        no_decay = [p for n, p in self.model.named_parameters() if p.ndim < 2]
+        self.model = self._build_model()
+        trained = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        decay = [p for n, p in trained if p.ndim >= 2]
+        no_decay = [p for n, p in trained if p.ndim < 2]
         self.optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=args.lr,
@@ -251,6 +251,22 @@ class Trainer:
             self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
         else:
             self.model.to(self.device)
+
+    # ---- what a subclass (train/adapt.py) replaces ---------------------------------------------------------
+    def _tokenizer(self) -> CodeTokenizer:
+        return load_tokenizer(self.args.corpus)
+
+    def _config(self) -> ModelConfig:
+        return model_config(self.args.config, self.tok)
+
+    def _build_model(self) -> DreamModel:
+        model = DreamModel(self.cfg)
+        init_weights(model, self.args.seed)
+        return model
+
+    def _attention(self, step: int, length: int) -> torch.Tensor | None:
+        """An attention restriction for the training step ``step`` (None: full attention, as DiffuCoder)."""
+        return None
 
     # ---- checkpoints -------------------------------------------------------------------------------------
     def _core(self) -> DreamModel:
@@ -297,11 +313,12 @@ class Trainer:
         to = lambda a: torch.from_numpy(a).to(self.device)  # noqa: E731
         return to(batch.input_ids), to(batch.trainable), to(batch.valid)
 
-    def _loss(self, batch, gen):
+    def _loss(self, batch, gen, step: int | None = None):
         ids, trainable, valid = self._tensors(batch)
         valid_arg = None if bool(valid.all()) else valid
+        attn = self._attention(step, ids.shape[1]) if step is not None else None
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            return masked_diffusion_loss(self.model, ids, trainable, valid_arg, generator=gen)
+            return masked_diffusion_loss(self.model, ids, trainable, valid_arg, generator=gen, attn_mask=attn)
 
     def _train_batch(self, step: int):
         """The batch of ``step``, from the prefetcher when it built it; then starts on the next one."""
@@ -320,14 +337,16 @@ class Trainer:
         self.model.train()
         batch = self._train_batch(self.step)
         gen = torch.Generator(device=self.device).manual_seed(self.args.seed * 1_000_003 + self.step)
-        loss, stats = self._loss(batch, gen)
+        loss, stats = self._loss(batch, gen, self.step)
         self.optimizer.zero_grad(set_to_none=True)
         if self.accelerator:
             self.accelerator.backward(loss)
             gnorm = self.accelerator.clip_grad_norm_(self.model.parameters(), self.args.grad_clip)
         else:
             loss.backward()
-            gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.args.grad_clip)
+            gnorm = torch.nn.utils.clip_grad_norm_(
+                [p for p in self.model.parameters() if p.requires_grad], self.args.grad_clip
+            )
         self.optimizer.step()
         self.scheduler.step()
         self.step += 1
