@@ -8,18 +8,25 @@ parts are not sent to the model but are kept in the returned text, so nothing is
 
 :func:`prepare_infill` builds the canvas, :func:`infill_stream` runs the sampler and yields its step events
 (for the server, TUI and RL), :func:`infill` drains it.
+
+Token healing (:mod:`.healing`, on in :func:`infill_stream` unless ``exact``): the last token of the text before
+each hole moves into the hole as its *lead*, which the hole's first position(s) must spell, so the model sees
+the token boundaries of finished code (`` a`` after ``return``, not `` `` then a gap). Callers see the text
+they gave: a hole's ``text`` is what comes after the lead, and the filled text is the input with each hole
+replaced by its ``text``.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Generator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from ..errors import BadInputError
 from .denoiser import FullCanvasDenoiser
+from .healing import HoleLead, back_off, lead_constraint
 from .sampler import SamplingOptions, StepEvent, denoise
 
 DEFAULT_MARKER = "<|mask|>"
@@ -43,10 +50,17 @@ __all__ = [
 
 @dataclass(frozen=True)
 class HoleResult:
+    """One filled hole. ``token_ids``, ``reveal_step`` and ``confidence`` are aligned, one entry per position
+    of the hole (trailing stop tokens cut for ``auto`` holes), the lead's positions included: with token
+    healing the first token's text starts with ``lead`` (or the first tokens spell it). ``text`` is their
+    decoded text with the lead taken off its start, i.e. what goes where the marker was; a caller that
+    decodes ``token_ids`` itself must drop ``lead`` from the start of the result."""
+
     text: str
     token_ids: list[int]
     reveal_step: list[int]
     confidence: list[float]
+    lead: str = ""  # the text before the hole that the hole's first tokens re-spelled ("" when not healed)
 
 
 @dataclass(frozen=True)
@@ -66,6 +80,7 @@ class InfillResult:
                     "token_ids": h.token_ids,
                     "reveal_step": h.reveal_step,
                     "confidence": [round(c, 6) for c in h.confidence],
+                    "lead": h.lead,
                 }
                 for h in self.holes
             ],
@@ -77,18 +92,30 @@ class InfillResult:
 
 @dataclass
 class InfillCanvas:
-    """A text with holes laid out as token ids. ``hole_spans[j]`` is hole j's [start, end) in ``ids``."""
+    """A text with holes laid out as token ids. ``hole_spans[j]`` is hole j's [start, end) in ``ids``.
+
+    With token healing, ``segments[j]`` ends without ``leads[j]``, the text that hole j's first position(s)
+    must spell (they are inside ``hole_spans[j]``): the text before hole j is ``segments[j] + leads[j]``, and a
+    view that shows the segments and the hole's tokens as they are revealed shows every character once."""
 
     ids: list[int]
     hole_spans: list[tuple[int, int]]
     auto: list[bool]
     kept_prefix: str  # the text before the first hole that was cut off (not seen by the model)
     kept_suffix: str  # the text after the last hole that was cut off
-    segments: list[str]  # the text between holes, as seen by the model (first/last already cut)
+    segments: list[str]  # the text between holes as the model sees it: first/last cut, leads taken off
+    leads: list[str] = field(default_factory=list)  # per hole; empty (or "") where nothing was backed off
 
     @property
     def num_holes(self) -> int:
         return len(self.hole_spans)
+
+    def lead(self, j: int) -> str:
+        return self.leads[j] if j < len(self.leads) else ""
+
+    def hole_leads(self, row: int = 0) -> list[HoleLead]:
+        """The healed holes, for :func:`~diffucoder_lsp.engine.healing.lead_constraint` (canvas row ``row``)."""
+        return [HoleLead(row, a, b, self.lead(j)) for j, (a, b) in enumerate(self.hole_spans) if self.lead(j)]
 
 
 def split_holes(text: str, marker: str = DEFAULT_MARKER) -> list[str]:
@@ -153,8 +180,15 @@ def prepare_infill(
     context_window: int = 2048,
     prefix_share: float = 0.7,
     auto_length: int = AUTO_LENGTH,
+    heal: bool = False,
 ) -> InfillCanvas:
-    """Lay out ``text`` as a canvas that fits ``context_window`` tokens."""
+    """Lay out ``text`` as a canvas that fits ``context_window`` tokens.
+
+    ``heal``: back off the last token before each hole into the hole as its lead (:mod:`.healing`). A hole
+    keeps its size: the lead's token takes its first position. Off by default here, because a caller that runs
+    :func:`~diffucoder_lsp.engine.sampler.denoise` on the canvas itself must also pass the constraint
+    (``lead_constraint(tokenizer, canvas.hole_leads())``) and strip the leads from what it decodes;
+    :func:`infill_stream` does both."""
     parts = split_holes(text, marker)
     holes = len(parts) - 1
     lengths = _lengths(length, holes)
@@ -178,6 +212,10 @@ def prepare_infill(
         pre_ids = tokenizer.encode(prefix)
     segments = [prefix, *parts[1:-1], suffix]
     seg_ids = [pre_ids, *middle, tokenizer.encode(suffix)]
+    leads = [""] * holes
+    if heal:  # hole j follows segment j: its last token moves into the hole
+        for j in range(holes):
+            segments[j], seg_ids[j], leads[j] = back_off(tokenizer, segments[j], seg_ids[j])
     ids: list[int] = []
     spans: list[tuple[int, int]] = []
     for j in range(holes):
@@ -192,15 +230,23 @@ def prepare_infill(
         kept_prefix=dropped_pre,
         kept_suffix=dropped_suf,
         segments=segments,
+        leads=leads,
     )
 
 
-def _hole_result(tokenizer, ids: list[int], steps: list[int], conf: list[float], auto: bool) -> HoleResult:
+def _hole_result(
+    tokenizer, ids: list[int], steps: list[int], conf: list[float], auto: bool, lead: str = ""
+) -> HoleResult:
     if auto:  # everything from the first stop token on is padding the model used to end early
         stops = tokenizer.stop_ids
         end = next((i for i, t in enumerate(ids) if t in stops), len(ids))
         ids, steps, conf = ids[:end], steps[:end], conf[:end]
-    return HoleResult(text=tokenizer.decode(ids), token_ids=ids, reveal_step=steps, confidence=conf)
+    text = tokenizer.decode(ids)
+    # The constraint makes the text start with the lead. Were it ever not to, the text is kept whole: the
+    # filled text still holds the input unchanged, followed by what the model wrote.
+    if lead and text.startswith(lead):
+        text = text[len(lead) :]
+    return HoleResult(text=text, token_ids=ids, reveal_step=steps, confidence=conf, lead=lead)
 
 
 def infill_stream(
@@ -213,6 +259,7 @@ def infill_stream(
     max_context_tokens: int | None = None,
     denoiser=None,
     end_early: bool | None = None,
+    heal: bool | None = None,
 ) -> Generator[tuple[InfillCanvas, StepEvent], None, InfillResult]:
     """Fill every hole of ``text``; yields ``(canvas, event)`` per denoising step, returns the result.
 
@@ -221,13 +268,19 @@ def infill_stream(
     the reference); True every hole (for callers that cut the results themselves, as the server does); False
     none.
 
+    ``heal``: token healing at the holes (:mod:`.healing`); None means on unless ``options.exact`` (the
+    reference decoder stays token-for-token the reference). The canvas yielded has the leads taken off its
+    segments (see :class:`InfillCanvas`); the result's texts are the caller's text, filled.
+
     Closing the generator between steps cancels the run (the model is not called again).
     """
     start = time.perf_counter()
     options = options or SamplingOptions()
     tok = lm.tokenizer
     window = min(lm.config.max_position_embeddings, max_context_tokens or DEFAULT_CONTEXT_TOKENS)
-    canvas = prepare_infill(tok, text, length=length, marker=marker, context_window=window)
+    if heal is None:
+        heal = not options.exact
+    canvas = prepare_infill(tok, text, length=length, marker=marker, context_window=window, heal=heal)
     x = torch.tensor([canvas.ids], dtype=torch.long, device=lm.device)
     denoiser = denoiser or FullCanvasDenoiser(lm.model)
     gen = denoise(
@@ -243,6 +296,7 @@ def infill_stream(
             for (a, b), auto in zip(canvas.hole_spans, canvas.auto, strict=True)
             if (auto and not options.exact if end_early is None else end_early)
         ],
+        constraint=lead_constraint(tok, canvas.hole_leads()),
     )
     reveal_step = [-1] * len(canvas.ids)
     confidence = [0.0] * len(canvas.ids)
@@ -260,12 +314,12 @@ def infill_stream(
         yield canvas, event
     out_ids = final[0].tolist()
     holes = [
-        _hole_result(tok, out_ids[a:b], reveal_step[a:b], confidence[a:b], auto)
-        for (a, b), auto in zip(canvas.hole_spans, canvas.auto, strict=True)
+        _hole_result(tok, out_ids[a:b], reveal_step[a:b], confidence[a:b], auto, canvas.lead(j))
+        for j, ((a, b), auto) in enumerate(zip(canvas.hole_spans, canvas.auto, strict=True))
     ]
     pieces = [canvas.kept_prefix]
     for j, hole in enumerate(holes):
-        pieces.append(canvas.segments[j])
+        pieces.append(canvas.segments[j] + canvas.lead(j))
         pieces.append(hole.text)
     pieces.append(canvas.segments[-1])
     pieces.append(canvas.kept_suffix)

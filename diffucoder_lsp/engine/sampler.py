@@ -229,6 +229,7 @@ def denoise(
     banned_ids: tuple[int, ...] = (),
     stop_ids: tuple[int, ...] = (),
     end_spans: Sequence[tuple[int, int, int]] = (),
+    constraint=None,
 ) -> Generator[StepEvent, None, torch.Tensor]:
     """Denoise ``x`` in place step by step; yields one :class:`StepEvent` per step, returns the final canvas.
 
@@ -240,6 +241,12 @@ def denoise(
     they are never denoised: reported in the same step's event as that stop token with confidence 0, left as
     mask tokens for the denoiser (what it saw of them so far) and written as the stop token into the returned
     canvas.
+    ``constraint``: per-position allowed tokens (a :class:`~diffucoder_lsp.engine.healing.LeadConstraint`, the
+    healed holes' leads), or None. While its ``active`` is True it picks the tokens of a step instead of
+    :func:`~diffucoder_lsp.engine.choice.pick_tokens` alone: ``constraint.pick(logits, x, eligible, pick)``
+    masks the logits of its positions and calls ``pick``. It works on the logits whatever the denoiser (full
+    canvas, context cache, reuse) and before every reveal rule (schedule, threshold, entropy bound, blocks).
+    None leaves every step as it was: one attribute test per step.
     """
     x = x.clone()
     if valid is None:
@@ -277,7 +284,12 @@ def denoise(
         logits[:, [mask_id, *banned_ids]] = float("-inf")
         if options.eos_penalty and stop_ids:
             logits[:, list(stop_ids)] -= options.eos_penalty
-        tokens, conf, prob, ent = pick_tokens(logits, options, generator, with_entropy=bounded)
+        if constraint is not None and constraint.active:
+            tokens, conf, prob, ent = constraint.pick(
+                logits, x, eligible, lambda lg: pick_tokens(lg, options, generator, with_entropy=bounded)
+            )
+        else:
+            tokens, conf, prob, ent = pick_tokens(logits, options, generator, with_entropy=bounded)
         full_tokens = torch.full_like(x, mask_id)
         full_tokens[eligible] = tokens
         full_conf = torch.zeros(x.shape, dtype=torch.float32, device=x.device)

@@ -9,6 +9,7 @@ config lacks them. The model's vocabulary (``vocab_size`` of the logits) is usua
 from __future__ import annotations
 
 from collections.abc import Iterable
+from functools import cached_property
 from pathlib import Path
 
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
@@ -63,6 +64,18 @@ class CodeTokenizer:
 
     def token_text(self, token_id: int) -> str:
         return self._tok.id_to_token(int(token_id)) or ""
+
+    @cached_property
+    def token_texts(self) -> tuple[str, ...]:
+        """Every id's text decoded on its own (index = id), computed once per tokenizer.
+
+        Token healing compares a hole's required lead with the text of every token at every request; decoding
+        a 152k vocabulary id by id takes ~100 ms, so it is done once, in one batch. Special tokens give their
+        written form (``<|mask|>``); a byte-level token holding only part of a UTF-8 character decodes to
+        U+FFFD where that part is, so its text is not the bytes it stands for.
+        """
+        ids = [[i] for i in range(self.vocab_size)]
+        return tuple(self._tok.decode_batch(ids, skip_special_tokens=False))
 
     def save(self, path: str | Path) -> None:
         self._tok.save(str(path))
