@@ -4,6 +4,9 @@
   :mod:`diffucoder_lsp.eval.humaneval_infill`), filled by the model, executed against the problem's tests in the
   sandbox; pass@1 per split and length mode on stdout, a progress bar on stderr, a JSON result file.
 - ``diffucoder eval intrinsic``: exact match and edit similarity of single-line infills on held-out corpus files.
+- ``diffucoder eval calibrate``: the confidence gate's precision-vs-coverage curves on editor-like requests made
+  through the language server's own completion path (:mod:`diffucoder_lsp.eval.calibrate`), the threshold that
+  reaches a target precision, and optionally the model's ``calibration.json``.
 
 ``--filler oracle`` / ``--filler empty`` replace the model with the truth / an empty fill. They check the harness
 on the user's machine (oracle must score 100%, empty near 0%) and need neither torch nor a model.
@@ -85,6 +88,53 @@ def register(subparsers) -> None:
     intr.add_argument("--out", default=None, help="JSON result file (default: none)")
     _model_options(intr)
     intr.set_defaults(func=run_intrinsic)
+    _register_calibrate(sub)
+
+
+def _register_calibrate(sub) -> None:
+    cal = sub.add_parser(
+        "calibrate",
+        help="precision vs coverage of the confidence gate; the threshold for a target precision",
+        description="Make editor-like requests on held-out code (the rest of a line hidden), complete them as "
+        "the language server does, and measure how well each confidence statistic separates right first "
+        "lines from wrong ones.",
+    )
+    src = cal.add_mutually_exclusive_group(required=True)
+    src.add_argument("--files", metavar="DIR", help="a folder of held-out source files")
+    src.add_argument("--corpus", metavar="DIR", help="a corpus folder holding {split}.jsonl")
+    cal.add_argument("--split", default="valid", help="corpus split (default: valid)")
+    cal.add_argument("--limit", type=int, default=200, help="number of requests (default: 200)")
+    cal.add_argument("--seed", type=int, default=0, help="seed of the request sampling (default: 0)")
+    cal.add_argument(
+        "--hide-lines",
+        type=int,
+        default=0,
+        help="also hide this many lines after the cursor line (default: 0)",
+    )
+    cal.add_argument(
+        "--target-precision",
+        type=float,
+        default=0.6,
+        help="precision the threshold must reach (default: 0.6)",
+    )
+    cal.add_argument("--out", default="calibration_report.json", help="JSON report (default: %(default)s)")
+    cal.add_argument("--plot", default=None, help="PNG of the precision-coverage curves (default: none)")
+    cal.add_argument(
+        "--write-calibration",
+        metavar="DIR",
+        default=None,
+        help="write DIR/calibration.json (the best statistic's threshold), e.g. into the model folder",
+    )
+    cal.add_argument(
+        "--settings",
+        default=None,
+        help='server settings as JSON, e.g. \'{"alg": "maskgit_plus"}\' (default: its defaults)',
+    )
+    cal.add_argument("--model", default=None, help="checkpoint folder or hub id (default: the bundled model)")
+    cal.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    cal.add_argument("--dtype", default="auto", help="auto, bf16, fp32 or fp16 (default: auto)")
+    cal.add_argument("--quant", default="none", help="none, 8bit or 4bit (default: none)")
+    cal.set_defaults(func=run_calibrate)
 
 
 def _model_options(p: argparse.ArgumentParser) -> None:
@@ -257,4 +307,123 @@ def run_intrinsic(args) -> int:
         f"edit similarity {summary['edit_similarity']:.1f}% mean fill {summary['mean_fill_ms']:.0f} ms"
         + (f" ({summary['errors']} fills failed)" if summary["errors"] else "")
     )
+    return 0
+
+
+# --- calibrate -------------------------------------------------------------------------------------------------
+
+# The server settings a calibration depends on (what calibration.json records under "decoding").
+_DECODING_KEYS = (
+    "alg",
+    "temperature",
+    "topP",
+    "seed",
+    "eosPenalty",
+    "steps",
+    "tokensPerStep",
+    "threshold",
+    "entropyBound",
+    "blockSize",
+    "endEarly",
+    "contextCache",
+    "cacheRefreshEvery",
+    "maxTokens",
+    "maxTokensSingleLine",
+    "contextTokens",
+    "prefixShare",
+)
+
+
+def _calibration_settings(args):
+    """The language server's settings for these arguments, with the gate off (every suggestion is scored)."""
+    import dataclasses
+    import json
+
+    from ..errors import BadInputError
+    from ..server.settings import parse_settings
+
+    raw = {"model": args.model, "device": args.device, "dtype": args.dtype, "quant": args.quant}
+    if args.settings:
+        try:
+            extra = json.loads(args.settings)
+        except ValueError as exc:
+            raise BadInputError(f"--settings is not JSON: {exc}") from exc
+        if not isinstance(extra, dict):
+            raise BadInputError("--settings must be a JSON object")
+        raw.update(extra)
+    settings, problems = parse_settings(raw)
+    if problems:
+        raise BadInputError("; ".join(problems))
+    return dataclasses.replace(settings, min_confidence=0.0)
+
+
+def _server_completer(lm, settings):
+    """(prefix, suffix) -> (what the editor would show, the suggestion's tokens), through the language
+    server's completion path: its mode and span, context cut, decoding and post-processing."""
+    from ..server.engine_client import EngineClient, completion_span
+    from ..server.postprocess import postprocess
+
+    client = EngineClient.for_model(lm)
+
+    def complete(prefix: str, suffix: str):
+        mode, max_tokens = completion_span(prefix, suffix, settings)
+        fill = client.complete(
+            prefix, suffix, settings=settings, max_tokens=max_tokens, should_stop=lambda: False
+        )
+        shown = postprocess(fill.texts[0], prefix, suffix, mode)
+        return ("" if shown is None else shown.text), fill.tokens[0]
+
+    return complete
+
+
+def run_calibrate(args) -> int:
+    from ..engine.confidence import write_calibration
+    from ..errors import BadInputError
+    from ..eval import calibrate as cal
+
+    _check_positive("--limit", args.limit, allow_none=False)
+    if args.hide_lines < 0:
+        raise BadInputError(f"--hide-lines must be >= 0, got {args.hide_lines}")
+    if not 0.0 <= args.target_precision <= 1.0:
+        raise BadInputError(f"--target-precision must be in [0, 1], got {args.target_precision}")
+    settings = _calibration_settings(args)
+    if args.files:
+        docs, data = cal.documents_from_folder(args.files), f"files {args.files}"
+    else:
+        docs, data = cal.documents_from_corpus(args.corpus, args.split), f"corpus {args.corpus} {args.split}"
+    requests = cal.sample_requests(docs, args.limit, seed=args.seed, hide_lines=args.hide_lines)
+    if not requests:
+        raise BadInputError(f"no eligible lines in {data}")
+    from ..model.loading import load_model
+
+    lm = load_model(settings.model, device=settings.device, dtype=settings.dtype, quant=settings.quant)
+    started = time.time()
+    outcomes = cal.run_requests(requests, _server_completer(lm, settings))
+    summary = cal.summarize(outcomes, args.target_precision)
+    decoding = {k: v for k, v in settings.to_json().items() if k in _DECODING_KEYS}
+    run = {"data": data, "seed": args.seed, "hide_lines": args.hide_lines, "model": str(lm.name)}
+    config = {
+        "benchmark": "calibrate",
+        **run,
+        "limit": args.limit,
+        "path": str(lm.path),
+        "device": str(lm.device),
+        "dtype": str(lm.dtype),
+        "decoding": decoding,
+        "wall_s": round(time.time() - started, 2),
+    }
+    cal.write_report(args.out, config=config, summary=summary, outcomes=outcomes)
+    print(f"report written to {args.out}", file=sys.stderr)
+    if args.plot:
+        cal.write_plot(args.plot, summary)
+        print(f"plot written to {args.plot}", file=sys.stderr)
+    print(cal.format_report(summary))
+    if args.write_calibration:
+        calibration = cal.calibration_of(summary, decoding, run)
+        if calibration is None:
+            raise BadInputError(
+                f"no threshold reaches precision {args.target_precision}: calibration.json not written"
+            )
+        path = write_calibration(args.write_calibration, calibration)
+        print(f"calibration written to {path}", file=sys.stderr)
     return 0

@@ -1,4 +1,16 @@
-"""``diffucoder fill FILE|-``: print the file with every hole filled (or a JSON record with ``--json``)."""
+"""``diffucoder fill FILE|-``: print the file with every hole filled (or a JSON record with ``--json``).
+
+Decoding (``--decoding``) defaults to ``fast``, the language server's own defaults (context key/value cache,
+a few tokens per step, block decoding, ending at the end token), so that the command shows what the editor
+would get, at its speed. ``plain`` is this command's earlier default (a full-canvas pass per step, one token
+per step, every hole at once) and ``exact`` the reference decoder (also ``--exact``). Each flag given
+explicitly (``--tokens-per-step``, ``--block-size``, ``--cache``/``--no-cache``, ``--threshold``...) overrides
+the mode's value.
+
+``--json`` also gives each hole a ``confidence_score`` in [0, 1]: how sure the model is of it, under the
+statistic the language server's confidence gate uses (``confidence_statistic``; see
+:mod:`diffucoder_lsp.engine.confidence`).
+"""
 
 from __future__ import annotations
 
@@ -19,13 +31,19 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=["auto", "bf16", "fp32", "fp16"], default="auto")
 
 
-def add_sampling_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--steps", type=int, default=None, help="denoising steps (default: one per token)")
+def add_sampling_options(p: argparse.ArgumentParser, *, modes: bool = False) -> None:
+    """Sampling flags. ``modes``: the command has ``--decoding`` modes, which decide the tokens per step and the
+    block size left unset (None here; see :func:`resolve_decoding`)."""
+    fast = _server_defaults()
+    p.add_argument(
+        "--steps", type=int, default=None, help="denoising steps (default: tokens / --tokens-per-step)"
+    )
     p.add_argument(
         "--tokens-per-step",
         type=int,
-        default=1,
-        help="used when --steps is not given; with --threshold or --entropy-bound, the least revealed per step",
+        default=None if modes else 1,
+        help="used when --steps is not given; with --threshold or --entropy-bound, the least revealed per step"
+        + (f" (default: {fast.tokens_per_step} with --decoding fast, else 1)" if modes else " (default: 1)"),
     )
     p.add_argument("--alg", choices=["entropy", "maskgit_plus", "topk_margin", "origin"], default="entropy")
     p.add_argument(
@@ -51,7 +69,8 @@ def add_sampling_options(p: argparse.ArgumentParser) -> None:
         "--block-size",
         type=int,
         default=None,
-        help="block decoding: fill the holes' masks in order, this many at a time (default: all at once)",
+        help="block decoding: fill the holes' masks in order, this many at a time (default: "
+        + (f"{fast.block_size} with --decoding fast, else all at once)" if modes else "all at once)"),
     )
 
 
@@ -89,13 +108,28 @@ def parse_length(value: str) -> int | str:
 
 def register(sub) -> None:
     p = sub.add_parser("fill", help="fill the <|mask|> holes of a file", description=__doc__)
+    fast = _server_defaults()
     p.add_argument("file", help="a file with <|mask|> holes, or - for standard input")
     add_model_options(p)
-    add_sampling_options(p)
+    add_sampling_options(p, modes=True)
     p.add_argument("--length", type=parse_length, default="auto", help="tokens per hole, or auto (trim pads)")
     p.add_argument("--marker", default="<|mask|>", help="the hole marker in the text")
     p.add_argument("--context-tokens", type=int, default=None, help="context window budget in tokens")
-    p.add_argument("--cache", action="store_true", help="context key/value cache (fast; approximate)")
+    p.add_argument(
+        "--decoding",
+        choices=DECODINGS,
+        default=None,
+        help="fast (default): the language server's decoding (cache, "
+        f"{fast.tokens_per_step} tokens per step, blocks of {fast.block_size}); "
+        "plain: a full-canvas pass per step, one token per step, all holes at once; exact: the reference "
+        "decoder (= --exact). Explicit flags override the mode's values",
+    )
+    p.add_argument(
+        "--cache",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="context key/value cache (fast; approximate); default: on with --decoding fast",
+    )
     p.add_argument(
         "--refresh-every", type=int, default=0, help="with --cache: full pass every R steps (0 = never)"
     )
@@ -107,7 +141,46 @@ def register(sub) -> None:
         "stops there, as what follows is cut)",
     )
     p.add_argument("--json", action="store_true", help="print a JSON record instead of the text")
+    p.add_argument(
+        "--confidence-statistic",
+        default=None,
+        help="with --json: the statistic of each hole's confidence_score (default: the model's calibration's, "
+        "else the server's)",
+    )
     p.set_defaults(func=run)
+
+
+DECODINGS = ("fast", "plain", "exact")
+
+
+def _server_defaults():
+    """The language server's default settings: ``--decoding fast`` is its decoding, kept in step with it."""
+    from ..server.settings import Settings
+
+    return Settings()
+
+
+def resolve_decoding(args: argparse.Namespace) -> bool:
+    """Fill in ``args`` from the decoding mode (``--decoding``, or ``--exact``) where no flag was given; returns
+    whether to use the context key/value cache. ``fast`` takes the language server's defaults."""
+    mode = args.decoding or ("exact" if args.exact else "fast")
+    if args.exact and mode != "exact":
+        raise BadInputError(f"--exact is --decoding exact: it cannot be combined with --decoding {mode}")
+    args.exact = mode == "exact"
+    if args.exact and args.cache:
+        raise BadInputError(
+            "--cache cannot be combined with --exact (the reference decoder reads the full canvas)"
+        )
+    if mode == "fast":
+        server = _server_defaults()
+        if args.tokens_per_step is None:
+            args.tokens_per_step = server.tokens_per_step
+        if args.block_size is None and server.block_size and args.alg != "origin":  # origin has no order
+            args.block_size = server.block_size
+        return server.context_cache if args.cache is None else args.cache
+    if args.tokens_per_step is None:
+        args.tokens_per_step = 1
+    return bool(args.cache)
 
 
 def read_input(path: str) -> str:
@@ -129,21 +202,23 @@ def read_input(path: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     text = read_input(args.file)
+    use_cache = resolve_decoding(args)
     options = sampling_options(args)
+    from ..engine.confidence import STATISTICS
     from ..engine.infill import infill, split_holes
 
     split_holes(text, args.marker)  # bad input before paying for a model load
+    if args.confidence_statistic is not None and args.confidence_statistic not in STATISTICS:
+        raise BadInputError(
+            f"unknown --confidence-statistic {args.confidence_statistic!r}; choose one of {', '.join(STATISTICS)}"
+        )
     from ..model.loading import load_model
 
-    if args.cache and args.exact:
-        raise BadInputError(
-            "--cache cannot be combined with --exact (the reference decoder reads the full canvas)"
-        )
     if args.refresh_every < 0:
         raise BadInputError("--refresh-every must be >= 0")
     lm = load_model(args.model, device=args.device, dtype=args.dtype, quant=args.quant)
     denoiser = None
-    if args.cache:
+    if use_cache:
         from ..engine.cache import CachedContextDenoiser
 
         denoiser = CachedContextDenoiser(lm.model, args.refresh_every)
@@ -158,9 +233,30 @@ def run(args: argparse.Namespace) -> int:
         end_early=None if args.end_early else False,
     )
     if args.json:
-        json.dump(result.to_json(), sys.stdout, ensure_ascii=False)
+        json.dump(
+            with_confidence(result, lm, options.alg, args.confidence_statistic),
+            sys.stdout,
+            ensure_ascii=False,
+        )
         sys.stdout.write("\n")
     else:
         sys.stdout.write(result.text)
     sys.stdout.flush()
     return 0
+
+
+def with_confidence(result, lm, alg: str, name: str | None) -> dict:
+    """The result's JSON record with each hole's ``confidence_score`` (in [0, 1], under the statistic the
+    server's gate uses for this model unless ``name`` is given) and the statistic's name."""
+    from ..engine.confidence import DEFAULT_STATISTIC, read_calibration, statistic, suggestion_tokens
+
+    if name is None:
+        cal = read_calibration(getattr(lm, "path", None))
+        name = cal.statistic if cal is not None else DEFAULT_STATISTIC
+    record = result.to_json()
+    for hole, out in zip(result.holes, record["holes"], strict=True):
+        lead = getattr(hole, "lead", "")
+        tokens = suggestion_tokens(hole.token_ids, hole.confidence, alg, lm.tokenizer, lead)
+        out["confidence_score"] = round(statistic(tokens, name), 6)
+    record["confidence_statistic"] = name
+    return record

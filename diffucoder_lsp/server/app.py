@@ -25,8 +25,8 @@ from ..errors import BadInputError
 from .background import speculate_after, warm_later
 from .cache import CompletionCache
 from .documents import UTF16, Document, DocumentStore
-from .engine_client import BUSY, ERROR, READY, EngineClient
-from .postprocess import SINGLE, Completion, decide_mode, postprocess, split_at_cursor
+from .engine_client import BUSY, ERROR, READY, EngineClient, WithheldText, completion_span
+from .postprocess import Completion, postprocess
 from .scheduler import Cancelled, Job, Scheduler
 from .settings import SECTION, Settings, known_key, parse_settings, problems_message, section_of
 
@@ -185,10 +185,7 @@ class DiffuCoderServer(LanguageServer):
 
     def span_at(self, prefix: str, suffix: str) -> tuple[str, int]:
         """The completion mode at a cursor (single line or block) and its span in tokens."""
-        line_prefix, line_suffix, _ = split_at_cursor(prefix, suffix)
-        mode = decide_mode(line_prefix, line_suffix)
-        s = self.settings
-        return mode, s.max_tokens_single_line if mode == SINGLE else s.max_tokens
+        return completion_span(prefix, suffix, self.settings)
 
     async def complete_at(self, uri: str, position: types.Position, *, automatic: bool) -> Answer | None:
         doc = self.usable_document(uri)
@@ -238,12 +235,27 @@ class DiffuCoderServer(LanguageServer):
             self.cache.put(key, prefix, suffix, raw)
         if self.documents.get(uri) is not doc or doc.version != version:
             return None  # the document moved on while the model was working
+        if isinstance(raw, WithheldText):
+            self.withheld(raw, uri, automatic)
+            return None
         completion = postprocess(raw, prefix, suffix, mode)
         if completion is None:
             return None
         answer = Answer(completion, offset, doc)
         speculate_after(self, answer, prefix, suffix)
         return answer
+
+    def withheld(self, text: WithheldText, uri: str, automatic: bool) -> None:
+        """A completion the confidence gate withheld answers empty. Automatic requests say why in the debug log
+        only (they come at every pause); a request the user made (the editor's manual trigger) also gets one
+        ``window/showMessage``, so the editor can say why nothing appeared."""
+        log.debug("completion for %s withheld: %s", uri, text.reason())
+        if automatic:
+            return
+        try:
+            self.show(types.MessageType.Info, f"DiffuCoder: no suggestion, {text.reason()}")
+        except Exception:  # no client attached (in-process use)
+            log.debug("showMessage failed", exc_info=True)
 
     def answer_range(self, answer: Answer) -> types.Range:
         start = self.offset_to_position(answer.doc, answer.offset)

@@ -11,6 +11,9 @@
 * :meth:`EngineClient.infill` is the one place that calls the engine (``infill_stream``), checking
   ``should_stop`` between denoising steps; it picks the denoiser (the context key/value cache by default,
   ``contextCache: false`` for full-canvas passes) and the sampling options from the settings.
+* Confidence gate: :meth:`EngineClient.complete` scores each completion (:mod:`diffucoder_lsp.engine.confidence`)
+  and withholds one scored below ``minConfidence`` (default: the loaded model's ``calibration.json``, else off)
+  as a :class:`WithheldText`; being a completion result like any other, it is cached (and speculated) as such.
 
 Torch is never imported here: the engine and the loader do that, lazily, on the model thread.
 """
@@ -28,7 +31,9 @@ from typing import Any
 
 from lsprotocol import types
 
+from ..engine.confidence import DEFAULT_STATISTIC, Calibration, read_calibration, statistic, suggestion_tokens
 from .context import build_context
+from .postprocess import SINGLE, decide_mode, split_at_cursor
 from .scheduler import Cancelled, Scheduler
 from .settings import Settings
 
@@ -46,6 +51,38 @@ class Fill:
     steps: int
     elapsed_ms: float
     context_tokens: int = 0
+    tokens: tuple = ()  # one SuggestionTokens per hole: what the confidence statistics read
+    confidence: float | None = None  # complete(): the completion's score under the gate's statistic
+
+
+class WithheldText(str):
+    """The (empty) text of a completion the confidence gate withheld.
+
+    A ``str``, so that the completion cache stores it like any fill (and speculation, which fills the cache,
+    needs no change); it keeps the score and threshold so that a request answered from the cache can still
+    tell the user why nothing was shown. Typing ahead never matches it (it is empty)."""
+
+    statistic: str
+    confidence: float
+    threshold: float
+
+    def __new__(cls, statistic_name: str, confidence: float, threshold: float) -> WithheldText:
+        obj = super().__new__(cls, "")
+        obj.statistic, obj.confidence, obj.threshold = statistic_name, confidence, threshold
+        return obj
+
+    def reason(self) -> str:
+        return (
+            f"below the confidence threshold: {self.statistic} {self.confidence:.3f} "
+            f"< minConfidence {self.threshold:.3f}"
+        )
+
+
+def completion_span(prefix: str, suffix: str, s: Settings) -> tuple[str, int]:
+    """The completion mode at a cursor (single line or block) and its span in tokens."""
+    line_prefix, line_suffix, _ = split_at_cursor(prefix, suffix)
+    mode = decide_mode(line_prefix, line_suffix)
+    return mode, s.max_tokens_single_line if mode == SINGLE else s.max_tokens
 
 
 def sampling_options(s: Settings):
@@ -101,6 +138,17 @@ class EngineClient:
         self._reported: set[str] = set()
         self.loop: asyncio.AbstractEventLoop | None = None
         self._stores: OrderedDict[str, Any] = OrderedDict()  # document -> ContextStore, most recent last
+        self.calibration: Calibration | None = None  # the loaded model's calibration.json
+        self._gate_noted: set[tuple] = set()
+
+    @classmethod
+    def for_model(cls, lm: Any) -> EngineClient:
+        """A client with no editor behind it, for tools that run completions exactly as the server does
+        (``diffucoder eval calibrate``); its calibration is the model folder's."""
+        client = cls(ls=None, scheduler=None)  # type: ignore[arg-type]
+        client.lm, client.state = lm, READY
+        client.calibration = read_calibration(getattr(lm, "path", None))
+        return client
 
     # --- status ---------------------------------------------------------------------------------------------
 
@@ -198,6 +246,16 @@ class EngineClient:
         self.model_name = str(getattr(lm, "name", name))
         self.device = str(getattr(lm, "device", ""))
         self._reported.clear()
+        self.calibration = read_calibration(getattr(lm, "path", None))
+        self._gate_noted.clear()
+        if self.calibration is not None:
+            cal = self.calibration
+            log.info(
+                "%s is calibrated: completions scored below %.3f (%s) are withheld by default",
+                self.model_name,
+                cal.min_confidence,
+                cal.statistic,
+            )
         self.set_state(READY, f"{self.model_name} on {self.device}")
         return True
 
@@ -205,6 +263,7 @@ class EngineClient:
         from ..model.loading import load_model
 
         self.lm = None  # drop the old model before reading the new one
+        self.calibration = None
         self._stores.clear()  # keys/values of the old model
         gc.collect()
         return load_model(settings.model, device=settings.device, dtype=settings.dtype, quant=settings.quant)
@@ -256,6 +315,29 @@ class EngineClient:
     def count_tokens(self, text: str) -> int:
         return len(self.lm.tokenizer.encode(text)) if text else 0
 
+    def gate(self, settings: Settings) -> tuple[str, float]:
+        """(statistic, threshold) of the confidence gate: ``minConfidence`` when set, else the model's calibrated
+        threshold when it was measured under the same unmasking algorithm (a confidence means something else
+        under another), else 0 (off). The statistic is the calibration's, else the shipped default."""
+        cal = self.calibration
+        name = cal.statistic if cal is not None else DEFAULT_STATISTIC
+        if settings.min_confidence is not None:
+            return name, settings.min_confidence
+        if cal is None:
+            return name, 0.0
+        if cal.alg is not None and cal.alg != settings.alg:
+            note = (cal.alg, settings.alg)
+            if note not in self._gate_noted:
+                self._gate_noted.add(note)
+                log.info(
+                    "the model's confidence calibration was measured with alg %s, not %s: no gate by default "
+                    "(set minConfidence to choose one)",
+                    cal.alg,
+                    settings.alg,
+                )
+            return name, 0.0
+        return name, cal.min_confidence
+
     def complete(
         self,
         prefix: str,
@@ -267,13 +349,20 @@ class EngineClient:
         stream: str | None = None,
     ) -> Fill:
         """Fill ``max_tokens`` masks between the context around the cursor (cut to the token budget).
-        ``stream`` (the document) lets consecutive completions reuse context keys/values."""
+        ``stream`` (the document) lets consecutive completions reuse context keys/values. A completion scored
+        below the confidence gate (:meth:`gate`) comes back as a :class:`WithheldText`."""
         ctx = self._context(prefix, suffix, settings)
         text, window = self._completion_text(ctx, max_tokens)
         fill = self.infill(
             text, [max_tokens], settings=settings, should_stop=should_stop, window=window, stream=stream
         )
-        return Fill(fill.texts, fill.steps, fill.elapsed_ms, ctx.tokens)
+        name, threshold = self.gate(settings)
+        score = statistic(fill.tokens[0], name) if fill.tokens else None
+        texts = fill.texts
+        if score is not None and threshold > 0 and score < threshold and texts[0].strip():
+            texts = [WithheldText(name, score, threshold)]
+            log.debug("completion withheld: %s", texts[0].reason())
+        return Fill(texts, fill.steps, fill.elapsed_ms, ctx.tokens, fill.tokens, score)
 
     def _context(self, prefix: str, suffix: str, settings: Settings):
         return build_context(
@@ -316,7 +405,10 @@ class EngineClient:
         if max_tokens:
             text, window = self._completion_text(ctx, max_tokens)
             window = min(lm.config.max_position_embeddings, window)  # as infill_stream clamps it
-            ids = prepare_infill(tok, text, length=[max_tokens], marker=MARKER, context_window=window).ids
+            heal = not sampling_options(settings).exact  # the canvas the request will build (infill_stream)
+            ids = prepare_infill(
+                tok, text, length=[max_tokens], marker=MARKER, context_window=window, heal=heal
+            ).ids
         elif ctx.prefix_cut or ctx.suffix_cut:
             return False
         else:
@@ -362,9 +454,12 @@ class EngineClient:
             gen.close()
         tok = lm.tokenizer
         stops = tok.stop_ids
-        texts = []
+        texts, tokens = [], []
         for hole in result.holes:
             ids = hole.token_ids
             end = next((i for i, t in enumerate(ids) if t in stops), len(ids))
-            texts.append(tok.decode(ids[:end]))
-        return Fill(texts, result.steps, result.elapsed_ms)
+            text = tok.decode(ids[:end])
+            lead = getattr(hole, "lead", "")  # token healing: the first tokens re-spell text before the hole
+            texts.append(text[len(lead) :] if lead and text.startswith(lead) else text)
+            tokens.append(suggestion_tokens(ids, hole.confidence, settings.alg, tok, lead))
+        return Fill(texts, result.steps, result.elapsed_ms, tokens=tuple(tokens))

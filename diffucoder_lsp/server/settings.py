@@ -1,17 +1,23 @@
 """Server settings: one frozen dataclass, read from ``initializationOptions`` and ``didChangeConfiguration``.
 
 Clients send camelCase keys (``maxTokens``), optionally nested under a ``diffucoder`` section; snake_case keys
-are accepted too. Validation never fails the request: every invalid value is replaced by its default and the
-problems are returned as messages, which the server shows once with ``window/showMessage``. Unknown keys are
-reported the same way (a typo in a settings file should not be silent) and ignored.
+are accepted too. Validation never fails the request: every invalid value is replaced by its default (or, for
+the settings in :data:`KEEP_PREVIOUS`, left at its previous value) and the problems are returned as messages,
+which the server shows once with ``window/showMessage``. Unknown keys are reported the same way (a typo in a
+settings file should not be silent) and ignored.
 
 The sampling defaults are chosen for latency: a few tokens revealed per denoising step, a short span for a
 single-line completion and a longer one for a block, trailing padding trimmed (length "auto").
+
+``minConfidence`` withholds completions the model is unsure of (see :mod:`diffucoder_lsp.engine.confidence`);
+its default (None, also written "auto") is the threshold calibrated for the loaded model, if its folder has a
+``calibration.json``, and off otherwise.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -48,6 +54,7 @@ class Settings:
     speculate: bool = True  # after showing a completion, compute the one that follows it once accepted
     max_tokens: int = 48  # multi-line completion span
     max_tokens_single_line: int = 20
+    min_confidence: float | None = None  # withheld below this score; None: the model's calibrated threshold
     context_tokens: int = 512  # prefix + suffix budget (the bundled model trained on 512-token rows)
     prefix_share: float = 0.7
     debounce_ms: int = 50
@@ -82,6 +89,7 @@ class Settings:
             self.warm_context,
             self.max_tokens,
             self.max_tokens_single_line,
+            self.min_confidence,  # a withheld completion is cached as withheld
             self.context_tokens,
             self.prefix_share,
         )
@@ -156,6 +164,17 @@ def _optional_bound(v):
     return float(v)
 
 
+def _min_confidence(v):
+    """A confidence threshold in [0, 1] (0: show everything), or None / "auto" for the model's calibrated one."""
+    if v is None or (isinstance(v, str) and v.strip().lower() == "auto"):
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ValueError(f'expected a number in [0, 1] or "auto", got {v!r}')
+    if not math.isfinite(v) or not 0.0 <= v <= 1.0:
+        raise ValueError(f"must be in [0, 1], got {v!r}")
+    return float(v)
+
+
 def _bool(v):
     if not isinstance(v, bool):
         raise ValueError(f"expected true or false, got {v!r}")
@@ -216,6 +235,7 @@ VALIDATORS = {
     "speculate": _bool,
     "max_tokens": _int(1, MAX_SPAN_TOKENS),
     "max_tokens_single_line": _int(1, MAX_SPAN_TOKENS),
+    "min_confidence": _min_confidence,
     "context_tokens": _int(16, 32768),
     "prefix_share": _float(0.0, 1.0),
     "debounce_ms": _int(0, 5000),
@@ -223,6 +243,11 @@ VALIDATORS = {
     "max_document_chars": _int(1),
     "cache_size": _int(0, 10_000),
 }
+
+
+# Settings whose invalid value keeps the previous one instead of the default: a confidence threshold the user
+# chose should not silently fall back to the model's calibrated one (and show or hide other suggestions).
+KEEP_PREVIOUS = frozenset({"min_confidence"})
 
 
 def known_key(key: str) -> bool:
@@ -240,7 +265,8 @@ def section_of(raw: Any) -> Any:
 def parse_settings(raw: Any, base: Settings | None = None) -> tuple[Settings, list[str]]:
     """Settings from a client's object, starting from ``base`` (the defaults when None).
 
-    Keys absent from ``raw`` keep their ``base`` value; invalid ones take the default value. Returns the settings
+    Keys absent from ``raw`` keep their ``base`` value; invalid ones take the default value (those in
+    :data:`KEEP_PREVIOUS` keep their ``base`` value). Returns the settings
     and one human-readable problem per invalid or unknown key.
     """
     base = base or Settings()
@@ -260,6 +286,10 @@ def parse_settings(raw: Any, base: Settings | None = None) -> tuple[Settings, li
         try:
             changes[name] = VALIDATORS[name](value)
         except ValueError as exc:
+            if name in KEEP_PREVIOUS:
+                previous = getattr(base, name)
+                problems.append(f"invalid {_camel(name)}: {exc}; keeping the previous value ({previous!r})")
+                continue
             default = getattr(defaults, name)
             changes[name] = default
             problems.append(f"invalid {_camel(name)}: {exc}; using the default ({default!r})")

@@ -25,6 +25,7 @@ export const SERVER_KEYS = [
   "speculate",
   "maxTokens",
   "maxTokensSingleLine",
+  "minConfidence",
   "contextTokens",
   "prefixShare",
   "debounceMs",
