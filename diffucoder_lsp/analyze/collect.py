@@ -178,7 +178,12 @@ def run_task(lm, task: AnalysisTask, options: SamplingOptions, length: int | str
         allowed_vocab=min(tok.vocab_size, lm.config.vocab_size),
     )
     stream = infill_stream(
-        lm, task.prefix + HOLE + task.suffix, length=n, options=options, marker=HOLE, denoiser=recorder,
+        lm,
+        task.prefix + HOLE + task.suffix,
+        length=n,
+        options=options,
+        marker=HOLE,
+        denoiser=recorder,
         heal=False,  # the recorder scores raw first-pass logits; a healed position is scored under its constraint
     )
     reveal: dict[int, int] = {}

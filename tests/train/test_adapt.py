@@ -31,17 +31,47 @@ def corpus(tmp_path_factory):
 def base(corpus, tmp_path_factory):
     """A tiny AR-ish base: briefly pretrained on the corpus, exported as a checkpoint folder."""
     root = tmp_path_factory.mktemp("base")
-    args = PretrainArgs(corpus=str(corpus), out=str(root / "run"), config="tiny", steps=40, batch_size=8,
-                        seq_len=48, lr=5e-3, warmup=2, seed=1, threads=1, autocast="off", eval_every=0,
-                        eval_batches=0, ckpt_minutes=1e9)
+    args = PretrainArgs(
+        corpus=str(corpus),
+        out=str(root / "run"),
+        config="tiny",
+        steps=40,
+        batch_size=8,
+        seq_len=48,
+        lr=5e-3,
+        warmup=2,
+        seed=1,
+        threads=1,
+        autocast="off",
+        eval_every=0,
+        eval_batches=0,
+        ckpt_minutes=1e9,
+    )
     Trainer(args).fit(progress=False)
     return export(root / "run", root / "base")
 
 
 def _args(corpus, base, out, **kw):
-    fields = dict(corpus=str(corpus), out=str(out), base=str(base), steps=6, batch_size=4, seq_len=48,
-                  lr=3e-3, warmup=1, seed=3, threads=1, autocast="off", eval_every=0, eval_batches=1,
-                  ckpt_minutes=1e9, anneal_steps=4, mode="lora", lora_r=4, lora_alpha=8)
+    fields = dict(
+        corpus=str(corpus),
+        out=str(out),
+        base=str(base),
+        steps=6,
+        batch_size=4,
+        seq_len=48,
+        lr=3e-3,
+        warmup=1,
+        seed=3,
+        threads=1,
+        autocast="off",
+        eval_every=0,
+        eval_batches=1,
+        ckpt_minutes=1e9,
+        anneal_steps=4,
+        mode="lora",
+        lora_r=4,
+        lora_alpha=8,
+    )
     fields.update(kw)
     return AdaptArgs(**fields)
 
@@ -55,8 +85,18 @@ def _loss_on(trainer, step=0):
 
 def test_first_loss_is_finite_and_below_a_random_init(corpus, base, tmp_path):
     adapted = AdaptTrainer(_args(corpus, base, tmp_path / "a"))
-    random_init = Trainer(PretrainArgs(corpus=str(corpus), out=str(tmp_path / "r"), config="tiny", seq_len=48,
-                                       batch_size=4, seed=3, threads=1, autocast="off"))
+    random_init = Trainer(
+        PretrainArgs(
+            corpus=str(corpus),
+            out=str(tmp_path / "r"),
+            config="tiny",
+            seq_len=48,
+            batch_size=4,
+            seed=3,
+            threads=1,
+            autocast="off",
+        )
+    )
     mine, theirs = _loss_on(adapted), _loss_on(random_init)
     assert torch.isfinite(torch.tensor(mine)) and mine < theirs
 
@@ -85,7 +125,11 @@ def test_modes_train_what_they_say(corpus, base, tmp_path, mode):
     other_rows[mask] = False
     changed_rows = ~torch.isclose(after[emb], before[emb]).all(-1)
     assert changed_rows[mask]  # the new token always learns
-    mlp = "model.layers.0.mlp.up_proj.weight" if mode != "lora" else "model.layers.0.mlp.up_proj.base_layer.weight"
+    mlp = (
+        "model.layers.0.mlp.up_proj.weight"
+        if mode != "lora"
+        else "model.layers.0.mlp.up_proj.base_layer.weight"
+    )
     if mode == "full":
         assert changed_rows[other_rows].any() and not torch.equal(after[mlp], before[mlp])
     else:
