@@ -21,6 +21,8 @@ import platform
 import sys
 import time
 
+from .fill import add_model_options
+
 log = logging.getLogger(__name__)
 
 FILLERS = ("model", "oracle", "empty")
@@ -130,10 +132,7 @@ def _register_calibrate(sub) -> None:
         default=None,
         help='server settings as JSON, e.g. \'{"alg": "maskgit_plus"}\' (default: its defaults)',
     )
-    cal.add_argument("--model", default=None, help="checkpoint folder or hub id (default: the bundled model)")
-    cal.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
-    cal.add_argument("--dtype", default="auto", help="auto, bf16, fp32 or fp16 (default: auto)")
-    cal.add_argument("--quant", default="none", help="none, 8bit or 4bit (default: none)")
+    add_model_options(cal)
     cal.set_defaults(func=run_calibrate)
 
 

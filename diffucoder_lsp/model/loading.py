@@ -135,23 +135,31 @@ def default_model_path() -> Path:
     return target
 
 
-def _write_tiny_atomically(target: Path) -> None:
-    from .tiny import write_tiny_checkpoint
+def build_folder_atomically(target: Path, build: Callable[[Path], object]) -> Path:
+    """``target`` made by ``build(folder)`` in a temp folder beside it, then renamed into place.
 
+    Two processes building together never see a half-written model, and an interrupted build leaves nothing
+    that loads. When another process renamed its copy first, that one is used.
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
-        write_tiny_checkpoint(tmp, shards=2, seed=0)
+        build(tmp)
         try:
             os.rename(tmp, target)
-        except OSError as exc:  # another process renamed its copy first: use that one
+        except OSError as exc:
             if not (target / "config.json").is_file():
-                raise CheckpointError(
-                    f"cannot create the fallback model at {target} ({exc}); remove that folder and retry"
-                ) from exc
+                raise CheckpointError(f"cannot create {target} ({exc}); remove that folder and retry") from exc
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _write_tiny_atomically(target: Path) -> None:
+    from .tiny import write_tiny_checkpoint
+
+    build_folder_atomically(target, lambda folder: write_tiny_checkpoint(folder, shards=2, seed=0))
 
 
 def resolve_checkpoint(name_or_path: str | os.PathLike | None) -> Path:
@@ -177,10 +185,7 @@ def resolve_checkpoint(name_or_path: str | os.PathLike | None) -> Path:
 
 
 def gguf_checkpoint(path: Path) -> Path:
-    """The checkpoint folder converted from a GGUF file, made once in the cache (keyed by name, size, mtime).
-
-    Converted into a temp folder and renamed into place, so an interrupted conversion is never mistaken for one.
-    """
+    """The checkpoint folder converted from a GGUF file, made once in the cache (keyed by name, size, mtime)."""
     import hashlib
 
     from .gguf import convert_gguf
@@ -190,20 +195,8 @@ def gguf_checkpoint(path: Path) -> Path:
     target = cache_root() / "gguf" / f"{path.stem}-{key}"
     if (target / "config.json").is_file():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
-        log.warning("converting %s into %s (once)", path, target)
-        convert_gguf(path, tmp)
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not (target / "config.json").is_file():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    log.warning("converting %s into %s (once)", path, target)
+    return build_folder_atomically(target, lambda folder: convert_gguf(path, folder))
 
 
 def _truthy(value: str | None) -> bool:
