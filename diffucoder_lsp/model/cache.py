@@ -6,6 +6,7 @@ fetched base, the bundled model's merge), so each gets the same temp-folder-and-
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
@@ -52,3 +53,12 @@ def build_folder_atomically(target: Path, build: Callable[[Path], object]) -> Pa
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, read in 1 MiB chunks (a base of ~100 MB never sits in memory twice)."""
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
