@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import torch
 
 if TYPE_CHECKING:
-    from .sampler import SamplingOptions
+    from .options import SamplingOptions
 
 
 def _top_p_sorted(logits: torch.Tensor, top_p: float) -> torch.Tensor:

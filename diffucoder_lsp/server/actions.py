@@ -24,7 +24,7 @@ from .scheduler import Cancelled
 from .settings import MAX_SPAN_TOKENS
 
 if TYPE_CHECKING:
-    from .app import DiffuCoderServer
+    from .host import ServerHost
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +57,7 @@ def clean_hole(fill: str, after: str) -> str:
     return fill.rstrip("\r\n")
 
 
-def _edit(
-    ls: DiffuCoderServer, uri: str, version: int | None, edits: list[types.TextEdit]
-) -> types.WorkspaceEdit:
+def _edit(ls: ServerHost, uri: str, version: int | None, edits: list[types.TextEdit]) -> types.WorkspaceEdit:
     if ls.client_supports("workspace.workspace_edit.document_changes"):
         doc_id = types.OptionalVersionedTextDocumentIdentifier(uri=uri, version=version)
         return types.WorkspaceEdit(
@@ -68,7 +66,7 @@ def _edit(
     return types.WorkspaceEdit(changes={uri: edits})
 
 
-async def _run_infill(ls: DiffuCoderServer, uri: str, doc, text: str, lengths: list[int], label: str):
+async def _run_infill(ls: ServerHost, uri: str, doc, text: str, lengths: list[int], label: str):
     """Fill ``text`` on the model thread (cancelled when the document changes); None when it did not finish."""
     s = ls.settings
     engine = ls.engine
@@ -90,7 +88,7 @@ async def _run_infill(ls: DiffuCoderServer, uri: str, doc, text: str, lengths: l
     return None
 
 
-def _usable(ls: DiffuCoderServer, uri: str):
+def _usable(ls: ServerHost, uri: str):
     doc = ls.documents.get(uri)
     if doc is None:
         raise JsonRpcInvalidParams.of(ValueError(f"document is not open: {uri}"))
@@ -103,7 +101,7 @@ def _usable(ls: DiffuCoderServer, uri: str):
     return doc
 
 
-async def fill_holes(ls: DiffuCoderServer, uri: str) -> dict[str, Any]:
+async def fill_holes(ls: ServerHost, uri: str) -> dict[str, Any]:
     doc = _usable(ls, uri)
     if doc is None:
         return {"applied": False, "holes": 0}
@@ -130,7 +128,7 @@ async def fill_holes(ls: DiffuCoderServer, uri: str) -> dict[str, Any]:
     return {"applied": bool(result and result.applied), "holes": len(starts)}
 
 
-async def regenerate_selection(ls: DiffuCoderServer, uri: str, rng: Any) -> dict[str, Any]:
+async def regenerate_selection(ls: ServerHost, uri: str, rng: Any) -> dict[str, Any]:
     (l0, c0), (l1, c1) = _range_arg(rng)
     doc = _usable(ls, uri)
     if doc is None:
@@ -167,7 +165,7 @@ async def regenerate_selection(ls: DiffuCoderServer, uri: str, rng: Any) -> dict
     return {"applied": bool(result and result.applied), "holes": 1}
 
 
-def note_cursor(ls: DiffuCoderServer, doc, position: types.Position) -> None:
+def note_cursor(ls: ServerHost, doc, position: types.Position) -> None:
     """Editors ask for code actions wherever the cursor lands (VS Code does, for its light bulb): the only word
     the server gets of a cursor that moved without an edit. The context there is warmed while the user pauses."""
     offset = ls.position_to_offset(doc, position)
@@ -176,7 +174,7 @@ def note_cursor(ls: DiffuCoderServer, doc, position: types.Position) -> None:
         warm_later(ls, doc.uri)
 
 
-def code_actions(ls: DiffuCoderServer, params: types.CodeActionParams):
+def code_actions(ls: ServerHost, params: types.CodeActionParams):
     doc = ls.documents.get(params.text_document.uri)
     if doc is None or not ls.settings.language_enabled(doc.language_id):
         return None
@@ -204,7 +202,7 @@ def code_actions(ls: DiffuCoderServer, params: types.CodeActionParams):
     ] or None
 
 
-def register_actions(server: DiffuCoderServer) -> None:
+def register_actions(server: ServerHost) -> None:
     @server.command(FILL_HOLES)
     async def cmd_fill_holes(ls, *args):
         return await fill_holes(ls, _uri_arg(args))
@@ -219,5 +217,5 @@ def register_actions(server: DiffuCoderServer) -> None:
         types.TEXT_DOCUMENT_CODE_ACTION,
         types.CodeActionOptions(code_action_kinds=[types.CodeActionKind.RefactorRewrite]),
     )
-    def code_action(ls: DiffuCoderServer, params: types.CodeActionParams):
+    def code_action(ls: ServerHost, params: types.CodeActionParams):
         return code_actions(ls, params)

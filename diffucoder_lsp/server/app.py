@@ -15,18 +15,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from lsprotocol import types
 from pygls.lsp.server import LanguageServer
 
 from ..errors import BadInputError
+from .actions import register_actions
 from .background import speculate_after, warm_later
 from .cache import CompletionCache
 from .documents import UTF16, Document, DocumentStore
 from .engine_client import BUSY, ERROR, READY, EngineClient, WithheldText, completion_span
-from .postprocess import Completion, postprocess
+from .host import Answer
+from .postprocess import postprocess
 from .scheduler import Cancelled, Job, Scheduler
 from .settings import SECTION, Settings, known_key, parse_settings, problems_message, section_of
 
@@ -40,13 +41,6 @@ def _version() -> str:
         return version("diffucoder-lsp")
     except Exception:
         return "0"
-
-
-@dataclass(frozen=True)
-class Answer:
-    completion: Completion
-    offset: int  # cursor, code points
-    doc: Document
 
 
 class LspLogHandler(logging.Handler):
@@ -268,8 +262,6 @@ def build_server(base_settings: Settings | None = None) -> DiffuCoderServer:
     server = DiffuCoderServer(base_settings)
     register_lifecycle(server)
     register_completion(server)
-    from .actions import register_actions
-
     register_actions(server)
     return server
 

@@ -28,7 +28,7 @@ from ..errors import BadInputError
 from .scheduler import Cancelled
 
 if TYPE_CHECKING:
-    from .app import Answer, DiffuCoderServer
+    from .host import Answer, ServerHost
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -40,7 +40,7 @@ SPECULATION_STREAM = "#speculation"  # appended to a document's URI: the reuse s
 
 
 def in_background(
-    ls: DiffuCoderServer,
+    ls: ServerHost,
     kind: str,
     uri: str,
     work: Callable[[Callable[[], bool]], T],
@@ -70,7 +70,7 @@ def in_background(
     ls.spawn(run())
 
 
-def warm_later(ls: DiffuCoderServer, uri: str) -> None:
+def warm_later(ls: ServerHost, uri: str) -> None:
     """Once the user pauses, compute the context keys/values the next completion in ``uri`` will start from (at
     the last place the user worked; a document opened and not yet edited is warmed whole when it fits the
     window). Nothing to do when a completion already ran for this version."""
@@ -99,7 +99,7 @@ def warm_later(ls: DiffuCoderServer, uri: str) -> None:
     in_background(ls, "warm", uri, work, ls.is_current(uri, doc, version), WARM_DELAY_S)
 
 
-def speculate_after(ls: DiffuCoderServer, answer: Answer, prefix: str, suffix: str) -> None:
+def speculate_after(ls: ServerHost, answer: Answer, prefix: str, suffix: str) -> None:
     """Compute the completion that follows ``answer`` once it is accepted, into the completion cache.
 
     ``prefix``/``suffix`` are the document around the answer's cursor; accepting inserts the answer's text and

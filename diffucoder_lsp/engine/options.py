@@ -1,0 +1,98 @@
+"""How to denoise: :class:`SamplingOptions`, validated where it is built.
+
+It lives apart from the sampler so that :mod:`.choice` (which picks tokens by these options) and
+:mod:`.sampler` (which drives the steps) both import it without importing each other. The sampler's module
+docstring explains what each option does to the reveal order.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ..errors import BadInputError
+
+ALGORITHMS = ("entropy", "maskgit_plus", "topk_margin", "origin")
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """How to denoise. ``steps`` None means ``ceil(masked / tokens_per_step)``."""
+
+    steps: int | None = None
+    tokens_per_step: int = 1
+    alg: str = "entropy"
+    temperature: float = 0.2
+    top_p: float | None = 0.95
+    top_k: int | None = None
+    alg_temp: float = 0.0
+    seed: int = 0
+    exact: bool = False
+    eos_penalty: float = 0.0
+    threshold: float | None = None  # parallel unmasking: reveal every position this sure (>= tokens_per_step)
+    block_size: int | None = None  # block decoding: only this many masked positions (in order) are eligible
+    entropy_bound: float | None = None  # entropy-bounded unmasking: nats a step takes beyond its least sure
+
+    def __post_init__(self) -> None:
+        if self.alg not in ALGORITHMS:
+            raise BadInputError(f"unknown algorithm {self.alg!r}; choose one of {', '.join(ALGORITHMS)}")
+        if self.steps is not None and self.steps < 1:
+            raise BadInputError(f"steps must be >= 1, got {self.steps}")
+        if self.tokens_per_step < 1:
+            raise BadInputError(f"tokens_per_step must be >= 1, got {self.tokens_per_step}")
+        if self.temperature < 0:
+            raise BadInputError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise BadInputError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k is not None and self.top_k < 1:
+            raise BadInputError(f"top_k must be >= 1, got {self.top_k}")
+        if self.alg_temp < 0:
+            raise BadInputError(f"alg_temp must be >= 0, got {self.alg_temp}")
+        if self.threshold is not None and not 0 < self.threshold <= 1:
+            raise BadInputError(f"threshold must be in (0, 1], got {self.threshold}")
+        if self.threshold is not None and (self.exact or self.alg == "origin"):
+            raise BadInputError(
+                "threshold decoding cannot be combined with exact mode or the origin algorithm"
+            )
+        if self.entropy_bound is not None:
+            if not self.entropy_bound >= 0:
+                raise BadInputError(f"entropy_bound must be >= 0, got {self.entropy_bound}")
+            if self.threshold is not None:
+                raise BadInputError("choose either threshold or entropy_bound, not both")
+            if self.exact or self.alg == "origin":
+                raise BadInputError(
+                    "entropy-bounded decoding cannot be combined with exact mode or the origin algorithm"
+                )
+        if self.block_size is not None:
+            if self.block_size < 1:
+                raise BadInputError(f"block_size must be >= 1, got {self.block_size}")
+            if self.exact or self.alg == "origin":
+                raise BadInputError(
+                    "block decoding cannot be combined with exact mode or the origin algorithm"
+                )
+
+    @property
+    def adaptive(self) -> bool:
+        """Whether the tokens revealed per step depend on the model's certainty (threshold or entropy bound)."""
+        return self.threshold is not None or self.entropy_bound is not None
+
+    def pace(self, max_masked: int) -> int:
+        """Tokens per step in block decoding: ``tokens_per_step``, or what ``steps`` implies when given."""
+        if self.steps is not None and not self.adaptive:
+            return max(1, math.ceil(max_masked / self.steps))
+        return self.tokens_per_step
+
+    def num_steps(self, max_masked: int, per_row: list[int] | None = None) -> int:
+        """Steps to run. Block decoding needs every row's masked count (``per_row``): a block's last step may
+        reveal fewer than the pace, so the count is summed block by block."""
+        if self.block_size is not None:
+            pace, size = self.pace(max_masked), self.block_size
+            counts = per_row if per_row is not None else [max_masked]
+            return max(
+                1,
+                max((m // size) * math.ceil(size / pace) + math.ceil((m % size) / pace) for m in counts),
+            )
+        if self.steps is not None and not self.adaptive:
+            return self.steps
+        # adaptive: an upper bound (>= tokens_per_step per step): usually far fewer steps are run
+        return max(1, math.ceil(max_masked / self.tokens_per_step))
