@@ -53,6 +53,12 @@ def register(subparsers) -> None:
     a.add_argument("--lora-r", type=int, default=32)
     a.add_argument("--lora-alpha", type=int, default=64)
     a.add_argument("--anneal-steps", type=int, default=100, help="steps from causal to full attention")
+    a.add_argument(
+        "--lookahead",
+        action="store_true",
+        help="learned lookahead instead of the anneal: start causal, each head learns how far ahead it reads",
+    )
+    a.add_argument("--lookahead-lr", type=float, default=0.05, help="learning rate of the lookahead biases")
     a.set_defaults(func=_adapt, steps=2000, batch_size=8, seq_len=384, lr=1e-3, warmup=20, eval_every=50,
                    infill_fraction=0.7)
 
@@ -213,6 +219,8 @@ def _adapt(args: argparse.Namespace) -> int:
             lora_r=args.lora_r,
             lora_alpha=args.lora_alpha,
             anneal_steps=args.anneal_steps,
+            lookahead=args.lookahead,
+            lookahead_lr=args.lookahead_lr,
             **fields,
         )
     )

@@ -77,6 +77,7 @@ class CachedContextDenoiser:
         if refresh_every < 0:
             raise ValueError("refresh_every must be >= 0")
         self.model = model
+        self._lookahead = model.config.learned_lookahead
         self.refresh_every = refresh_every
         self.store = store
         self.forward_passes = 0
@@ -149,7 +150,9 @@ class CachedContextDenoiser:
             hidden, slot = self._switch(x, valid, needed)
         else:
             self._since_refresh += 1
-            out = self._active_pass(x, self._act_idx, self._act_valid, self._slots, self._ctx_valid, first)
+            out = self._active_pass(
+                x, self._act_idx, self._act_valid, self._slots, self._ctx_idx, self._ctx_valid, first
+            )
             hidden = out[0] if first else out
             slot = self._slot
             if first:  # a reused start: remember the stitched context for the next request
@@ -177,7 +180,7 @@ class CachedContextDenoiser:
         m = ctx_kv[0][0].shape[2] if ctx_kv else 0
         self._ctx_kv = [(s.k[:, :, :m], s.v[:, :, :m]) for s in self._slots]
 
-    def _active_pass(self, x, idx, idx_valid, ctx_kv, ctx_valid, return_kv: bool):
+    def _active_pass(self, x, idx, idx_valid, ctx_kv, ctx_idx, ctx_valid, return_kv: bool):
         """Hidden states (and with ``return_kv`` their own keys/values) of the positions ``idx`` over a context."""
         self.tokens_processed += int(idx_valid.sum())
         return self.model.hidden_states(
@@ -187,6 +190,7 @@ class CachedContextDenoiser:
             extra_kv=ctx_kv,
             extra_valid=ctx_valid,
             return_kv=return_kv,
+            extra_positions=self._positions.gather(1, ctx_idx) if self._lookahead else None,
         )
 
     def _switch(self, x: torch.Tensor, valid: torch.Tensor, needed: torch.Tensor):
@@ -197,7 +201,7 @@ class CachedContextDenoiser:
         idx, idx_valid = _padded_index(union)
         ctx_idx, ctx_valid = _padded_index(valid & ~union)
         hidden, own = self._active_pass(
-            x, idx, idx_valid, _gather_kv(self._kv_full, ctx_idx), ctx_valid, True
+            x, idx, idx_valid, _gather_kv(self._kv_full, ctx_idx), ctx_idx, ctx_valid, True
         )
         rows, cols, slots = _selected(idx, idx_valid)
         if self._kv_shared:  # the store keeps the keys/values of the canvas as it was saved

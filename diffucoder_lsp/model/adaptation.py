@@ -212,6 +212,28 @@ def merge_adaptation(
     return merged
 
 
+def with_new_parameters(base: dict[str, torch.Tensor], config: dict) -> dict[str, torch.Tensor]:
+    """``base`` as a model of ``config`` starts from: the parameters the config adds over the AR base (the
+    learned lookahead's per-head biases) at their initial values, so an adaptation stores their change like any
+    other vector's. The fingerprint is always taken of the base before this."""
+    if config.get("learned_lookahead") is not True:
+        return base
+    from .network import LOOKAHEAD_INIT
+
+    layers, heads = config.get("num_hidden_layers"), config.get("num_attention_heads")
+    if (
+        not isinstance(layers, int)
+        or not isinstance(heads, int)
+        or not 0 < layers <= 1024
+        or not 0 < heads <= 1024
+    ):
+        raise CheckpointError("the adaptation's config has no valid num_hidden_layers / num_attention_heads")
+    out = dict(base)
+    for i in range(layers):
+        out.setdefault(f"model.layers.{i}.self_attn.lookahead_bias", torch.full((heads,), LOOKAHEAD_INIT))
+    return out
+
+
 def build_adapted_folder(adaptation_dir: str | Path, base_dir: str | Path, out: str | Path) -> Path:
     """Write a loadable checkpoint folder: the base's files with merged fp32 weights and the result's config.
 
@@ -233,7 +255,7 @@ def build_adapted_folder(adaptation_dir: str | Path, base_dir: str | Path, out: 
             f"the base at {base_dir} is not the one this adaptation was made for (fingerprint {found[:12]}, "
             f"expected {manifest['base']['fingerprint'][:12]}): remove that folder so it is fetched again"
         )
-    merged = merge_adaptation(base, tensors)
+    merged = merge_adaptation(with_new_parameters(base, manifest["config"]), tensors)
     out.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in merged.items()}, str(out / "model.safetensors"))
     config = dict(manifest["config"])
@@ -246,4 +268,3 @@ def build_adapted_folder(adaptation_dir: str | Path, base_dir: str | Path, out: 
         if (adaptation_dir / name).is_file():
             shutil.copy2(adaptation_dir / name, out / name)
     return out
-

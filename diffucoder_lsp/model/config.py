@@ -41,8 +41,13 @@ class ModelConfig:
     bos_token_id: int | None = 151643
     model_type: str = "Dream"
     torch_dtype: str = "bfloat16"
+    # our extension, off for every DiffuCoder/Dream checkpoint: attention to keys at later positions gets a
+    # learned per-head bias (``self_attn.lookahead_bias``); very negative = causal (see model/network.py)
+    learned_lookahead: bool = False
 
     def __post_init__(self) -> None:
+        if not isinstance(self.learned_lookahead, bool):
+            raise CheckpointError(f"learned_lookahead must be true or false, got {self.learned_lookahead!r}")
         if self.head_dim is None:
             if self.hidden_size % self.num_attention_heads:
                 raise CheckpointError(

@@ -7,6 +7,14 @@ can be compared one to one with a Hugging Face Qwen2 run.
 
 Attention layers accept an optional block of extra keys/values (``extra_kv``) placed before the layer's own
 keys: that is the slot a context cache uses (issue: fast inference), the exact path leaves it empty.
+
+**Learned lookahead** (``ModelConfig.learned_lookahead``, our extension; DiffuCoder and Dream leave it off): every
+attention head adds a learned bias to its scores for keys at *later* positions than the query. At a very negative
+bias the network is exactly its causal self, so a pretrained AR model adapted this way starts as the AR model it
+was (decoded left to right it writes what the AR model writes) instead of the much worse model that full
+attention makes of it on step 0; training then opens each head to the text after it as far as that helps. It
+is the learned form of DiffuLLaMA's causal-to-full anneal, and it is what lets a CPU-sized adaptation keep the
+base's quality (``train/adapt.py``).
 """
 
 from __future__ import annotations
@@ -97,6 +105,22 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 SHORT_QUERY_ATTENTION = 128
 
 
+# the lookahead bias a new head starts from: causal to float precision (exp(-12) ~ 6e-6 of a key's weight) yet
+# still with a gradient that Adam's step can follow
+LOOKAHEAD_INIT = -12.0
+
+
+def lookahead_mask(
+    bias: torch.Tensor, future: torch.Tensor, mask: torch.Tensor | None, dtype: torch.dtype
+) -> torch.Tensor:
+    """Additive (B, H, N, K) scores: ``bias[h]`` where the key is later than the query, -inf where ``mask``
+    (B, 1, N, K) forbids the pair, else 0."""
+    add = future.to(dtype) * bias.to(dtype).view(1, -1, 1, 1)
+    if mask is not None:
+        add = add.masked_fill(~mask, float("-inf"))
+    return add
+
+
 def grouped_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
 ) -> torch.Tensor:
@@ -104,13 +128,16 @@ def grouped_attention(
 
     The H query heads are folded into KV groups of H/KV heads (head h reads kv head h // (H/KV), as
     ``repeat_interleave`` would), scores are computed in the input dtype and normalised in fp32 (as Qwen2's
-    eager attention). ``mask`` (B, 1, N, M) is True where a query may attend.
+    eager attention). ``mask`` (B, 1, N, M) is True where a query may attend; a float mask (B, H, N, M) is added
+    to the scores instead (the learned lookahead).
     """
     b, h, n, d = q.shape
     kv = k.shape[1]
     r = h // kv
     scores = torch.matmul(q.reshape(b, kv, r * n, d), k.transpose(-1, -2)).float() * (d**-0.5)
-    if mask is not None:
+    if mask is not None and mask.dtype != torch.bool:
+        scores = (scores.view(b, kv, r, n, -1) + mask.float().view(b, kv, r, n, -1)).view(b, kv, r * n, -1)
+    elif mask is not None:
         scores = scores.view(b, kv, r, n, -1).masked_fill(~mask[:, :, None], float("-inf"))
         scores = scores.view(b, kv, r * n, -1)
     probs = scores.softmax(-1).to(v.dtype)
@@ -128,6 +155,8 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(h, self.n_kv * self.head_dim, bias=cfg.attention_bias)
         self.v_proj = nn.Linear(h, self.n_kv * self.head_dim, bias=cfg.attention_bias)
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, h, bias=False)
+        if cfg.learned_lookahead:
+            self.lookahead_bias = nn.Parameter(torch.full((self.n_heads,), LOOKAHEAD_INIT))
 
     def forward(
         self,
@@ -138,11 +167,13 @@ class Attention(nn.Module):
         extra_kv: KV | None = None,
         causal: bool = False,
         keep: torch.Tensor | None = None,
+        future: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, KV]:
         """Attention output (B, N', H) and this call's own (k, v) (after RoPE) for every input position.
 
         ``keep`` (B, N') selects the query positions whose output is wanted: keys/values still come from all
-        N inputs. A context pass uses it in its last layer, where only the hole positions are read.
+        N inputs. A context pass uses it in its last layer, where only the hole positions are read. ``future``
+        (B, 1, N, K) marks the keys later than each query (learned lookahead only).
         """
         b, n, _ = x.shape
         k = self.k_proj(x).view(b, n, self.n_kv, self.head_dim).transpose(1, 2)
@@ -154,6 +185,8 @@ class Attention(nn.Module):
             cos, sin = cos.gather(2, g), sin.gather(2, g)
             if mask is not None:
                 mask = mask.gather(2, keep[:, None, :, None].expand(-1, 1, -1, mask.shape[-1]))
+            if future is not None:
+                future = future.gather(2, keep[:, None, :, None].expand(-1, 1, -1, future.shape[-1]))
         nq = x.shape[1]
         q = self.q_proj(x).view(b, nq, self.n_heads, self.head_dim).transpose(1, 2)
         q = apply_rope(q, cos, sin)
@@ -165,6 +198,8 @@ class Attention(nn.Module):
         elif extra_kv is not None:
             k = torch.cat([extra_kv[0], k], dim=2)
             v = torch.cat([extra_kv[1], v], dim=2)
+        if future is not None and not causal:
+            mask = lookahead_mask(self.lookahead_bias, future, mask, q.dtype)
         if x.device.type == "cpu" and nq <= SHORT_QUERY_ATTENTION and not (causal and mask is None):
             out = grouped_attention(q, k, v, mask)
         elif x.device.type == "cpu":
@@ -209,8 +244,8 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
-    def forward(self, x, cos, sin, mask, extra_kv=None, causal=False, keep=None):
-        attn, kv = self.self_attn(self.input_layernorm(x), cos, sin, mask, extra_kv, causal, keep)
+    def forward(self, x, cos, sin, mask, extra_kv=None, causal=False, keep=None, future=None):
+        attn, kv = self.self_attn(self.input_layernorm(x), cos, sin, mask, extra_kv, causal, keep, future)
         if keep is not None:
             x = x.gather(1, keep[..., None].expand(-1, -1, x.shape[-1]))
         x = x + attn
@@ -265,6 +300,7 @@ class DreamModel(nn.Module):
         keep: torch.Tensor | None = None,
         should_stop: Callable[[], bool] | None = None,
         attn_mask: torch.Tensor | None = None,
+        extra_positions: torch.Tensor | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, list[KV]] | None:
         """Final-norm hidden states (B, L, H), or (B, N', H) at the positions ``keep`` (B, N') selects.
 
@@ -276,7 +312,8 @@ class DreamModel(nn.Module):
         its work. ``should_stop`` is asked before every layer; when it says yes the pass is abandoned and None
         returned (background work that a request must not wait for). ``attn_mask`` (B or 1, 1, L, L), True where a
         query may attend, is combined with the padding mask: adapting an AR model anneals from causal to full
-        attention through it (``train/adapt.py``).
+        attention through it (``train/adapt.py``). A model with a learned lookahead needs the positions of the
+        ``extra_kv`` keys too (``extra_positions``, (B, M)): its bias depends on which keys are later.
         """
         b, n = input_ids.shape
         if valid is None:
@@ -301,13 +338,21 @@ class DreamModel(nn.Module):
             own = torch.zeros(n, keys, dtype=torch.bool, device=x.device)
             own[torch.arange(n), torch.arange(keys - n, keys)] = True
             mask = mask | own
+        future = None
+        if self.config.learned_lookahead and not causal:
+            key_pos = position_ids
+            if extra_kv is not None:
+                if extra_positions is None:
+                    raise ValueError("a learned-lookahead model needs extra_positions with extra_kv")
+                key_pos = torch.cat([extra_positions, position_ids], dim=1)
+            future = (key_pos[:, None, None, :] > position_ids[:, None, :, None]).contiguous()
         kvs: list[KV] = []
         last = len(self.model.layers) - 1
         for i, layer in enumerate(self.model.layers):
             if should_stop is not None and should_stop():
                 return None
             extra = extra_kv[i] if extra_kv is not None else None
-            x, kv = layer(x, cos, sin, mask, extra, causal, keep if i == last else None)
+            x, kv = layer(x, cos, sin, mask, extra, causal, keep if i == last else None, future)
             if return_kv:
                 kvs.append(kv)
         x = self.model.norm(x)

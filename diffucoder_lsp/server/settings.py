@@ -1,10 +1,10 @@
 """Server settings: one frozen dataclass, read from ``initializationOptions`` and ``didChangeConfiguration``.
 
 Clients send camelCase keys (``maxTokens``), optionally nested under a ``diffucoder`` section; snake_case keys
-are accepted too. Validation never fails the request: every invalid value is replaced by its default (or, for
-the settings in :data:`KEEP_PREVIOUS`, left at its previous value) and the problems are returned as messages,
-which the server shows once with ``window/showMessage``. Unknown keys are reported the same way (a typo in a
-settings file should not be silent) and ignored.
+are accepted too. Validation never fails the request: each key is checked for type, finiteness and range on its
+own, an invalid value leaves that setting at its previous value, the valid keys of the same message apply, and
+the problems are returned as messages, which the server shows once with ``window/showMessage``. Unknown keys are
+reported the same way (a typo in a settings file should not be silent) and ignored.
 
 The sampling defaults are chosen for latency: a few tokens revealed per denoising step, a short span for a
 single-line completion and a longer one for a block, trailing padding trimmed (length "auto").
@@ -119,16 +119,36 @@ for _f in dataclasses.fields(Settings):
 
 # --- validators: value -> converted value, or raise ValueError with the reason -----------------------------
 
+MAX_SEED = 2**32 - 1  # numpy's and torch's generators both take it; JSON allows integers far beyond
+MAX_TEXT = 4096  # a model path or hub id, a language id
 
-def _int(lo: int, hi: int | None = None, optional: bool = False):
+
+def _finite(v) -> float:
+    """A JSON number as a finite float: booleans, strings, NaN, +-Infinity and 1e999 are refused."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ValueError(f"expected a number, got {_short(v)}")
+    try:
+        f = float(v)
+    except OverflowError:  # an integer beyond float range (JSON has no limit)
+        raise ValueError("the number is too large") from None
+    if not math.isfinite(f):
+        raise ValueError(f"expected a finite number, got {_short(v)}")
+    return f
+
+
+def _int(lo: int, hi: int, optional: bool = False):
     def check(v):
         if v is None and optional:
             return None
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or int(v) != v:
-            raise ValueError(f"expected an integer, got {v!r}")
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ValueError(f"expected an integer, got {_short(v)}")
+        if isinstance(v, float) and (not math.isfinite(v) or not v.is_integer()):
+            raise ValueError(f"expected an integer, got {_short(v)}")
         v = int(v)
-        if v < lo or (hi is not None and v > hi):
-            raise ValueError(f"must be between {lo} and {hi}, got {v}" if hi else f"must be >= {lo}, got {v}")
+        if not lo <= v <= hi:
+            raise ValueError(
+                f"must be between {lo} and {hi}, got {v if abs(v) < 10**30 else 'a huge number'}"
+            )
         return v
 
     return check
@@ -136,9 +156,7 @@ def _int(lo: int, hi: int | None = None, optional: bool = False):
 
 def _float(lo: float, hi: float, lo_open: bool = False):
     def check(v):
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise ValueError(f"expected a number, got {v!r}")
-        v = float(v)
+        v = _finite(v)
         if v > hi or v < lo or (lo_open and v == lo):
             raise ValueError(f"must be in {'(' if lo_open else '['}{lo}, {hi}], got {v}")
         return v
@@ -159,9 +177,10 @@ def _optional_bound(v):
     """An entropy bound in nats: >= 0 (0 still reveals runs of certain tokens), or None for off."""
     if v is None:
         return None
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 100:
-        raise ValueError(f"expected a number of nats between 0 and 100, got {v!r}")
-    return float(v)
+    f = _finite(v)
+    if not 0 <= f <= 100:
+        raise ValueError(f"expected a number of nats between 0 and 100, got {_short(v)}")
+    return f
 
 
 def _min_confidence(v):
@@ -169,22 +188,23 @@ def _min_confidence(v):
     if v is None or (isinstance(v, str) and v.strip().lower() == "auto"):
         return None
     if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise ValueError(f'expected a number in [0, 1] or "auto", got {v!r}')
-    if not math.isfinite(v) or not 0.0 <= v <= 1.0:
-        raise ValueError(f"must be in [0, 1], got {v!r}")
-    return float(v)
+        raise ValueError(f'expected a number in [0, 1] or "auto", got {_short(v)}')
+    f = _finite(v)
+    if not 0.0 <= f <= 1.0:
+        raise ValueError(f"must be in [0, 1], got {_short(v)}")
+    return f
 
 
 def _bool(v):
     if not isinstance(v, bool):
-        raise ValueError(f"expected true or false, got {v!r}")
+        raise ValueError(f"expected true or false, got {_short(v)}")
     return v
 
 
 def _choice(options: tuple[str, ...]):
     def check(v):
         if not isinstance(v, str) or v.lower() not in options:
-            raise ValueError(f"expected one of {', '.join(options)}, got {v!r}")
+            raise ValueError(f"expected one of {', '.join(options)}, got {_short(v)}")
         return v.lower()
 
     return check
@@ -194,22 +214,34 @@ def _model(v):
     if v is None or v == "" or v == "default":
         return None
     if not isinstance(v, str):
-        raise ValueError(f"expected a path or hub id, got {v!r}")
+        raise ValueError(f"expected a path or hub id, got {_short(v)}")
+    if len(v) > MAX_TEXT or "\x00" in v:
+        raise ValueError("expected a path or hub id (at most 4096 characters, no NUL)")
     return v
 
 
 def _device(v):
     if not isinstance(v, str) or not _DEVICE.match(v.strip().lower()):
-        raise ValueError(f"expected auto, cpu, cuda, cuda:N or mps, got {v!r}")
+        raise ValueError(f"expected auto, cpu, cuda, cuda:N or mps, got {_short(v)}")
     return v.strip().lower()
 
 
 def _languages(v):
     if isinstance(v, str):
         v = [v]
-    if not isinstance(v, (list, tuple)) or not all(isinstance(x, str) and x for x in v):
-        raise ValueError(f"expected a list of language ids, got {v!r}")
+    if (
+        not isinstance(v, (list, tuple))
+        or len(v) > 1000
+        or not all(isinstance(x, str) and x and len(x) <= MAX_TEXT for x in v)
+    ):
+        raise ValueError(f"expected a list of language ids, got {_short(v)}")
     return tuple(v)
+
+
+def _short(v: Any) -> str:
+    """A value for a one-line message: a pasted megabyte must not become a megabyte popup."""
+    text = repr(v)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 VALIDATORS = {
@@ -223,7 +255,7 @@ VALIDATORS = {
     "top_p": _float(0.0, 1.0, lo_open=True),
     "alg": _choice(ALGORITHMS),
     "eos_penalty": _float(0.0, 100.0),
-    "seed": _int(0),
+    "seed": _int(0, MAX_SEED),
     "threshold": _optional_float(0.0, 1.0),
     "entropy_bound": _optional_bound,
     "block_size": _int(0, MAX_SPAN_TOKENS),
@@ -240,14 +272,9 @@ VALIDATORS = {
     "prefix_share": _float(0.0, 1.0),
     "debounce_ms": _int(0, 5000),
     "enabled_languages": _languages,
-    "max_document_chars": _int(1),
+    "max_document_chars": _int(1, 1_000_000_000),
     "cache_size": _int(0, 10_000),
 }
-
-
-# Settings whose invalid value keeps the previous one instead of the default: a confidence threshold the user
-# chose should not silently fall back to the model's calibrated one (and show or hide other suggestions).
-KEEP_PREVIOUS = frozenset({"min_confidence"})
 
 
 def known_key(key: str) -> bool:
@@ -259,40 +286,40 @@ def section_of(raw: Any) -> Any:
     """The ``diffucoder`` section of a settings object (clients nest it or not)."""
     if isinstance(raw, dict) and isinstance(raw.get(SECTION), dict):
         return raw[SECTION]
+    if isinstance(raw, dict) and set(raw) == {SECTION} and raw[SECTION] in (None, []):
+        return None  # {"diffucoder": {}} from a Lua client: an empty table encodes as []
     return raw
 
 
 def parse_settings(raw: Any, base: Settings | None = None) -> tuple[Settings, list[str]]:
     """Settings from a client's object, starting from ``base`` (the defaults when None).
 
-    Keys absent from ``raw`` keep their ``base`` value; invalid ones take the default value (those in
-    :data:`KEEP_PREVIOUS` keep their ``base`` value). Returns the settings
-    and one human-readable problem per invalid or unknown key.
+    Keys absent from ``raw`` keep their ``base`` value, and so do invalid ones: a setting the user chose is never
+    silently replaced by a default because a later message got one field wrong. Every key is checked for type,
+    finiteness and range on its own, so one bad field never drops the others. Never raises: returns the settings
+    and one human-readable problem per invalid or unknown key. ``null`` and an empty list (what an empty Lua
+    table encodes as) mean "no settings", without a problem.
     """
     base = base or Settings()
-    defaults = Settings()
     raw = section_of(raw)
-    if raw is None:
+    if raw is None or (isinstance(raw, list) and not raw):
         return base, []
     if not isinstance(raw, dict):
-        return defaults, [f"settings must be an object, got {type(raw).__name__}: using the defaults"]
+        return base, [f"settings must be an object, got {type(raw).__name__}: keeping the previous settings"]
     changes: dict[str, Any] = {}
     problems: list[str] = []
     for key, value in raw.items():
-        name = _BY_KEY.get(key)
+        name = _BY_KEY.get(key) if isinstance(key, str) else None
         if name is None:
-            problems.append(f"unknown setting {key!r} ignored")
+            problems.append(f"unknown setting {_short(key)} ignored")
             continue
         try:
             changes[name] = VALIDATORS[name](value)
-        except ValueError as exc:
-            if name in KEEP_PREVIOUS:
-                previous = getattr(base, name)
-                problems.append(f"invalid {_camel(name)}: {exc}; keeping the previous value ({previous!r})")
-                continue
-            default = getattr(defaults, name)
-            changes[name] = default
-            problems.append(f"invalid {_camel(name)}: {exc}; using the default ({default!r})")
+        except Exception as exc:  # noqa: BLE001 - a validator's surprise must not fail the request either
+            reason = str(exc) if isinstance(exc, ValueError) else f"invalid value {_short(value)}"
+            previous = getattr(base, name)
+            shown = list(previous) if isinstance(previous, tuple) else previous
+            problems.append(f"invalid {_camel(name)}: {reason}; keeping the previous value ({shown!r})")
     out = dataclasses.replace(base, **changes)
     # the origin algorithm reveals positions at random: no threshold rule, no block order. A threshold, or a
     # blockSize asked for here, is turned off with a message; the default blockSize just does not apply to it

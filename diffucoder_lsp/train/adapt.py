@@ -21,6 +21,7 @@ Why this recipe (public facts, ``shared/docs/diffucoder-facts.md``):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from dataclasses import asdict, dataclass
@@ -45,6 +46,11 @@ class AdaptArgs(PretrainArgs):
     lora_r: int = 32
     lora_alpha: int = 64
     anneal_steps: int = 100
+    # learned lookahead (model/network.py): start causal, let each head learn how far it reads ahead; the
+    # anneal is then not used. Its biases move at their own learning rate: from the causal start to a useful
+    # opening is ~10 units, which the adapters' rate would take thousands of steps to cover
+    lookahead: bool = False
+    lookahead_lr: float = 0.05
     # no decay: a short adaptation should stay near the base, and decoupled decay would shrink the frozen
     # embedding rows of the low-capacity modes (their gradient is masked, the decay is not)
     weight_decay: float = 0.0
@@ -81,8 +87,13 @@ def prepare_model(base_cfg: ModelConfig, state: dict[str, torch.Tensor], args: A
     """The base model with what ``args.mode`` trains set trainable (LoRA adapters injected in ``lora`` mode)."""
     if args.mode not in ADAPT_MODES:
         raise ValueError(f"mode must be one of {ADAPT_MODES}, got {args.mode!r}")
+    if args.lookahead:
+        base_cfg = dataclasses.replace(base_cfg, learned_lookahead=True)
     model = DreamModel(base_cfg)
-    model.load_state_dict(state, strict=True)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    new = [k for k in missing if k.endswith(".lookahead_bias")]
+    if unexpected or len(new) != len(missing):
+        raise ValueError(f"base state does not fit: missing {missing[:3]}, unexpected {unexpected[:3]}")
     if base_cfg.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
     if args.mode == "full":
@@ -95,7 +106,7 @@ def prepare_model(base_cfg: ModelConfig, state: dict[str, torch.Tensor], args: A
     else:
         model.requires_grad_(False)
     for name, p in model.named_parameters():
-        if name.endswith(("norm.weight", ".bias")) or (
+        if name.endswith(("norm.weight", ".bias", ".lookahead_bias")) or (
             args.mode == "partial" and ".self_attn." in name and name.endswith("proj.weight")
         ):
             p.requires_grad_(True)
@@ -121,6 +132,8 @@ class AdaptTrainer(Trainer):
         return CodeTokenizer.from_dir(self.args.base, self._base_cfg)
 
     def _config(self) -> ModelConfig:
+        if self.args.lookahead:
+            return dataclasses.replace(self._base_cfg, learned_lookahead=True)
         return self._base_cfg
 
     def _build_model(self) -> DreamModel:
@@ -129,7 +142,18 @@ class AdaptTrainer(Trainer):
         log.info("adapting in %s mode: %d trainable parameters", self.args.mode, n)
         return model
 
+    def _param_groups(self, trained: list) -> list[dict]:
+        """The lookahead biases get their own learning rate; the rest as in pretraining."""
+        ahead = [p for n, p in trained if n.endswith(".lookahead_bias")]
+        rest = [(n, p) for n, p in trained if not n.endswith(".lookahead_bias")]
+        groups = super()._param_groups(rest)
+        if ahead:
+            groups.append({"params": ahead, "weight_decay": 0.0, "lr": self.args.lookahead_lr})
+        return groups
+
     def _attention(self, step: int, length: int) -> torch.Tensor | None:
+        if self.args.lookahead:
+            return None  # the learned biases are the anneal
         share = step / self.args.anneal_steps if self.args.anneal_steps else 1.0
         gen = torch.Generator().manual_seed(self.args.seed * 7919 + step)
         mask = causal_to_full_mask(length, share, gen)
@@ -175,25 +199,27 @@ def package_adaptation(
     """
     from safetensors.torch import load_file
 
-    from ..model.adaptation import make_adaptation, state_fingerprint, write_adaptation
+    from ..model.adaptation import make_adaptation, state_fingerprint, with_new_parameters, write_adaptation
 
     cfg, tuned, meta = merged_state(run_dir)
     base: dict[str, torch.Tensor] = {}
     for f in sorted(Path(base_dir).glob("*.safetensors")):
         base.update(load_file(str(f)))
+    fingerprint = state_fingerprint(base)
+    config = cfg.to_dict()
+    base = with_new_parameters(base, config)
     if cfg.tie_word_embeddings:
         tuned.pop("lm_head.weight", None)
     tuned = {k: v for k, v in tuned.items() if k in base}
     tensors, report = make_adaptation(
         base, tuned, rank, exact_rows={"model.embed_tokens.weight": [cfg.mask_token_id]}
     )
-    config = cfg.to_dict()
     base_cfg = json.loads((Path(base_dir) / "config.json").read_text(encoding="utf-8"))
     if "source" in base_cfg:
         config["source"] = base_cfg["source"]
     manifest = {
         "name": name,
-        "base": {"fingerprint": state_fingerprint(base), "source": base_cfg.get("source", {})},
+        "base": {"fingerprint": fingerprint, "source": base_cfg.get("source", {})},
         "config": config,
         "rank": rank,
         "training": {k: meta[k] for k in ("step", "tokens_seen", "mode")},

@@ -223,10 +223,8 @@ class Trainer:
         np.random.seed(args.seed)
         self.model = self._build_model()
         trained = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
-        decay = [p for n, p in trained if p.ndim >= 2]
-        no_decay = [p for n, p in trained if p.ndim < 2]
         self.optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            self._param_groups(trained),
             lr=args.lr,
             betas=(0.9, 0.95),
             eps=1e-8,
@@ -258,6 +256,15 @@ class Trainer:
 
     def _config(self) -> ModelConfig:
         return model_config(self.args.config, self.tok)
+
+    def _param_groups(self, trained: list) -> list[dict]:
+        """Optimizer groups of the trained (name, parameter) pairs: matrices decay, vectors do not."""
+        decay = [p for n, p in trained if p.ndim >= 2]
+        no_decay = [p for n, p in trained if p.ndim < 2]
+        return [
+            {"params": decay, "weight_decay": self.args.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
 
     def _build_model(self) -> DreamModel:
         model = DreamModel(self.cfg)

@@ -54,12 +54,12 @@ async def client(lsp_client: LanguageClient, tiny_options):
     await lsp_client.shutdown_session()
 
 
-async def test_invalid_initialization_options_show_one_message_and_use_defaults(client: LanguageClient):
+async def test_invalid_initialization_options_show_one_message_and_keep_the_defaults(client: LanguageClient):
     (msg,) = [m for m in client.messages if "settings" in m.message]
     assert msg.type == types.MessageType.Warning
     for key in ("temperature", "maxTokens", "enabledLanguages", "'colour'"):
         assert key in msg.message
-    assert "using the default (0.2)" in msg.message and "using the default (48)" in msg.message
+    assert "previous value (0.2)" in msg.message and "previous value (48)" in msg.message
     # enabledLanguages fell back to every language: a Python document gets completions.
     uri = "file:///work/settings.py"
     open_doc(client, uri, DOC)

@@ -1,6 +1,10 @@
-"""Settings parsing: camelCase and snake_case, nesting, per-key defaults on invalid values, unknown keys."""
+"""Settings parsing: camelCase and snake_case, nesting, invalid values keep the previous value, unknown keys."""
 
 from __future__ import annotations
+
+import math
+
+import pytest
 
 from diffucoder_lsp.server.settings import Settings, parse_settings, problems_message
 
@@ -20,14 +24,16 @@ def test_camel_snake_and_nested_section():
     assert s.language_enabled("Python") and not s.language_enabled("rust")
 
 
-def test_invalid_values_take_the_default_and_are_reported():
-    base = Settings(temperature=0.7, max_tokens=30)
+def test_invalid_values_keep_the_previous_value_and_are_reported():
+    base = Settings(temperature=0.7, max_tokens=30, steps=8, device="cpu")
     s, problems = parse_settings(
-        {"temperature": -1, "maxTokens": "many", "steps": 0, "device": "gpu9", "x": 1}, base
+        {"temperature": -1, "maxTokens": "many", "steps": 0, "device": "gpu9", "x": 1, "topP": 0.5}, base
     )
-    assert (s.temperature, s.max_tokens, s.steps, s.device) == (0.2, 48, None, "auto")
+    assert (s.temperature, s.max_tokens, s.steps, s.device, s.top_p) == (0.7, 30, 8, "cpu", 0.5)
     assert len(problems) == 5 and any("unknown setting 'x'" in p for p in problems)
-    assert "temperature" in problems_message(problems)
+    assert "temperature" in problems_message(problems) and "previous value (0.7)" in problems_message(
+        problems
+    )
 
 
 def test_absent_keys_keep_the_base_and_none_changes_nothing():
@@ -36,7 +42,10 @@ def test_absent_keys_keep_the_base_and_none_changes_nothing():
     assert (s.model, s.device, s.debounce_ms, problems) == ("/m", "cpu", 10, [])
     assert parse_settings(None, base) == (base, [])
     s, problems = parse_settings(["not", "an", "object"], base)
-    assert s == Settings() and problems
+    assert s == base and len(problems) == 1 and "keeping the previous settings" in problems[0]
+    # an empty Lua table arrives as [] (Neovim's setup({})): no settings, and nothing to complain about
+    assert parse_settings([], base) == (base, [])
+    assert parse_settings({"diffucoder": []}, base) == (base, [])
 
 
 def test_model_and_sampling_keys():
@@ -62,8 +71,8 @@ def test_block_size_setting_and_the_origin_conflict():
     s, problems = parse_settings({"blockSize": 0})
     assert s.block_size == 0 and problems == []
     assert Settings(block_size=16).sampling_key() != Settings().sampling_key()
-    s, problems = parse_settings({"blockSize": -1})
-    assert s.block_size == 32 and "blockSize" in problems[0]
+    s, problems = parse_settings({"blockSize": -1}, Settings(block_size=8))
+    assert s.block_size == 8 and "blockSize" in problems[0]
     # origin reveals at random: a threshold or a block order cannot apply, and the request must not fail later
     s, problems = parse_settings({"alg": "origin", "blockSize": 16, "threshold": 0.9})
     assert (s.alg, s.block_size, s.threshold) == ("origin", 0, None)
@@ -121,3 +130,55 @@ def test_speculate_setting():
     assert s.speculate is False and problems == []
     s, problems = parse_settings({"speculate": "off"})
     assert s.speculate is True and "speculate" in problems[0]
+
+
+HOSTILE = [
+    float("nan"),
+    float("inf"),
+    -float("inf"),
+    10**400,  # JSON integers have no limit; float() of this overflows
+    18446744073709551616,
+    -(10**30),
+    1e308,
+    "1",
+    True,
+    None,
+    [1],
+    {"a": 1},
+    "x" * 100_000,
+]
+
+
+@pytest.mark.parametrize("key", [k for k in Settings().to_json()])
+@pytest.mark.parametrize("value", HOSTILE, ids=lambda v: repr(v)[:20])
+def test_no_value_fails_parsing_and_a_bad_one_keeps_the_previous_setting(key, value):
+    """Every field is checked for type, finiteness and range; a bad one is reported once, the rest apply."""
+    base = Settings(debounce_ms=7)
+    s, problems = parse_settings({key: value, "debounceMs": 11}, base)
+    assert s.debounce_ms == 11 or key == "debounceMs"  # the valid field of the same message applied
+    if problems:
+        assert len(problems) == 1 and problems[0].startswith(f"invalid {key}")
+        assert len(problems[0]) < 300  # a pasted megabyte does not become a megabyte message
+        if key != "debounceMs":
+            assert getattr(s, _snake(key)) == getattr(base, _snake(key))
+    for name in ("temperature", "top_p", "eos_penalty", "prefix_share"):
+        assert math.isfinite(getattr(s, name))
+    assert 0 <= s.seed < 2**32
+
+
+def _snake(key: str) -> str:
+    return "".join("_" + c.lower() if c.isupper() else c for c in key)
+
+
+def test_the_values_the_hardening_issue_names_are_refused():
+    base = Settings(steps=6, seed=3, prefix_share=0.6, eos_penalty=1.0, temperature=0.4)
+    for raw, field, keep in (
+        ({"steps": float("inf")}, "steps", 6),
+        ({"steps": 1e999}, "steps", 6),
+        ({"seed": 18446744073709551616}, "seed", 3),
+        ({"prefixShare": float("nan")}, "prefix_share", 0.6),
+        ({"eosPenalty": float("nan")}, "eos_penalty", 1.0),
+        ({"temperature": float("nan")}, "temperature", 0.4),
+    ):
+        s, problems = parse_settings(raw, base)
+        assert getattr(s, field) == keep and len(problems) == 1, raw

@@ -179,3 +179,60 @@ def test_packaged_lora_run_rebuilds_the_trained_model_from_the_base(corpus, base
         want, got = trainer._core()(ids), lm.model(ids)
     assert (got.argmax(-1) == want.argmax(-1)).float().mean() > 0.95
     torch.testing.assert_close(got, want, atol=0.05, rtol=0.05)
+
+
+def test_lookahead_adaptation_starts_as_the_causal_base_and_learns_its_biases(corpus, base, tmp_path):
+    """With the learned lookahead the step-0 model is the AR base (causal logits), and the biases train at
+    their own rate, in a group of their own."""
+    from diffucoder_lsp.model.loading import load_model
+
+    t = AdaptTrainer(_args(corpus, base, tmp_path / "look", lookahead=True, lookahead_lr=0.1))
+    assert t.cfg.learned_lookahead and t._attention(0, 48) is None  # no anneal: the biases are the anneal
+    ids = torch.randint(0, 200, (2, 24), generator=torch.Generator().manual_seed(0))
+    ar = load_model(base, device="cpu", dtype="fp32").model
+    t.model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            t._core()(ids), ar.lm_head(ar.hidden_states(ids, causal=True)), atol=2e-3, rtol=0
+        )
+    t.model.train()
+    (group,) = [
+        g
+        for g in t.optimizer.param_groups
+        if any(
+            p.ndim == 1
+            and p.numel() == t.cfg.num_attention_heads
+            and p is t._core().model.layers[0].self_attn.lookahead_bias
+            for p in g["params"]
+        )
+    ]
+    assert len(group["params"]) == t.cfg.num_hidden_layers and group["weight_decay"] == 0.0
+    bias = t._core().model.layers[0].self_attn.lookahead_bias
+    before = bias.detach().clone()
+    for _ in range(3):
+        t.train_step()
+    assert not torch.equal(bias.detach(), before)
+
+
+def test_packaged_lookahead_run_rebuilds_the_trained_model(corpus, base, tmp_path):
+    """The base has no lookahead biases: packaging and merging both start them at their initial value."""
+    from diffucoder_lsp.model.adaptation import build_adapted_folder, read_manifest
+    from diffucoder_lsp.model.loading import load_model
+    from diffucoder_lsp.train.adapt import package_adaptation
+
+    trainer = AdaptTrainer(_args(corpus, base, tmp_path / "run", lookahead=True, lookahead_lr=0.1))
+    for _ in range(3):
+        trainer.train_step()
+    trainer.save()
+    package_adaptation(tmp_path / "run", base, tmp_path / "ad", rank=4)
+    assert read_manifest(tmp_path / "ad")["config"]["learned_lookahead"] is True
+    lm = load_model(
+        build_adapted_folder(tmp_path / "ad", base, tmp_path / "merged"), device="cpu", dtype="fp32"
+    )
+    assert lm.config.learned_lookahead
+    want = trainer._core().model.layers[1].self_attn.lookahead_bias.detach()
+    torch.testing.assert_close(lm.model.model.layers[1].self_attn.lookahead_bias, want, atol=0.05, rtol=0.01)
+    ids = torch.randint(0, 200, (1, 20), generator=torch.Generator().manual_seed(0))
+    trainer.model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(lm.model(ids), trainer._core()(ids), atol=0.05, rtol=0.05)

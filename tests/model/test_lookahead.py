@@ -1,0 +1,137 @@
+"""The learned lookahead: a per-head bias on attention to later keys (our extension, off for DiffuCoder).
+
+What it must guarantee: at a very negative bias the network is its causal self (an adapted AR base starts as
+the AR model), at zero it is the plain bidirectional network, the bias reaches every attention path (full
+canvas, context cache with its positions, the short-query CPU kernel), and checkpoints carry it as data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from diffucoder_lsp.errors import CheckpointError
+from diffucoder_lsp.model.config import ModelConfig
+from diffucoder_lsp.model.loading import load_model
+from diffucoder_lsp.model.network import LOOKAHEAD_INIT, DreamModel
+from diffucoder_lsp.model.tiny import write_tiny_checkpoint
+
+CFG = ModelConfig(
+    vocab_size=101,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    mask_token_id=100,
+    pad_token_id=0,
+    eos_token_id=0,
+    bos_token_id=0,
+    learned_lookahead=True,
+)
+
+
+def _model(bias: float | None = None, seed: int = 0) -> DreamModel:
+    torch.manual_seed(seed)
+    m = DreamModel(CFG).eval()
+    for layer in m.model.layers:
+        if bias is None:
+            layer.self_attn.lookahead_bias.data.normal_(0.0, 2.0)
+        else:
+            layer.self_attn.lookahead_bias.data.fill_(bias)
+    return m
+
+
+def _ids(n: int = 40, seed: int = 1) -> torch.Tensor:
+    return torch.randint(1, 100, (2, n), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("n", [20, 200])  # the short-query CPU kernel and SDPA
+def test_a_very_negative_bias_is_the_causal_network(n):
+    m, x = _model(-1e4), _ids(n)
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), m.lm_head(m.hidden_states(x, causal=True)), atol=1e-5, rtol=0)
+
+
+def test_the_initial_bias_is_causal_to_float_precision():
+    m, x = _model(LOOKAHEAD_INIT), _ids(30)
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), m.lm_head(m.hidden_states(x, causal=True)), atol=2e-3, rtol=0)
+
+
+@pytest.mark.parametrize("n", [20, 200])
+def test_a_zero_bias_is_the_bidirectional_network(n):
+    m, x = _model(0.0), _ids(n)
+    plain = DreamModel(dataclasses.replace(CFG, learned_lookahead=False)).eval()
+    state = {k: v for k, v in m.state_dict().items() if not k.endswith("lookahead_bias")}
+    plain.load_state_dict(state)
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), plain(x), atol=1e-5, rtol=0)
+
+
+def test_the_bias_changes_the_output_and_gets_a_gradient():
+    m, x = _model(-1.0), _ids(24)
+    with torch.no_grad():
+        before = m(x)
+        m.model.layers[0].self_attn.lookahead_bias[1] = 2.0
+        assert not torch.allclose(before, m(x))
+    m.train()
+    m(x).float().pow(2).mean().backward()
+    assert all(float(layer.self_attn.lookahead_bias.grad.abs().sum()) > 0 for layer in m.model.layers)
+
+
+def test_the_context_cache_gives_the_full_canvas_logits():
+    """The cached path knows its context keys' positions: its first step and a refreshed step are exact."""
+    from diffucoder_lsp.engine.cache import CachedContextDenoiser
+    from diffucoder_lsp.engine.denoiser import FullCanvasDenoiser
+
+    m = _model(None)
+    x = _ids(48)[:1].clone()
+    x[0, 10:22] = CFG.mask_token_id
+    valid = torch.ones_like(x, dtype=torch.bool)
+    masked = x == CFG.mask_token_id
+    with torch.no_grad():
+        torch.testing.assert_close(
+            CachedContextDenoiser(m)(x, valid, masked),
+            FullCanvasDenoiser(m)(x, valid, masked),
+            atol=1e-4,
+            rtol=0,
+        )
+        cached = CachedContextDenoiser(m, refresh_every=1)
+        cached(x, valid, masked)
+        x2 = x.clone()
+        x2[0, 12] = 7
+        m2 = x2 == CFG.mask_token_id
+        # a step after the first, on the active positions over the cached context
+        step = CachedContextDenoiser(m, refresh_every=0)
+        step(x2, valid, m2)
+        torch.testing.assert_close(
+            step(x2, valid, m2), FullCanvasDenoiser(m)(x2, valid, m2), atol=1e-4, rtol=0
+        )
+
+
+def test_cached_keys_without_positions_are_refused():
+    m, x = _model(0.0), _ids(10)
+    with torch.no_grad():
+        _, kvs = m.hidden_states(x, return_kv=True)
+        with pytest.raises(ValueError, match="extra_positions"):
+            m.hidden_states(x[:, :2], extra_kv=kvs, extra_valid=torch.ones_like(x, dtype=torch.bool))
+
+
+def test_config_and_checkpoint_carry_the_bias_as_data(tmp_path):
+    with pytest.raises(CheckpointError, match="learned_lookahead"):
+        dataclasses.replace(CFG, learned_lookahead="yes")
+    folder = write_tiny_checkpoint(tmp_path / "look", learned_lookahead=True)
+    lm = load_model(folder, device="cpu", dtype="fp32")
+    assert lm.config.learned_lookahead
+    assert lm.model.model.layers[0].self_attn.lookahead_bias.shape == (lm.config.num_attention_heads,)
+    # a config that asks for the bias with weights that lack it is refused before anything is allocated
+    plain = write_tiny_checkpoint(tmp_path / "plain")
+    cfg = json.loads((plain / "config.json").read_text())
+    cfg["learned_lookahead"] = True
+    (plain / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="lookahead_bias"):
+        load_model(plain, device="cpu", dtype="fp32")
