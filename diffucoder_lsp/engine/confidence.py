@@ -223,12 +223,15 @@ def read_calibration(folder: str | Path | None) -> Calibration | None:
     ignored: a model must load whatever its side files say."""
     if folder is None:
         return None
+    from ..errors import CheckpointError
+    from ..model.files import read_json
+
     path = Path(folder) / CALIBRATION_FILE
-    if not path.is_file():
+    if not path.exists():
         return None
     try:
-        return Calibration.from_json(json.loads(path.read_text(encoding="utf-8")))
-    except (OSError, ValueError) as exc:
+        return Calibration.from_json(read_json(path, CALIBRATION_FILE, limit=1 << 20))
+    except (CheckpointError, ValueError, TypeError) as exc:
         log.warning("ignoring %s: %s", path, exc)
         return None
 

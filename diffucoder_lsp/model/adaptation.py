@@ -122,11 +122,10 @@ def write_adaptation(folder: str | Path, tensors: dict[str, torch.Tensor], manif
 
 def read_manifest(folder: str | Path) -> dict:
     """``adaptation.json``, checked for format, version and the fields a merge needs."""
+    from .files import read_json
+
     path = Path(folder) / MANIFEST
-    try:
-        body = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"cannot read {path}: {exc}") from exc
+    body = read_json(path, MANIFEST, limit=4 << 20)
     if not isinstance(body, dict) or body.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a {FORMAT} manifest")
     if body.get("version") != VERSION:

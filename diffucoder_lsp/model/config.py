@@ -8,7 +8,7 @@ anything else with a clear message, because loading an unrelated architecture wo
 from __future__ import annotations
 
 import dataclasses
-import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,30 @@ from ..errors import CheckpointError
 SUPPORTED_MODEL_TYPES = ("Dream", "dream", "qwen2", "diffucoder")
 
 __all__ = ["CheckpointError", "ModelConfig", "DIFFUCODER_7B"]
+
+# generous bounds: the largest open models are well inside them, and a checkpoint beyond them is a mistake or an
+# attack (a million layers are built, on the meta device, at ~44 KB each before any other check could run)
+_INT_RANGES = {
+    "vocab_size": (1, 10_000_000),
+    "hidden_size": (1, 131_072),
+    "intermediate_size": (1, 1_048_576),
+    "num_hidden_layers": (1, 1024),
+    "num_attention_heads": (1, 4096),
+    "num_key_value_heads": (1, 4096),
+    "head_dim": (1, 4096),
+    "max_position_embeddings": (1, 100_000_000),
+    "mask_token_id": (0, 10_000_000),
+    "pad_token_id": (0, 10_000_000),
+    "eos_token_id": (0, 10_000_000),
+    "bos_token_id": (0, 10_000_000),
+}
+_OPTIONAL = frozenset({"head_dim", "bos_token_id"})
+_FLOAT_RANGES = {"rms_norm_eps": (0.0, 1.0), "rope_theta": (0.0, 1e12)}
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 @dataclass(frozen=True)
@@ -46,8 +70,7 @@ class ModelConfig:
     learned_lookahead: bool = False
 
     def __post_init__(self) -> None:
-        if not isinstance(self.learned_lookahead, bool):
-            raise CheckpointError(f"learned_lookahead must be true or false, got {self.learned_lookahead!r}")
+        self._check_fields()
         if self.head_dim is None:
             if self.hidden_size % self.num_attention_heads:
                 raise CheckpointError(
@@ -66,6 +89,35 @@ class ModelConfig:
             if not 0 <= value < self.vocab_size:
                 raise CheckpointError(
                     f"{tok}={value} is outside the vocabulary (vocab_size={self.vocab_size})"
+                )
+
+    def _check_fields(self) -> None:
+        """Every field's type and range, before anything is sized from them: a hostile or broken config.json
+        (``num_hidden_layers: 1000000``, ``hidden_size: -256``, ``"576"``, ``576.0``, ``rms_norm_eps: -1``)
+        is one CheckpointError, never a raw Python error or gigabytes of layers built before a check."""
+        for name, (lo, hi) in _INT_RANGES.items():
+            value = getattr(self, name)
+            if value is None and name in _OPTIONAL:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise CheckpointError(f"config.json: {name} must be an integer, got {_short(value)}")
+            if not lo <= value <= hi:
+                raise CheckpointError(f"config.json: {name} must be between {lo} and {hi:,}, got {value:,}")
+        for name, (lo, hi) in _FLOAT_RANGES.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise CheckpointError(f"config.json: {name} must be a finite number, got {_short(value)}")
+            if not lo < value < hi:
+                raise CheckpointError(f"config.json: {name} must be in ({lo}, {hi}), got {value}")
+        for name in ("tie_word_embeddings", "attention_bias", "learned_lookahead"):
+            if not isinstance(getattr(self, name), bool):
+                raise CheckpointError(
+                    f"config.json: {name} must be true or false, got {_short(getattr(self, name))}"
+                )
+        for name in ("hidden_act", "model_type", "torch_dtype"):
+            if not isinstance(getattr(self, name), str):
+                raise CheckpointError(
+                    f"config.json: {name} must be a string, got {_short(getattr(self, name))}"
                 )
 
     @property
@@ -109,13 +161,12 @@ class ModelConfig:
 
     @classmethod
     def from_file(cls, path: str | Path) -> ModelConfig:
+        from .files import read_json
+
         path = Path(path)
-        try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError as exc:
-            raise CheckpointError(f"no config.json in {path.parent}") from exc
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise CheckpointError(f"{path} is not valid JSON: {exc}") from exc
+        if not path.exists() and not path.is_symlink():
+            raise CheckpointError(f"no config.json in {path.parent}")
+        raw = read_json(path, "config.json", limit=1 << 20)
         if not isinstance(raw, dict):
             raise CheckpointError(f"{path} does not hold a JSON object")
         return cls.from_dict(raw)

@@ -18,7 +18,6 @@ Quantized loads (8-bit / 4-bit) read the weights on the CPU in the compute dtype
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -51,6 +50,7 @@ from .devices import (
     resolve_dtype,
     tune_cpu_runtime,
 )
+from .files import check_regular, is_regular, read_json
 from .network import DreamModel
 from .tokenizer import CodeTokenizer
 
@@ -202,6 +202,47 @@ def _from_hub(spec: str) -> Path:
     return Path(folder)
 
 
+# ---------------------------------------------------------------------------------------------- memory
+
+
+def load_dev_for(device: torch.device, quant: str) -> torch.device:
+    """Where the weights are first materialised: quantization loads on the CPU, then moves."""
+    return torch.device("cpu") if quant != "none" else device
+
+
+def available_memory_bytes() -> int | None:
+    """Memory the process can still take on this machine (MemAvailable), or None where it cannot be read."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except Exception:  # noqa: BLE001 - optional, and any failure only means "unknown"
+        return None
+
+
+def check_memory(cfg: ModelConfig, dtype: torch.dtype, device: torch.device) -> None:
+    """Refuse up front a model that cannot fit the CPU's free memory ("needs 14.2 GB, 3.1 GB free") instead of
+    failing inside the allocator, or in the OOM killer, minutes later. CUDA placement is planned separately
+    (:func:`plan_device_map` spreads a model over GPUs or warns)."""
+    if device.type != "cpu":
+        return
+    need = cfg.num_parameters * torch.empty((), dtype=dtype).element_size()
+    free = available_memory_bytes()
+    if free is not None and need > free:
+        raise CheckpointError(
+            f"the model needs {need / 1e9:.1f} GB of memory for its weights ({cfg.num_parameters / 1e9:.2f}B "
+            f"parameters in {str(dtype).removeprefix('torch.')}), but {free / 1e9:.1f} GB is free: use a smaller "
+            "model, --quant 4bit, or a GPU"
+        )
+
+
 # ---------------------------------------------------------------------------------------------- weight files
 
 
@@ -212,18 +253,16 @@ def find_weight_files(folder: Path) -> list[Path]:
 
 def _weight_files(folder: Path) -> tuple[list[Path], dict[str, str] | None]:
     index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-            if not isinstance(weight_map, dict):
-                raise TypeError("weight_map is not an object")
-        except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as exc:
-            raise CheckpointError(f"{index} is not a valid safetensors index (no weight_map): {exc}") from exc
+    if index.exists():
+        body = read_json(index, "safetensors index")
+        weight_map = body.get("weight_map") if isinstance(body, dict) else None
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise CheckpointError(f"{index} is not a valid safetensors index (no weight_map of file names)")
         names = sorted(set(weight_map.values()))
         for name in names:
             if Path(name).name != name or not name.endswith(".safetensors"):
                 raise CheckpointError(f"{index.name} names an unsafe or non-safetensors shard {name!r}")
-        missing = [n for n in names if not (folder / n).is_file()]
+        missing = [n for n in names if not is_regular(folder / n)]
         if missing:
             raise CheckpointError(
                 f"shard {missing[0]} named in {index.name} is missing from {folder}"
@@ -232,9 +271,11 @@ def _weight_files(folder: Path) -> tuple[list[Path], dict[str, str] | None]:
             )
         return [folder / n for n in names], weight_map
     single = folder / "model.safetensors"
-    if single.is_file():
+    if single.exists():
+        check_regular(single, "weights file")  # a FIFO or device here would block or never end
         return [single], None
-    found = sorted(folder.glob("*.safetensors"))
+    # regular files only: a FIFO named *.safetensors would block the header read for ever
+    found = sorted(f for f in folder.glob("*.safetensors") if is_regular(f))
     if len(found) == 1:
         return found, None
     if len(found) > 1:
@@ -367,6 +408,7 @@ def load_model(
     if dev.type == "cpu":
         tune_cpu_runtime()
     cfg = ModelConfig.from_file(path / "config.json")
+    check_memory(cfg, dt, load_dev_for(dev, quant))
     headers = _read_headers(*_weight_files(path))
     tokenizer = CodeTokenizer.from_dir(path, cfg)  # fail on a bad tokenizer before the long part
 

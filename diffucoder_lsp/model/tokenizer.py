@@ -15,6 +15,7 @@ from pathlib import Path
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
 from .config import CheckpointError, ModelConfig
+from .files import MAX_JSON_BYTES, read_bytes_capped
 
 MASK = "<|mask|>"
 EOS = "<|endoftext|>"
@@ -84,12 +85,13 @@ class CodeTokenizer:
     def from_dir(cls, folder: str | Path, config: ModelConfig) -> CodeTokenizer:
         folder = Path(folder)
         path = folder / "tokenizer.json"
-        if not path.is_file():
+        if not path.exists():
             raise CheckpointError(
                 f"no tokenizer.json in {folder} (only the fast-tokenizer format is supported)"
             )
+        data = read_bytes_capped(path, MAX_JSON_BYTES, "tokenizer.json")
         try:
-            tok = Tokenizer.from_file(str(path))
+            tok = Tokenizer.from_str(data.decode("utf-8"))
         except Exception as exc:  # tokenizers raises bare Exceptions for malformed files
             raise CheckpointError(f"cannot read {path}: {exc}") from exc
         return cls.from_tokenizer(tok, config)

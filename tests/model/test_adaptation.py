@@ -88,7 +88,7 @@ def test_written_adaptation_is_checked_before_use(tmp_path):
         with pytest.raises(CheckpointError, match=match):
             read_adaptation(folder)
     (folder / MANIFEST).write_text("{not json")
-    with pytest.raises(CheckpointError, match="cannot read"):
+    with pytest.raises(CheckpointError, match="not valid JSON"):
         read_adaptation(folder)
 
 
