@@ -8,6 +8,7 @@ config lacks them. The model's vocabulary (``vocab_size`` of the logits) is usua
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from functools import cached_property
 from pathlib import Path
@@ -16,6 +17,8 @@ from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_toke
 
 from .config import CheckpointError, ModelConfig
 from .files import MAX_JSON_BYTES, read_bytes_capped
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 MASK = "<|mask|>"
 EOS = "<|endoftext|>"
@@ -55,6 +58,11 @@ class CodeTokenizer:
     def encode(self, text: str) -> list[int]:
         if not text:
             return []
+        if _SURROGATE.search(text):
+            # a lone surrogate ('\ud800', a legal JSON escape in an editor's document) is not text the
+            # tokenizer can take (TypeError): the model sees U+FFFD instead, one code point for one, so every
+            # offset the caller computed still holds
+            text = _SURROGATE.sub("\ufffd", text)
         return self._tok.encode(text, add_special_tokens=False).ids
 
     def decode(self, ids: Iterable[int], skip_special: bool = True) -> str:

@@ -38,14 +38,27 @@ def _uri_arg(args: tuple) -> str:
     return args[0]
 
 
+def _uinteger(value: Any) -> int:
+    """An LSP uinteger: an int (or an integral float, as some clients send) in [0, 2^31 - 1]."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError("not a number")
+    if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
+        raise ValueError("not an integer")
+    if not 0 <= value <= 2**31 - 1:
+        raise ValueError("out of range")
+    return int(value)
+
+
 def _range_arg(value: Any) -> tuple[tuple[int, int], tuple[int, int]]:
     try:
         start, end = value["start"], value["end"]
-        a = (int(start["line"]), int(start["character"]))
-        b = (int(end["line"]), int(end["character"]))
-    except (TypeError, KeyError, ValueError):
+        a = (_uinteger(start["line"]), _uinteger(start["character"]))
+        b = (_uinteger(end["line"]), _uinteger(end["character"]))
+    except (TypeError, KeyError, ValueError, IndexError):
+        shown = repr(value)
+        shown = shown if len(shown) <= 80 else shown[:77] + "..."
         raise JsonRpcInvalidParams.of(
-            ValueError(f"expected an LSP range as the second argument, got {value!r}")
+            ValueError(f"expected an LSP range (non-negative integer lines and characters), got {shown}")
         ) from None
     return (a, b) if a <= b else (b, a)
 

@@ -43,6 +43,14 @@ def test_unicode_and_holes_at_edges(lm):
     assert "# café ☕ 日本語 😀\nx = '" in res.text
 
 
+def test_a_lone_surrogate_in_the_context_is_no_error(lm):
+    """'\\ud800' is a legal JSON escape an editor may send; the model reads U+FFFD and the text keeps it."""
+    text = "s = '\ud800'\nx = <|mask|>\nt = '\udfff'\n"
+    result = infill(lm, text, length=4, options=SamplingOptions(steps=2, temperature=0.0))
+    assert result.text.startswith("s = '\ud800'\nx = ") and result.text.endswith("\nt = '\udfff'\n")
+    assert lm.tokenizer.encode("'\ud800'") == lm.tokenizer.encode("'\ufffd'")
+
+
 def test_auto_length_trims_trailing_stop_tokens(lm):
     tok = lm.tokenizer
     canvas = prepare_infill(tok, f"a = 1\n{M}\nb = 2\n", length="auto", auto_length=10)

@@ -136,12 +136,26 @@ async def test_regenerate_selection_command(client: LanguageClient):
     assert "\n" not in edit.new_text  # code follows on the line: the replacement stays on it
 
 
-async def test_bad_command_arguments_are_invalid_params(client: LanguageClient):
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        ["file:///nope.py"],
+        [5],
+        [
+            "file:///nope.py",
+            {"start": {"line": float("inf"), "character": 0}, "end": {"line": 0, "character": 0}},
+        ],
+        ["file:///nope.py", {"start": {"line": -1, "character": 0}, "end": {"line": 0, "character": 0}}],
+        ["file:///nope.py", {"start": {"line": 2**31, "character": 0}, "end": {"line": 0, "character": 0}}],
+        ["file:///nope.py", {"start": {"line": "1", "character": 0}, "end": {"line": 0, "character": 0}}],
+        ["file:///nope.py", {"start": {"line": 0.5, "character": 0}, "end": {"line": 0, "character": 0}}],
+        ["file:///nope.py", [1, 2]],
+    ],
+)
+async def test_bad_command_arguments_are_invalid_params(client: LanguageClient, arguments):
     with pytest.raises(Exception, match="Invalid Params"):
         await client.workspace_execute_command_async(
-            types.ExecuteCommandParams(
-                command="diffucoder.regenerateSelection", arguments=["file:///nope.py"]
-            )
+            types.ExecuteCommandParams(command="diffucoder.regenerateSelection", arguments=arguments)
         )
 
 
