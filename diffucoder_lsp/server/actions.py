@@ -153,7 +153,11 @@ async def regenerate_selection(ls: ServerHost, uri: str, rng: Any) -> dict[str, 
         ls.show(types.MessageType.Info, "DiffuCoder: select the code to regenerate")
         return {"applied": False, "holes": 0}
     selected = text[a:b]
-    n = ls.engine.count_tokens(selected)
+    try:
+        n = ls.engine.count_tokens(selected)
+    except Cancelled:  # the model is being replaced
+        ls.show(types.MessageType.Info, f"DiffuCoder: the model is not ready ({ls.engine.state})")
+        return {"applied": False, "holes": 0}
     span = max(4, min(MAX_SPAN_TOKENS, math.ceil(n * 1.25) + 4))
     masked = defuse_special_tokens(text[:a]) + MARKER + defuse_special_tokens(text[b:])
     fill = await _run_infill(ls, uri, doc, masked, [span], "regenerating the selection")

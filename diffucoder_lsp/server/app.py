@@ -111,7 +111,9 @@ class DiffuCoderServer(LanguageServer):
         log.error("protocol error (%s): %s", getattr(source, "__name__", source), error)
 
     def _job_started(self, job: Job) -> None:
-        if job.label != "load" and not job.background:  # the status bar shows the user's requests only
+        # the status bar shows the user's requests only, and never hides a load or an error behind "busy"
+        # (a request queued before a model change would otherwise end as "ready" while the model is replaced)
+        if job.label != "load" and not job.background and self.engine.state == READY:
             self.engine.set_state(BUSY)
 
     def _job_finished(self, job: Job, elapsed_ms: float, error: BaseException | None) -> None:

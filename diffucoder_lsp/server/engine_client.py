@@ -313,7 +313,10 @@ class EngineClient:
         return store
 
     def count_tokens(self, text: str) -> int:
-        return len(self.lm.tokenizer.encode(text)) if text else 0
+        lm = self.lm  # read once: a model change on the model thread may drop it at any moment
+        if lm is None:
+            raise Cancelled("no model loaded (it is being replaced)")
+        return len(lm.tokenizer.encode(text)) if text else 0
 
     def gate(self, settings: Settings) -> tuple[str, float]:
         """(statistic, threshold) of the confidence gate: ``minConfidence`` when set, else the model's calibrated
