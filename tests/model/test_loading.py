@@ -248,11 +248,20 @@ def test_tiny_fallback_generates_a_loadable_random_model(tmp_path, monkeypatch, 
     assert [p.name for p in (tmp_path / "cache").iterdir()] == ["tiny-default"]  # no temp dir left behind
     stamp = (path / "config.json").stat().st_mtime_ns
     # without the bundled adaptation, default means tiny
+    monkeypatch.delenv("DIFFUCODER_MODEL", raising=False)
     assert resolve_checkpoint(None) == path and resolve_checkpoint("default") == path
     assert resolve_checkpoint("tiny") == path
     assert (path / "config.json").stat().st_mtime_ns == stamp  # generated once, then reused
     lm = load_model(None, device="cpu")
     assert lm.name == "default" and lm.path == path
+
+
+def test_diffucoder_model_names_the_model_of_commands_without_one(monkeypatch, tiny_ckpt):
+    monkeypatch.setenv("DIFFUCODER_MODEL", str(tiny_ckpt))
+    assert resolve_checkpoint(None) == tiny_ckpt.resolve()
+    assert resolve_checkpoint("tiny") == bundled.TINY_MODEL_DIR  # a named model wins
+    monkeypatch.setenv("DIFFUCODER_MODEL", "tiny")
+    assert resolve_checkpoint(None) == bundled.TINY_MODEL_DIR
 
 
 def test_tiny_is_the_built_in_small_model():
