@@ -14,8 +14,9 @@
 # 1. corpus: the GPU machine's standard library and site-packages (`diffucoder train corpus`), tokenized with
 #    the base's tokenizer;
 # 2. calibration: a few adaptation steps at the run's batch size, timed, to size the schedule to the time left;
-# 3. adaptation, full parameters, attention annealed from causal to full over the first ~15 % of the steps,
-#    warmup ~3 %, cosine to 10 %, `--time-limit` as a guard;
+# 3. adaptation, full parameters, with the learned lookahead (`--lookahead`: the model starts as the causal
+#    base and each head learns how far it reads ahead; LOOKAHEAD=0 anneals from causal to full attention over
+#    the first ~15 % of the steps instead), warmup ~3 %, cosine to 10 %, `--time-limit` as a guard;
 # 4. packaging as the shipped adaptation (`diffucoder train package --rank $RANK`: low-rank bf16 delta, the
 #    mask row whole; < 40 MB at rank 48) into $OUT, with the run's metrics and log.
 # Back on the CPU machine: evaluate as the model card says and, if it beats the shipped one on the fixed eval,
@@ -26,7 +27,7 @@
 # is ~100 MB, beyond what the wheel ships, so it would be published as a separate download.
 #
 # Knobs (environment): TOTAL_S (wall-clock budget, default 540), BATCH (rows, 64), SEQ (512), LR (1e-4),
-# RANK (48), SEED (0), CORPUS_ARGS (extra `train corpus` arguments).
+# RANK (48), SEED (0), LOOKAHEAD (1), CORPUS_ARGS (extra `train corpus` arguments).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 START=$(date +%s)
@@ -42,6 +43,7 @@ SEQ=${SEQ:-512}
 LR=${LR:-1e-4}
 RANK=${RANK:-48}
 SEED=${SEED:-0}
+LOOKAHEAD=${LOOKAHEAD:-1}
 WORK=${WORK:-/tmp/gpu_pretrain_work}
 rm -rf "$WORK" && mkdir -p "$WORK"
 dc() { "$PY" -c 'import sys; from diffucoder_lsp.cli import main; sys.exit(main(sys.argv[1:]))' "$@"; }
@@ -64,6 +66,7 @@ echo "corpus built at $(since) s"
 
 common=("${BASE_ARGS[@]}" --corpus "$WORK/corpus" --mode full --batch-size "$BATCH" --seq-len "$SEQ" --lr "$LR"
   --seed "$SEED" --infill-fraction 0.7 --eval-batches 4)
+if [ "$LOOKAHEAD" = 1 ]; then common+=(--lookahead); fi
 # calibration: converts the base and tokenizes the corpus (cached for the real run), times steps 10..20
 dc train adapt "${common[@]}" --out "$WORK/calib" --steps 20 --warmup 5 --anneal-steps 5 --eval-every 0 || exit 1
 STEP_S=$("$PY" - "$WORK/calib/metrics.jsonl" <<'EOF'
