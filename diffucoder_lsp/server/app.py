@@ -28,6 +28,7 @@ from .documents import UTF16, Document, DocumentStore
 from .engine_client import BUSY, ERROR, READY, EngineClient, WithheldText, completion_span
 from .host import Answer
 from .postprocess import postprocess
+from .protocol import DiffuCoderProtocol
 from .scheduler import Cancelled, Job, Scheduler
 from .settings import SECTION, Settings, known_key, parse_settings, problems_message, section_of
 
@@ -80,7 +81,10 @@ class LspLogHandler(logging.Handler):
 class DiffuCoderServer(LanguageServer):
     def __init__(self, base_settings: Settings | None = None) -> None:
         super().__init__(
-            "diffucoder", _version(), text_document_sync_kind=types.TextDocumentSyncKind.Incremental
+            "diffucoder",
+            _version(),
+            text_document_sync_kind=types.TextDocumentSyncKind.Incremental,
+            protocol_cls=DiffuCoderProtocol,
         )
         self.base_settings = base_settings or Settings()
         self.settings = self.base_settings
@@ -100,6 +104,12 @@ class DiffuCoderServer(LanguageServer):
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
+
+    def _start_io_async(self, stdin=None, stdout=None) -> None:
+        """``start_io`` (pygls') lands here: serve stdio with our reader (:mod:`.transport`), not pygls'."""
+        from .transport import start_io
+
+        start_io(self, stdin, stdout)
 
     def shutdown(self) -> None:
         """Also on a lost connection (no LSP shutdown): stop the model thread's work at the next step."""
