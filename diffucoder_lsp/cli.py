@@ -34,7 +34,33 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         module.register(sub)
+    document_defaults(parser)
     return parser
+
+
+def _subparsers(parser: argparse.ArgumentParser):
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                yield from _subparsers(child)
+
+
+def document_defaults(parser: argparse.ArgumentParser) -> None:
+    """Make every ``--help`` show each option's default: append ``(default: X)`` to an option whose help does
+    not already say it. Flags that are off unless given, and options without a default, say nothing."""
+    for p in _subparsers(parser):
+        for action in p._actions:
+            default = action.default
+            if (
+                not action.option_strings
+                or action.help == argparse.SUPPRESS
+                or default in (None, argparse.SUPPRESS, False)
+                or isinstance(action, (argparse._HelpAction, argparse._VersionAction))
+                or "default" in (action.help or "").lower()
+            ):
+                continue
+            action.help = f"{action.help} (default: %(default)s)" if action.help else "default: %(default)s"
 
 
 def main(argv: list[str] | None = None) -> int:
