@@ -14,6 +14,8 @@ import importlib
 import logging
 import sys
 
+from .noise import quiet_bitsandbytes
+
 # Subcommand modules, in help order. A module missing here is simply not offered.
 COMMAND_MODULES = ["fill", "serve", "demo", "doctor", "make_tiny", "train", "eval", "bench", "analyze"]
 
@@ -71,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    quiet_bitsandbytes()
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return EXIT_BAD_INPUT

@@ -20,6 +20,7 @@ RANKS = {
     "errors": 0,
     "sandbox": 0,
     "analysis": 0,
+    "noise": 0,
     "model": 1,
     "engine": 2,
     "server": 3,

@@ -43,6 +43,7 @@ import torch
 from torch import nn
 
 from ..errors import BadInputError
+from ..noise import quiet_bitsandbytes
 
 log = logging.getLogger(__name__)
 
@@ -70,20 +71,6 @@ _ALIASES = {
     "4": "4bit",
 }
 _SUPPORTED_DEVICES = ("cpu", "cuda", "xpu")
-# Messages bitsandbytes logs that are expected in our use and would otherwise flood stderr (see module docstring).
-_NOISE = {
-    "bitsandbytes.autograd._functions": ("MatMul8bitLt: inputs will be cast",),
-    "bitsandbytes.backends.cpu.ops": ("Failed to load CPU gemm_4bit_forward from kernels-community",),
-}
-
-
-class _DropMessages(logging.Filter):
-    def __init__(self, prefixes: tuple[str, ...]) -> None:
-        super().__init__()
-        self.prefixes = prefixes
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(self.prefixes)
 
 
 def normalize_quant(mode: str | None) -> str:
@@ -96,10 +83,7 @@ def normalize_quant(mode: str | None) -> str:
 
 def import_bitsandbytes() -> Any:
     """Import bitsandbytes with its expected-noise filters installed first; a clear error when missing."""
-    for name, prefixes in _NOISE.items():
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, _DropMessages) for f in logger.filters):
-            logger.addFilter(_DropMessages(prefixes))
+    quiet_bitsandbytes()
     try:
         import bitsandbytes
     except ImportError as exc:
