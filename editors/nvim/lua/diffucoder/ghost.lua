@@ -19,7 +19,19 @@ end
 
 function M.setup(opts)
   cfg = vim.tbl_deep_extend("force", cfg, opts or {})
-  local function hl() vim.api.nvim_set_hl(0, "DiffucoderGhost", { link = "Comment", default = true }) end
+  -- Comment's colours, plus a cterm colour of its own: without 'termguicolors' the default colour scheme's Comment
+  -- has none, and ghost text looked like real code. 8 is the terminal's grey ("bright black") in 16 colours too.
+  local function hl()
+    local ok, comment = pcall(vim.api.nvim_get_hl, 0, { name = "Comment", link = false })
+    comment = ok and comment or {}
+    vim.api.nvim_set_hl(0, "DiffucoderGhost", {
+      fg = comment.fg or 0x808080,
+      ctermfg = comment.ctermfg or 8,
+      italic = true,
+      cterm = { italic = true },
+      default = true,
+    })
+  end
   hl()
   vim.api.nvim_create_autocmd("ColorScheme", {
     group = vim.api.nvim_create_augroup("diffucoder.ghost.hl", { clear = true }),

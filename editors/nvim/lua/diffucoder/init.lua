@@ -173,12 +173,20 @@ function M.restart()
   again()
 end
 
+--- A settings table as a JSON object: an empty Lua table encodes as [] (the server then warned "settings must
+--- be an object, got list" on a plain setup({})), vim.empty_dict() as {}.
+local function as_object(t)
+  if type(t) ~= "table" or next(t) == nil then return vim.empty_dict() end
+  return t
+end
+M.as_object = as_object
+
 --- Send new server settings (merged into the configured ones) with workspace/didChangeConfiguration.
 function M.update_settings(settings)
   M.config.settings = vim.tbl_deep_extend("force", M.config.settings, settings or {})
   for _, client in ipairs(vim.lsp.get_clients({ name = M.name })) do
-    client.settings = { diffucoder = M.config.settings }
-    client:notify("workspace/didChangeConfiguration", { settings = { diffucoder = M.config.settings } })
+    client.settings = { diffucoder = as_object(M.config.settings) }
+    client:notify("workspace/didChangeConfiguration", { settings = { diffucoder = as_object(M.config.settings) } })
   end
 end
 
@@ -215,8 +223,8 @@ function M.setup(opts)
     cmd = server_cmd(cfg),
     filetypes = cfg.filetypes,
     root_markers = cfg.root_markers,
-    init_options = cfg.settings,
-    settings = { diffucoder = cfg.settings },
+    init_options = as_object(cfg.settings),
+    settings = { diffucoder = as_object(cfg.settings) },
     handlers = { ["diffucoder/status"] = on_status },
     on_attach = function(client, bufnr)
       ghost.attach(client, bufnr)
