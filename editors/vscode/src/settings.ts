@@ -112,7 +112,8 @@ export function statusText(status: Status | undefined, running: boolean): { text
     status.model ? `model: ${status.model}` : "",
     status.device ? `device: ${status.device}` : "",
     latency ? `last completion:${latency}` : "",
-    status.message ? status.message : "",
+    // the ready message is "MODEL on DEVICE", already shown above: only a message that adds something
+    status.message && status.message !== `${status.model} on ${status.device}` ? status.message : "",
   ].filter((l) => l);
   return { text, tooltip: lines.join("\n") };
 }

@@ -152,7 +152,10 @@ local function status_report()
     table.insert(parts, string.format("last completion %dms", math.floor(s.lastLatencyMs + 0.5)))
   end
   local text = table.concat(parts, " | ")
-  if s.message and s.message ~= "" then text = text .. " (" .. s.message .. ")" end
+  -- the ready message is "MODEL on DEVICE", already shown: only a message that adds something (an error, what
+  -- is loading) is appended
+  local says_only = s.message == tostring(s.model) .. " on " .. tostring(s.device)
+  if s.message and s.message ~= "" and not says_only then text = text .. " (" .. s.message .. ")" end
   return text
 end
 M.status_report = status_report

@@ -52,4 +52,8 @@ test("status bar text per state", () => {
   assert.equal(err.text, "$(error) DiffuCoder error");
   assert.match(err.tooltip, /no such checkpoint/);
   assert.match(err.tooltip, /model: \/m/);
+  // the ready message repeats model and device: the tooltip says them once
+  const ready = statusText({ state: "ready", model: "default", device: "cpu", message: "default on cpu" }, true);
+  assert.doesNotMatch(ready.tooltip, /default on cpu/);
+  assert.match(ready.tooltip, /model: default/);
 });
