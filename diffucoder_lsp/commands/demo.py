@@ -4,6 +4,9 @@ Opens FILE (holes written as ``<|mask|>``, or marked in the app) or a built-in s
 bundled model on the CPU unless ``--model`` names another checkpoint. The model loads in the background: the app
 is usable at once. Needs the ``tui`` extra (textual).
 
+Keys: f fill, x cancel, left/right step back/forward, home/end first/last step, p play, h heat (confidence)
+colours, m mark the selected lines as a hole, u undo, e edit, s settings (ctrl+s apply, esc cancel), q quit.
+
 While the app owns the terminal, log records are held back instead of written to stderr (a warning printed
 over the screen would corrupt it); they are written out when the app exits.
 """
@@ -22,7 +25,12 @@ from .fill import add_model_options, add_sampling_options, parse_length, read_in
 
 
 def register(sub) -> None:
-    p = sub.add_parser("demo", help="watch the model fill code in a terminal app", description=__doc__)
+    p = sub.add_parser(
+        "demo",
+        help="watch the model fill code in a terminal app",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("file", nargs="?", default=None, help="a source file (default: a built-in sample)")
     add_model_options(p)
     add_sampling_options(p)

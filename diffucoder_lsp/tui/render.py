@@ -29,6 +29,7 @@ from ..analysis import certainty
 from .history import FillHistory
 
 PLACEHOLDER = "░"
+STOP_GLYPH = "⌀"  # an eos/pad token inside a hole: the model chose to end the span there
 MARKER = "<|mask|>"
 STEP_STOPS = ("#440154", "#3b528b", "#21918c", "#5ec962", "#fde725")  # viridis: perceptually ordered
 HEAT_STOPS = ("#d73027", "#fc8d59", "#fee08b", "#d9ef8b", "#1a9850")  # red (unsure) -> green (sure)

@@ -18,6 +18,7 @@ from typing import Protocol
 
 from ..engine.infill import AUTO_LENGTH, InfillCanvas, InfillResult
 from ..engine.sampler import SamplingOptions, StepEvent
+from .render import STOP_GLYPH
 
 FillStream = Generator[tuple[InfillCanvas, StepEvent], None, InfillResult]
 
@@ -40,12 +41,21 @@ class DemoSettings:
         return (
             ("algorithm", o.alg),
             ("temperature", f"{o.temperature:g}"),
-            ("steps", "1 per token" if o.steps is None else str(o.steps)),
+            ("steps", _pace(o)),
             (
                 "length",
                 f"auto ({AUTO_LENGTH}, trimmed)" if self.length == "auto" else f"{self.length} tokens",
             ),
         )
+
+
+def _pace(o) -> str:
+    """What the steps setting means for this run: a fixed count, or how many tokens each step reveals."""
+    if o.steps is not None:
+        return str(o.steps)
+    per = "1 token" if o.tokens_per_step == 1 else f"{o.tokens_per_step} tokens"
+    extra = f", or all >= {o.threshold:g}" if o.threshold is not None else ""
+    return f"{per} per step{extra}"
 
 
 @dataclass(frozen=True)
@@ -74,7 +84,6 @@ class FillRunner(Protocol):
         ...
 
 
-STOP_GLYPH = "⌀"  # an eos/pad token inside a hole: the model chose to end the span there
 SPECIAL_GLYPH = "◆"
 
 
@@ -107,7 +116,10 @@ class EngineRunner:
 
                 lm = load_model(self.model_spec, device=self.device, dtype=self.dtype, quant=self.quant)
                 note = ""
-                if self.model_spec in (None, "", "default") and default_model_status()["kind"] == "tiny-fallback":
+                if (
+                    self.model_spec in (None, "", "default")
+                    and default_model_status()["kind"] == "tiny-fallback"
+                ):
                     note = "tiny random fallback model: its output is noise"
                 self._lm = lm
                 local = lm.name == "default" or Path(lm.name).expanduser().exists()

@@ -113,6 +113,7 @@ class SettingsScreen(ModalScreen[DemoSettings | None]):
             with Horizontal(id="buttons"):
                 yield Button("Cancel", compact=True, id="cancel")
                 yield Button("Apply", variant="primary", compact=True, id="apply")
+            yield Label("[dim]ctrl+s apply   esc cancel   tab next field[/dim]", id="keys")
 
     def on_mount(self) -> None:
         self.query_one("#alg", Select).focus()  # not an Input: a blinking caret would make snapshots flaky

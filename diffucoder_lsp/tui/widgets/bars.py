@@ -20,13 +20,14 @@ from textual.message import Message
 from textual.reactive import reactive
 from textual.widget import Widget
 
-from ..render import MASKED_STYLE, PLACEHOLDER, legend_cells
+from ..render import MASKED_STYLE, PLACEHOLDER, STOP_GLYPH, legend_cells
 
 SWATCHES = 24
 
 
 class Legend(Widget):
-    """One line: ``reveal step  1 ▇▇▇…▇ N  ░ masked``, or in heat mode the run's certainty range."""
+    """One line: ``reveal step  1 ▇▇▇…▇ N  ░ masked  ⌀ end``, or in heat mode the run's certainty range:
+    every glyph the code view draws is explained here."""
 
     DEFAULT_CSS = """
     Legend {
@@ -56,7 +57,9 @@ class Legend(Widget):
         out.append(high)
         out.append("   ")
         out.append(PLACEHOLDER, MASKED_STYLE)
-        out.append(" masked")
+        out.append(" masked  ")
+        out.append(STOP_GLYPH)
+        out.append(" end")
         return out
 
 
