@@ -89,8 +89,9 @@ async def _run_infill(ls: ServerHost, uri: str, doc, text: str, lengths: list[in
         return engine.infill(text, lengths, settings=s, should_stop=should_stop, window=window)
 
     try:
+        # long: completions in other files run between this fill's steps instead of waiting for all of it
         return await ls.scheduler.run(
-            work, key=uri, is_current=ls.is_current(uri, doc, doc.version), label=label
+            work, key=uri, is_current=ls.is_current(uri, doc, doc.version), label=label, long=True
         )
     except Cancelled as exc:
         log.info("%s for %s stopped: %s", label, uri, exc.reason)

@@ -129,6 +129,8 @@ class DiffuCoderServer(LanguageServer):
     def _job_finished(self, job: Job, elapsed_ms: float, error: BaseException | None) -> None:
         if job.label == "load" or job.background:
             return
+        if self.scheduler.outer is not None and self.scheduler.outer is not job:
+            return  # served between the steps of a long fill that still runs: the status stays busy
         if error is None:
             self.engine.last_latency_ms = (time.perf_counter() - job.created) * 1000
         if self.engine.state == BUSY and self.engine.lm is not None:

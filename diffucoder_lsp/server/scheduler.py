@@ -11,6 +11,10 @@
   one never reaches the model.
 * ``background`` jobs (context warming, speculative completions) give way: any other job submitted cancels every
   background job, queued or running (a running one stops at its next check, between layers).
+* ``long`` jobs (Fill All Holes, Regenerate Selection: many holes, many steps) let interactive work through: a
+  job submitted while a long one runs is run on the model thread at the long job's next step boundary (its
+  ``should_stop`` check), instead of waiting behind all of it. A completion in another file during a 30 s fill
+  answers in about its own time. Should the long job end first, the queued job still runs: nothing is lost.
 """
 
 from __future__ import annotations
@@ -19,9 +23,9 @@ import asyncio
 import logging
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Hashable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 log = logging.getLogger(__name__)
@@ -44,8 +48,10 @@ class Job:
         is_current: Callable[[], bool] | None,
         label: str,
         background: bool = False,
+        long: bool = False,
     ) -> None:
         self.key = key
+        self.long = long
         self.work = work
         self.is_current = is_current
         self.label = label
@@ -86,6 +92,8 @@ class Scheduler:
         self._background: set[Job] = set()
         self.stats: Counter[str] = Counter()
         self._closed = False
+        self.outer: Job | None = None  # a long job that is letting other jobs run inside its steps
+        self._urgent: deque[tuple[Job, Future]] = deque()
 
     async def run(
         self,
@@ -96,11 +104,12 @@ class Scheduler:
         debounce_s: float = 0.0,
         label: str = "job",
         background: bool = False,
+        long: bool = False,
     ) -> T:
         """Run ``work(should_stop)`` on the model thread; raises :class:`Cancelled` if it was stopped."""
         if self._closed:
             raise Cancelled("shutting down")
-        job = Job(key, work, is_current, label, background)
+        job = Job(key, work, is_current, label, background, long)
         if background:
             self._background.add(job)
         else:
@@ -122,6 +131,9 @@ class Scheduler:
             if job.should_stop():
                 raise Cancelled(job.reason or "cancelled")
             loop = asyncio.get_running_loop()
+            running = self.running
+            if not background and not long and running is not None and running.long:
+                return await self._run_between_steps(job, loop)
             return await loop.run_in_executor(self._executor, self._execute, job)
         except asyncio.CancelledError:
             job.cancel("cancelled by the client")
@@ -131,6 +143,43 @@ class Scheduler:
             self._background.discard(job)
             if key is not None and self._latest.get(key) is job:
                 del self._latest[key]
+
+    async def _run_between_steps(self, job: Job, loop: asyncio.AbstractEventLoop) -> Any:
+        """Queue ``job`` for the running long job's next step boundary; a drain task behind the long job runs
+        it anyway if the long job ends first (whichever comes first takes it, once)."""
+        done: Future = Future()
+        self._urgent.append((job, done))
+        self.stats["between_steps"] += 1
+        loop.run_in_executor(self._executor, self._serve_urgent)
+        return await asyncio.wrap_future(done)
+
+    def _serve_urgent(self) -> None:
+        """Run every queued interactive job now (on the model thread), resolving their futures."""
+        while True:
+            try:
+                job, done = self._urgent.popleft()
+            except IndexError:
+                return
+            if not done.set_running_or_notify_cancel():
+                continue
+            try:
+                done.set_result(self._execute(job))
+            except BaseException as exc:  # noqa: BLE001 - handed to the awaiting request
+                done.set_exception(exc)
+
+    def _long_should_stop(self, job: Job) -> Callable[[], bool]:
+        """A long job's step-boundary check: serve queued interactive jobs, then ask whether to stop."""
+
+        def check() -> bool:
+            if self._urgent:
+                self.outer, self.running = job, None
+                try:
+                    self._serve_urgent()
+                finally:
+                    self.outer, self.running = None, job
+            return job.should_stop()
+
+        return check
 
     def _execute(self, job: Job) -> Any:
         if job.should_stop():
@@ -143,7 +192,7 @@ class Scheduler:
         if self._on_start is not None:
             self._on_start(job)
         try:
-            return job.work(job.should_stop)
+            return job.work(self._long_should_stop(job) if job.long else job.should_stop)
         except Cancelled as exc:
             error = exc
             self.stats["stopped"] += 1
@@ -152,7 +201,7 @@ class Scheduler:
             error = exc
             raise
         finally:
-            self.running = None
+            self.running = self.outer if self.outer is not job else None
             if self._on_finish is not None:
                 try:
                     self._on_finish(job, (time.perf_counter() - start) * 1000, error)

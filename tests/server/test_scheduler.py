@@ -146,3 +146,58 @@ async def test_any_other_job_preempts_background_jobs_queued_or_running(schedule
         scheduler.run(stepping(2, 0.0, log), key="w4", background=True),
     )
     assert results == [2, 2]
+
+
+async def test_a_long_job_lets_interactive_jobs_run_between_its_steps(scheduler):
+    """Fill All Holes must not starve completions in other files: they run at the long job's next step."""
+    log: list = []
+    finished: dict[str, float] = {}
+
+    async def timed(name, coro):
+        result = await coro
+        finished[name] = time.perf_counter()
+        return result
+
+    long = asyncio.ensure_future(
+        timed("fill", scheduler.run(stepping(40, 0.02, log), key="a.py", long=True, label="fill"))
+    )
+    await asyncio.sleep(0.1)
+    assert scheduler.running is not None and scheduler.running.long
+    start = time.perf_counter()
+    quick = await timed("complete", scheduler.run(stepping(2, 0.01, []), key="b.py", label="complete"))
+    waited = finished["complete"] - start
+    assert quick == 2 and waited < 0.3  # one step of the fill (0.02 s) plus its own work, not the fill's ~0.7 s
+    assert await long == 40 and finished["fill"] > finished["complete"]
+    assert scheduler.stats["between_steps"] == 1 and scheduler.running is None and scheduler.outer is None
+
+
+async def test_a_job_queued_behind_a_long_job_that_ends_still_runs(scheduler):
+    """The long job may end before its next step check: the queued job then runs right after it, once."""
+    runs: list = []
+
+    def no_checks(should_stop):
+        time.sleep(0.15)  # never calls should_stop
+        return "fill"
+
+    long = asyncio.ensure_future(scheduler.run(no_checks, key="a.py", long=True))
+    await asyncio.sleep(0.05)
+    quick = await scheduler.run(lambda stop: runs.append(1) or "done", key="b.py")
+    assert quick == "done" and runs == [1] and await long == "fill"
+
+
+async def test_an_interactive_job_inside_a_long_one_can_fail_or_be_cancelled(scheduler):
+    log: list = []
+    long = asyncio.ensure_future(scheduler.run(stepping(30, 0.02, log), key="a.py", long=True))
+    await asyncio.sleep(0.05)
+
+    def boom(stop):
+        raise ValueError("bad input")
+
+    with pytest.raises(ValueError, match="bad input"):
+        await scheduler.run(boom, key="b.py")
+    task = asyncio.ensure_future(scheduler.run(stepping(5, 0.01, []), key="c.py"))
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await long == 30  # the long job carried on through both
