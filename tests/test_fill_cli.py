@@ -210,3 +210,25 @@ def test_no_end_early_denoises_every_position_of_an_auto_hole(tiny_ckpt, tmp_pat
     rc, out, err = run(base, capsys)
     assert rc == 0, err
     assert 1 <= json.loads(out)["forward_passes"] <= 12
+
+
+def test_auto_holes_are_cut_as_the_editor_cuts_a_completion():
+    """``fill`` applies the server's post-processing to auto holes: a model that writes past the end of what
+    belongs in the hole still gives the right line (``--raw`` keeps everything)."""
+    from diffucoder_lsp.commands.fill import edited_text
+
+    text, shown = edited_text(
+        ["def add(a, b):\n    return ", "\n\nprint(add(1, 2))\n"], ["a + b\n\ndef add_list(x):\n    return x"]
+    )
+    assert text == "def add(a, b):\n    return a + b\n\nprint(add(1, 2))\n" and shown == ["a + b"]
+    # mid-line: one line, and a copy of the rest of the line is not doubled
+    text, _ = edited_text(["return os.path.", "(path)\n"], ["exists(path)\nmore = 1"])
+    assert text == "return os.path.exists(path)\n"
+    # a block that repeats the line after the hole stops before the repeat
+    text, _ = edited_text(["if __name__ == ", "\n    main()\n"], ["'__main__':\n    main()\n"])
+    assert text == "if __name__ == '__main__':\n    main()\n"
+    # a block stops where it leaves the hole's scope, and later holes see the earlier holes' text
+    text, shown = edited_text(
+        ["def f():\n    a = ", "\n    b = ", "\n    return b\n"], ["1", "a + 1\n\n\ndef g():\n    pass"]
+    )
+    assert text == "def f():\n    a = 1\n    b = a + 1\n    return b\n" and shown == ["1", "a + 1"]

@@ -140,6 +140,12 @@ def register(sub) -> None:
         help="denoise an auto hole to its end even after the model wrote its end token (slower; the default "
         "stops there, as what follows is cut)",
     )
+    p.add_argument(
+        "--raw",
+        action="store_true",
+        help="with --length auto: print what the model wrote, without the editor's rules (a hole written "
+        "mid-line is one line; a block stops where it leaves the hole's scope or repeats the next line)",
+    )
     p.add_argument("--json", action="store_true", help="print a JSON record instead of the text")
     p.add_argument(
         "--confidence-statistic",
@@ -200,8 +206,27 @@ def read_input(path: str) -> str:
         raise BadInputError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
 
 
+def edited_text(segments: list[str], fills: list[str]) -> tuple[str, list[str]]:
+    """The file with each ``auto`` hole's fill cut as the editor cuts a completion at that place (the language
+    server's post-processing: one line for a hole written mid-line; for a block, stop where it dedents out of
+    the hole's scope or starts repeating the line after the hole; doubled closers dropped), and the hole texts
+    as shown. A model that writes past the end of what belongs in a hole (a small one often does) then still
+    gives the line the user asked for; ``--raw`` keeps everything."""
+    from ..server.postprocess import postprocess
+
+    out, shown = segments[0], []
+    for i, fill in enumerate(fills):
+        after = segments[i + 1]
+        suffix = after + "".join(f + s for f, s in zip(fills[i + 1 :], segments[i + 2 :], strict=True))
+        edit = postprocess(fill, out, suffix)
+        piece, replace = ("", 0) if edit is None else (edit.text, edit.replace)
+        shown.append(piece)
+        out += piece + after[replace:]
+    return out, shown
+
+
 def run(args: argparse.Namespace) -> int:
-    text = read_input(args.file)
+    text = text_in = read_input(args.file)
     use_cache = resolve_decoding(args)
     options = sampling_options(args)
     from ..engine.confidence import STATISTICS
@@ -232,15 +257,19 @@ def run(args: argparse.Namespace) -> int:
         denoiser=denoiser,
         end_early=None if args.end_early else False,
     )
+    text, shown = result.text, None
+    if args.length == "auto" and not args.raw:
+        text, shown = edited_text(split_holes(text_in, args.marker), [h.text for h in result.holes])
     if args.json:
-        json.dump(
-            with_confidence(result, lm, options.alg, args.confidence_statistic),
-            sys.stdout,
-            ensure_ascii=False,
-        )
+        record = with_confidence(result, lm, options.alg, args.confidence_statistic)
+        if shown is not None:  # the holes' own records keep what the model wrote
+            record["text"] = text
+            for hole, edited in zip(record["holes"], shown, strict=True):
+                hole["shown"] = edited
+        json.dump(record, sys.stdout, ensure_ascii=False)
         sys.stdout.write("\n")
     else:
-        sys.stdout.write(result.text)
+        sys.stdout.write(text)
     sys.stdout.flush()
     return 0
 
