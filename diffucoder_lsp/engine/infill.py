@@ -19,7 +19,7 @@ replaced by its ``text``.
 from __future__ import annotations
 
 import time
-from collections.abc import Generator, Sequence
+from collections.abc import Collection, Generator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -260,6 +260,7 @@ def infill_stream(
     denoiser=None,
     end_early: bool | None = None,
     heal: bool | None = None,
+    end_ids: Collection[int] | None = None,
 ) -> Generator[tuple[InfillCanvas, StepEvent], None, InfillResult]:
     """Fill every hole of ``text``; yields ``(canvas, event)`` per denoising step, returns the result.
 
@@ -267,6 +268,9 @@ def infill_stream(
     None the ``auto`` holes, whose results are cut there (none in ``exact`` mode: the reference decoder stays
     the reference); True every hole (for callers that cut the results themselves, as the server does); False
     none.
+
+    ``end_ids``: the tokens that end a hole for ``end_early`` (default: the tokenizer's stop tokens; a caller
+    that keeps only a hole's first line adds the newline tokens).
 
     ``heal``: token healing at the holes (:mod:`.healing`); None means on unless ``options.exact`` (the
     reference decoder stays token-for-token the reference). The canvas yielded has the leads taken off its
@@ -297,6 +301,7 @@ def infill_stream(
             if (auto and not options.exact if end_early is None else end_early)
         ],
         constraint=lead_constraint(tok, canvas.hole_leads()),
+        end_ids=None if end_ids is None else tuple(sorted(end_ids)),
     )
     reveal_step = [-1] * len(canvas.ids)
     confidence = [0.0] * len(canvas.ids)

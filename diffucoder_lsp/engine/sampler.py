@@ -145,6 +145,7 @@ def denoise(
     stop_ids: tuple[int, ...] = (),
     end_spans: Sequence[tuple[int, int, int]] = (),
     constraint=None,
+    end_ids: tuple[int, ...] | None = None,
 ) -> Generator[StepEvent, None, torch.Tensor]:
     """Denoise ``x`` in place step by step; yields one :class:`StepEvent` per step, returns the final canvas.
 
@@ -155,7 +156,8 @@ def denoise(
     completion). Once a stop token is revealed in one, its still-masked positions after it can only be cut, so
     they are never denoised: reported in the same step's event as that stop token with confidence 0, left as
     mask tokens for the denoiser (what it saw of them so far) and written as the stop token into the returned
-    canvas.
+    canvas. ``end_ids`` (default ``stop_ids``) are the tokens that end a span: a single-line completion, cut at
+    its first line break anyway, also ends at a newline token.
     ``constraint``: per-position allowed tokens (a :class:`~diffucoder_lsp.engine.healing.LeadConstraint`, the
     healed holes' leads), or None. While its ``active`` is True it picks the tokens of a step instead of
     :func:`~diffucoder_lsp.engine.choice.pick_tokens` alone: ``constraint.pick(logits, x, eligible, pick)``
@@ -178,7 +180,8 @@ def denoise(
         blocks = blocks.masked_fill(~masked, x.shape[1])  # past every real block
         pace = options.pace(max_masked)
     generator = torch.Generator(device=x.device).manual_seed(options.seed)
-    stop_tensor = torch.tensor(stop_ids, dtype=x.dtype, device=x.device) if end_spans and stop_ids else None
+    ends = stop_ids if end_ids is None else end_ids
+    stop_tensor = torch.tensor(ends, dtype=x.dtype, device=x.device) if end_spans and ends else None
     ended = torch.zeros_like(masked) if stop_tensor is not None else None  # see _end_spans_at_stops
     ended_tokens = torch.full_like(x, mask_id) if ended is not None else None
     bounded = options.entropy_bound is not None

@@ -55,6 +55,17 @@ class CodeTokenizer:
             ids.add(self.dlm_pad_id)
         return frozenset(ids)
 
+    @cached_property
+    def newline_ids(self) -> frozenset[int]:
+        """Every token whose text holds a line break (a completion kept to one line ends at the first)."""
+        out = set()
+        for i in range(self.vocab_size):
+            if i in self.special_ids:
+                continue
+            if "\n" in self._tok.decode([i], skip_special_tokens=False):
+                out.add(i)
+        return frozenset(out)
+
     def encode(self, text: str) -> list[int]:
         if not text:
             return []

@@ -356,8 +356,16 @@ class EngineClient:
         below the confidence gate (:meth:`gate`) comes back as a :class:`WithheldText`."""
         ctx = self._context(prefix, suffix, settings)
         text, window = self._completion_text(ctx, max_tokens)
+        line_prefix, line_suffix, _ = split_at_cursor(prefix, suffix)
+        single = decide_mode(line_prefix, line_suffix) == SINGLE  # shown up to its first line break
         fill = self.infill(
-            text, [max_tokens], settings=settings, should_stop=should_stop, window=window, stream=stream
+            text,
+            [max_tokens],
+            settings=settings,
+            should_stop=should_stop,
+            window=window,
+            stream=stream,
+            end_at_newline=single,
         )
         name, threshold = self.gate(settings)
         score = statistic(fill.tokens[0], name) if fill.tokens else None
@@ -427,8 +435,11 @@ class EngineClient:
         should_stop: Callable[[], bool],
         window: int | None = None,
         stream: str | None = None,
+        end_at_newline: bool = False,
     ) -> Fill:
-        """THE engine call: fill every ``MARKER`` hole of ``text`` jointly; stops between steps when asked."""
+        """THE engine call: fill every ``MARKER`` hole of ``text`` jointly; stops between steps when asked.
+        ``end_at_newline``: a hole also ends at its first newline token (a single-line completion is cut there:
+        the steps after it would be wasted)."""
         from ..engine.infill import infill_stream
 
         lm = self.lm
@@ -443,6 +454,7 @@ class EngineClient:
             max_context_tokens=window or settings.context_tokens + sum(lengths) + 64,
             denoiser=make_denoiser(lm, settings, self.store_for(stream)),
             end_early=settings.end_early,  # every completion is cut at its first stop token below
+            end_ids=(lm.tokenizer.stop_ids | lm.tokenizer.newline_ids) if end_at_newline else None,
         )
         try:
             while True:

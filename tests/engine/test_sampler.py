@@ -508,6 +508,41 @@ def test_an_end_span_stops_denoising_after_its_first_stop_token():
     assert len(events) == 12
 
 
+def test_end_ids_choose_what_ends_a_span_without_touching_the_eos_penalty():
+    """A single-line completion ends at a newline token too (``end_ids``); ``stop_ids`` keep their penalty role."""
+    x = torch.full((1, 14), MASK)
+    x[0, 0] = 11
+    x[0, 13] = 12
+    opts = SamplingOptions(temperature=0.0, alg="maskgit_plus")
+    events, final = run_to_end(
+        denoise(
+            StopAt(4),
+            x,
+            None,
+            mask_id=MASK,
+            options=opts,
+            stop_ids=(7,),
+            end_spans=[(0, 1, 13)],
+            end_ids=(STOP,),
+        )
+    )
+    assert len(events) == 1 + 3 and final[0, 4:13].eq(STOP).all()
+    # the same token is no end when end_ids leave it out
+    events, _ = run_to_end(
+        denoise(
+            StopAt(4),
+            x,
+            None,
+            mask_id=MASK,
+            options=opts,
+            stop_ids=(STOP,),
+            end_spans=[(0, 1, 13)],
+            end_ids=(7,),
+        )
+    )
+    assert len(events) == 12
+
+
 def test_only_the_end_spans_end_and_within_their_bounds():
     x = torch.full((1, 20), MASK)
     x[0, 0] = x[0, 9] = x[0, 10] = x[0, 19] = 11  # holes 1..8 and 11..18
