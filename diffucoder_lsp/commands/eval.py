@@ -229,8 +229,16 @@ def _load_filler(args, truth_fn):
             overrides.setdefault("block_size", server.block_size)
         cache = server.context_cache
     options = SamplingOptions(**overrides)
-    config.update(decoding=getattr(args, "decoding", "plain"), cache=cache, options=_as_dict(options))
-    fill = model_fill_fn(lm, options, max_context_tokens=args.max_context_tokens, cache=cache)
+    single = getattr(args, "split", "single-line") == "single-line"  # as the AR baseline: one line
+    config.update(
+        decoding=getattr(args, "decoding", "plain"),
+        cache=cache,
+        options=_as_dict(options),
+        single_line=single,
+    )
+    fill = model_fill_fn(
+        lm, options, max_context_tokens=args.max_context_tokens, cache=cache, single_line=single
+    )
     return fill, token_counter(lm), config
 
 

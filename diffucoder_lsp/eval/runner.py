@@ -199,10 +199,14 @@ def model_fill_fn(
     max_context_tokens: int | None = None,
     marker: str = MASK,
     cache: bool = False,
+    single_line: bool = False,
 ) -> FillFn:
     """Fill holes with the engine: ``infill(lm, prefix + marker + suffix, length=...)``, first hole's text.
 
     ``cache``: decode through the context key/value cache, as ``fill``'s fast decoding and the server do.
+    ``single_line``: the fill is cut at its first line break, the rule :func:`ar_fill_fn` applies to the AR
+    baseline on the single-line split. (Its holes start a line, so the healed first token re-writes the newline
+    before them: a newline token cannot end such a hole early.)
     """
     from ..engine.infill import SamplingOptions, infill
 
@@ -223,7 +227,10 @@ def model_fill_fn(
             max_context_tokens=max_context_tokens,
             denoiser=denoiser,
         )
-        return result.holes[0].text
+        text = result.holes[0].text
+        if single_line and text.strip():
+            text = text.lstrip("\n").split("\n", 1)[0]
+        return text
 
     return fill
 

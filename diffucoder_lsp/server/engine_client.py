@@ -357,7 +357,9 @@ class EngineClient:
         ctx = self._context(prefix, suffix, settings)
         text, window = self._completion_text(ctx, max_tokens)
         line_prefix, line_suffix, _ = split_at_cursor(prefix, suffix)
-        single = decide_mode(line_prefix, line_suffix) == SINGLE  # shown up to its first line break
+        # shown up to its first line break, so a newline token ends it; not at the start of a line, where token
+        # healing has the first token re-write the newline before the cursor
+        single = decide_mode(line_prefix, line_suffix) == SINGLE and line_prefix.strip() != ""
         fill = self.infill(
             text,
             [max_tokens],

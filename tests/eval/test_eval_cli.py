@@ -258,3 +258,19 @@ def test_ar_baseline_reads_only_the_prefix_and_heals_the_line_start(tiny_ckpt, m
     assert prompts[-1] == "def f(x):"  # cut before the newline
     multi = ar_fill_fn(lm, single_line=False)(prefix, "", len(script) - 1)
     assert multi == "    return x\n    y = 2"  # oracle length: N tokens (+1 for the re-written newline)
+
+
+def test_model_filler_on_the_single_line_split_keeps_one_line(tiny_ckpt):
+    """Both fillers follow one rule on the single-line split: the fill is cut at its first line break."""
+    from diffucoder_lsp.engine.infill import SamplingOptions
+    from diffucoder_lsp.eval.runner import model_fill_fn
+    from diffucoder_lsp.model.loading import load_model
+
+    lm = load_model(str(tiny_ckpt), device="cpu")
+    opts = SamplingOptions(temperature=0.0, steps=4)
+    prefix, suffix = "def f(x):\n", "\n    return y\n"
+    raw = model_fill_fn(lm, opts)(prefix, suffix, 12)
+    one = model_fill_fn(lm, opts, single_line=True)(prefix, suffix, 12)
+    assert "\n" not in one
+    if raw.strip():
+        assert one == raw.lstrip("\n").split("\n", 1)[0]
