@@ -39,6 +39,7 @@ local function server_cmd(cfg)
   if cfg.python then return { cfg.python, "-m", "diffucoder_lsp.server" } end
   return { "diffucoder", "serve" }
 end
+M.server_cmd = server_cmd
 
 --- The running diffucoder client for a buffer (default: the current one), or nil.
 function M.client(bufnr)
