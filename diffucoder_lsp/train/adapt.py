@@ -156,7 +156,9 @@ class AdaptTrainer(Trainer):
     def train_step(self) -> dict:
         out = super().train_step()
         if self.args.lookahead:  # how far the heads have opened: the run's metrics show the anneal it learns
-            bias = torch.stack([layer.self_attn.lookahead_bias.detach() for layer in self._core().model.layers])
+            bias = torch.stack(
+                [layer.self_attn.lookahead_bias.detach() for layer in self._core().model.layers]
+            )
             out["lookahead_mean"] = round(float(bias.mean()), 3)
             out["lookahead_max"] = round(float(bias.max()), 3)
         return out

@@ -39,6 +39,7 @@ from ..engine.sampler import SamplingOptions, denoise, run_to_end
 from ..errors import BadInputError
 from .coupled import MaskedHead, estimate_logprobs, grpo_loss, leave_one_out, plan_masks
 from .lora import adapters_disabled, export_checkpoint, merge_lora, save_adapter
+from .pretrain import fit_bar_to_time_limit
 from .repo_tasks import Task
 from .rewards import extract_code, jsonl_rewards, repo_rewards, reward_summary
 from .tuning import (
@@ -380,11 +381,13 @@ class GRPOTrainer:
         )
         bar = progress_bar(a.steps, self.step, progress and self.is_main, "grpo")
         start, reason = time.monotonic(), "steps"
+        first = self.step
         while self.step < a.steps:
             m = self.train_step()
             self.metrics.write(m)
             if bar is not None:
                 bar.update(1)
+                fit_bar_to_time_limit(bar, self.step, a.steps, first, start, (a.time_limit or 0) * 60)
                 bar.set_postfix(
                     reward=f"{m['reward']:.3f}",
                     kl=f"{m['kl']:.4f}",

@@ -174,6 +174,24 @@ def _atomic_save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def fit_bar_to_time_limit(
+    bar, step: int, max_steps: int, first_step: int, start: float, limit_s: float | None
+) -> None:
+    """Make a progress bar's total (and so its ETA) the steps the time limit leaves room for, when that is fewer
+    than ``max_steps``: a run stopped by ``--time-limit`` showed minutes left when it stopped."""
+    if bar is None or not limit_s:
+        return
+    done = step - first_step
+    elapsed = time.monotonic() - start
+    if done <= 0 or elapsed <= 0:
+        return
+    left = max(0.0, limit_s - elapsed) / (elapsed / done)
+    total = min(max_steps, step + math.ceil(left))
+    if total != bar.total:
+        bar.total = total
+        bar.refresh()
+
+
 class Trainer:
     """Owns the model, optimizer, data and checkpointing of one run directory."""
 
@@ -422,6 +440,7 @@ class Trainer:
         reason = "steps" if args.stop_at is None or args.stop_at >= args.steps else "stop_at"
         window_tokens, window_start = 0, time.monotonic()
         last_step = args.steps if args.stop_at is None else min(args.steps, args.stop_at)
+        first_step = self.step
         while self.step < last_step:
             m = self.train_step()
             window_tokens += m["tokens"]
@@ -433,6 +452,7 @@ class Trainer:
             m.update(tok_s=round(tps, 1), tokens_seen=self.tokens_seen, elapsed=round(self.elapsed, 1))
             if bar is not None:
                 bar.update(1)
+                fit_bar_to_time_limit(bar, self.step, last_step, first_step, start, limit_s)
                 bar.set_postfix(
                     loss=f"{m['loss']:.3f}", ce=f"{m['ce']:.3f}", tok_s=f"{tps:.0f}", refresh=False
                 )

@@ -195,3 +195,25 @@ def test_cli_pretrain_and_export(corpus, tmp_path, capsys):
     rc = main(["train", "export", str(run), "--out", str(tmp_path / "exp")])
     assert rc == 0 and (tmp_path / "exp" / "model.safetensors").is_file()
     assert main(["train", "export", str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 2
+
+
+def test_the_progress_bar_eta_honours_the_time_limit(monkeypatch):
+    """A run that --time-limit will stop shows the steps the limit leaves room for, not all of --steps."""
+    import diffucoder_lsp.train.pretrain as pretrain_module
+    from diffucoder_lsp.train.pretrain import fit_bar_to_time_limit
+
+    class Bar:
+        total, refreshed = 1000, 0
+
+        def refresh(self):
+            self.refreshed += 1
+
+    bar = Bar()
+    monkeypatch.setattr(pretrain_module.time, "monotonic", lambda: 110.0)
+    # 10 steps (from step 5) in 10 s, 20 s allowed: about 10 more
+    fit_bar_to_time_limit(bar, 15, 1000, 5, 100.0, 20.0)
+    assert bar.total == 25 and bar.refreshed == 1
+    fit_bar_to_time_limit(bar, 15, 18, 5, 100.0, 20.0)  # --steps comes first
+    assert bar.total == 18
+    fit_bar_to_time_limit(bar, 15, 1000, 5, 100.0, None)  # no limit: unchanged
+    assert bar.total == 18
