@@ -20,6 +20,7 @@ from ..errors import BadInputError
 from .background import warm_later
 from .context import defuse_special_tokens
 from .engine_client import MARKER
+from .postprocess import postprocess
 from .scheduler import Cancelled
 from .settings import MAX_SPAN_TOKENS
 
@@ -61,6 +62,26 @@ def _range_arg(value: Any) -> tuple[tuple[int, int], tuple[int, int]]:
             ValueError(f"expected an LSP range (non-negative integer lines and characters), got {shown}")
         ) from None
     return (a, b) if a <= b else (b, a)
+
+
+def reindent(new: str, selected: str) -> str:
+    """``new`` (what replaces ``selected``, a selection from a line start) at the selection's indentation: its
+    first line takes the selected first line's indentation and every later line moves by the same amount, so a
+    12-space line does not come back at 4 spaces and the block keeps its shape."""
+    want = selected[: len(selected) - len(selected.lstrip(" \t"))]
+    have = new[: len(new) - len(new.lstrip(" \t"))]
+    if want == have or not new.strip():
+        return new
+    lines = new.split("\n")
+    out = [want + lines[0][len(have) :]]
+    for line in lines[1:]:
+        if not line.strip():
+            out.append(line)
+        elif line.startswith(have):
+            out.append(want + line[len(have) :])
+        else:  # less indented than the first line: keep its position relative to the block's start
+            out.append(line)
+    return "\n".join(out)
 
 
 def clean_hole(fill: str, after: str) -> str:
@@ -134,8 +155,16 @@ async def fill_holes(ls: ServerHost, uri: str) -> dict[str, Any]:
     edits = []
     for start, hole in zip(starts, fill.texts, strict=True):
         end = start + len(MARKER)
-        rng = types.Range(start=ls.offset_to_position(doc, start), end=ls.offset_to_position(doc, end))
-        edits.append(types.TextEdit(range=rng, new_text=clean_hole(hole, text[end : end + 1])))
+        # as an inline completion at the hole would be shown: the block's indentation, its scope, no copy of
+        # the line after it, no doubled closers
+        edit = postprocess(hole, text[:start], text[end:])
+        new_text, replace = ("", 0) if edit is None else (edit.text, edit.replace)
+        rng = types.Range(
+            start=ls.offset_to_position(doc, start), end=ls.offset_to_position(doc, end + replace)
+        )
+        edits.append(
+            types.TextEdit(range=rng, new_text=clean_hole(new_text, text[end + replace : end + replace + 1]))
+        )
     result = await ls.workspace_apply_edit_async(
         types.ApplyWorkspaceEditParams(edit=_edit(ls, uri, version, edits), label="DiffuCoder: fill holes")
     )
@@ -154,6 +183,7 @@ async def regenerate_selection(ls: ServerHost, uri: str, rng: Any) -> dict[str, 
         ls.show(types.MessageType.Info, "DiffuCoder: select the code to regenerate")
         return {"applied": False, "holes": 0}
     selected = text[a:b]
+    at_line_start = a == 0 or text[a - 1] == "\n"
     try:
         n = ls.engine.count_tokens(selected)
     except Cancelled:  # the model is being replaced
@@ -173,6 +203,8 @@ async def regenerate_selection(ls: ServerHost, uri: str, rng: Any) -> dict[str, 
         new += "\n"
     elif not selected.endswith("\n"):
         new = new.rstrip("\r\n")
+    if at_line_start:
+        new = reindent(new, selected)
     edit_range = types.Range(start=ls.offset_to_position(doc, a), end=ls.offset_to_position(doc, b))
     result = await ls.workspace_apply_edit_async(
         types.ApplyWorkspaceEditParams(
