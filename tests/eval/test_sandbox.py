@@ -4,21 +4,33 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 
 import psutil
 import pytest
 
-from diffucoder_lsp.sandbox import SandboxResult, run_many, run_python
+from diffucoder_lsp import sandbox
+from diffucoder_lsp.sandbox import BOX, SandboxResult, run_many, run_python
 
 
-def _gone(pid: int, wait_s: float = 3.0) -> bool:
-    """True once ``pid`` no longer runs (absent, or a zombie nobody reaped yet)."""
+def _running_with(token: str) -> list[int]:
+    """Host pids of live (not zombie) processes whose command line contains ``token``."""
+    found = []
+    for p in psutil.process_iter(["cmdline", "status"]):
+        try:
+            if p.info["status"] != psutil.STATUS_ZOMBIE and token in " ".join(p.info["cmdline"] or []):
+                found.append(p.pid)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return found
+
+
+def _gone(token: str, wait_s: float = 3.0) -> bool:
+    """True once no process whose command line carries ``token`` runs any more (zombies nobody reaped count as
+    gone). By command line, not pid: inside the sandbox's pid namespace a process's pid is not the host's."""
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
-        try:
-            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
-                return True
-        except psutil.NoSuchProcess:
+        if not _running_with(token):
             return True
         time.sleep(0.05)
     return False
@@ -109,31 +121,37 @@ def test_writes_inside_the_sandbox_work_and_are_removed_afterwards():
     assert r.passed, r.stderr_tail
     cwd, content = r.stdout_tail.split()
     assert content == "abab"
-    assert not os.path.exists(cwd)
+    if r.isolated:  # the run's folder is mounted at a fixed path; the host's temp folder is removed as before
+        assert cwd == BOX
+    else:
+        assert not os.path.exists(cwd)
 
 
 def test_orphaned_grandchild_is_killed_with_the_group():
+    token = f"orphan-{uuid.uuid4().hex}"
     code = (
         "import subprocess, sys\n"
-        "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+        f"p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)', {token!r}])\n"
         "print(p.pid, flush=True)\n"
     )
     r = run_python(code, timeout_s=5.0)
     assert r.passed, r.stderr_tail
     assert r.duration_s < 4.0  # the orphan holds no pipe that the sandbox waits on
-    assert _gone(int(r.stdout_tail.split()[0]))
+    assert _gone(token)
 
 
 def test_grandchild_of_a_hung_program_is_killed_too():
+    token = f"hung-{uuid.uuid4().hex}"
     code = (
         "import subprocess, sys, time\n"
-        "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+        f"p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)', {token!r}])\n"
         "print(p.pid, flush=True)\n"
         "time.sleep(60)\n"
     )
     r = run_python(code, timeout_s=1.5)
     assert r.timed_out
-    assert _gone(int(r.stdout_tail.split()[0]))
+    assert r.stdout_tail.strip()  # the grandchild was started
+    assert _gone(token)
 
 
 def test_environment_carries_no_secret(monkeypatch):
@@ -208,3 +226,23 @@ def test_run_many_keeps_order_and_runs_in_parallel():
     assert not results[4].passed and results[4].returncode == 3
     assert elapsed < 2.0  # 4 x 0.6 s sequentially would take 2.4 s
     assert run_many([{"code": "print(1)", "no_such_option": 1}])[0].reason.startswith("sandbox error")
+
+
+def test_runs_are_isolated_here_or_say_why_not():
+    r = run_python("print(1)")
+    if sandbox.isolation_error():
+        assert not r.passed and r.reason.startswith("no sandbox:") and "allow_unsafe=True" in r.reason
+    else:
+        assert r.passed and r.isolated
+
+
+def test_without_a_sandbox_code_is_refused_unless_unsafe_is_allowed(monkeypatch):
+    monkeypatch.setattr(sandbox, "_STATE", (None, "bubblewrap (bwrap) not found (test)"))
+    r = run_python("print('ran')")
+    assert not r.passed and not r.isolated and r.returncode is None and r.stdout_tail == ""
+    assert r.reason.startswith("no sandbox: bubblewrap (bwrap) not found (test)")
+    assert "allow_unsafe=True" in r.reason and "\n" not in r.reason
+    r = run_python("print('ran')", allow_unsafe=True)
+    assert r.passed and not r.isolated and r.stdout_tail == "ran\n"
+    assert [x.reason.startswith("no sandbox") for x in run_many(["print(1)", "print(2)"])] == [True, True]
+    assert all(x.passed and not x.isolated for x in run_many(["print(1)", "print(2)"], allow_unsafe=True))
