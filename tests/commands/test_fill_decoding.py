@@ -49,14 +49,16 @@ def src(tmp_path):
 
 def test_the_default_is_the_servers_fast_decoding(tiny_ckpt, src, capsys, cached_denoisers):
     server = Settings()
-    assert server.context_cache and server.tokens_per_step == 3 and server.block_size == 32
+    assert server.context_cache and server.tokens_per_step == 1 and server.block_size == 32
     record = fill_json(capsys, src, "--model", str(tiny_ckpt), "--length", "12")
     assert len(cached_denoisers) == 1  # the context cache
-    # 12 tokens, 3 a step: fewer forward passes than tokens
+    assert record["steps"] == 12 and record["forward_passes"] == 12  # one token a step
+    # the pace still follows --tokens-per-step: 3 a step, fewer forward passes than tokens
+    record = fill_json(capsys, src, "--model", str(tiny_ckpt), "--length", "12", "--tokens-per-step", "3")
     assert record["steps"] == 4 and record["forward_passes"] == 4
-    # blocks of 32: a 40-token hole is decoded as 32 + 8 tokens, 3 a step
+    # blocks of 32: a 40-token hole is decoded as 32 + 8 tokens
     record = fill_json(capsys, src, "--model", str(tiny_ckpt), "--length", "40")
-    assert record["steps"] == 11 + 3
+    assert record["steps"] == 40
     steps = record["holes"][0]["reveal_step"]
     assert max(steps[:32]) < min(steps[32:])
 
@@ -65,7 +67,7 @@ def test_plain_is_the_earlier_default_and_flags_override_a_mode(tiny_ckpt, src, 
     record = fill_json(capsys, src, "--model", str(tiny_ckpt), "--length", "12", "--decoding", "plain")
     assert (record["steps"], record["forward_passes"], len(cached_denoisers)) == (12, 12, 0)
     record = fill_json(capsys, src, "--model", str(tiny_ckpt), "--length", "12", "--no-cache")
-    assert (record["steps"], len(cached_denoisers)) == (4, 0)  # fast, without the cache
+    assert (record["steps"], len(cached_denoisers)) == (12, 0)  # fast, without the cache
     record = fill_json(capsys, src, "--model", str(tiny_ckpt), "--length", "12", "--tokens-per-step", "4")
     assert (record["steps"], len(cached_denoisers)) == (3, 1)
     record = fill_json(

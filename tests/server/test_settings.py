@@ -11,7 +11,7 @@ from diffucoder_lsp.server.settings import Settings, parse_settings, problems_me
 
 def test_defaults_are_speed_minded():
     s = Settings()
-    assert s.tokens_per_step >= 2 and s.temperature == 0.2 and s.alg == "entropy"
+    assert s.tokens_per_step == 1 and s.temperature == 0.2 and s.alg == "entropy"
     assert s.max_tokens_single_line < s.max_tokens <= 64
 
 
