@@ -340,7 +340,9 @@ _ETC_FILES = (
     "/etc/nsswitch.conf",
     "/etc/alternatives",
 )
-_UNSAFE_HINT = "pass allow_unsafe=True / --unsafe-exec to run without one"
+# the process-wide opt-in that the commands' --unsafe-exec sets (and a user may set for any command)
+UNSAFE_ENV = "DIFFUCODER_UNSAFE_EXEC"
+_UNSAFE_HINT = "pass --unsafe-exec (or DIFFUCODER_UNSAFE_EXEC=1) to run without one"
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
@@ -702,6 +704,7 @@ def run_python(
         mode, problem = _isolation()
     except Exception as exc:  # the probe itself broke: treated as no isolation
         mode, problem = None, f"probe error: {type(exc).__name__}: {exc}"
+    allow_unsafe = allow_unsafe or os.environ.get(UNSAFE_ENV, "") == "1"
     if mode is None and not allow_unsafe:
         return _failed(f"no sandbox: {problem}; {_UNSAFE_HINT}", time.monotonic() - start)
     return _run(

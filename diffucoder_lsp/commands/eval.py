@@ -73,6 +73,12 @@ def register(subparsers) -> None:
         help="JSON result file (default: ./humaneval_infill_results.json)",
     )
     _model_options(he)
+    he.add_argument(
+        "--unsafe-exec",
+        action="store_true",
+        help="run the filled programs without the bubblewrap sandbox where it cannot run here (recorded in the "
+        "result); only on a machine you would let untrusted code run on",
+    )
     he.set_defaults(func=run_humaneval)
 
     intr = sub.add_parser(
@@ -249,6 +255,12 @@ def _as_dict(obj) -> dict:
 
 
 def run_humaneval(args) -> int:
+    if args.unsafe_exec:
+        import os
+
+        from ..sandbox import UNSAFE_ENV
+
+        os.environ[UNSAFE_ENV] = "1"
     from ..eval.humaneval_infill import build_tasks
     from ..eval.runner import (
         evaluate_tasks,
@@ -279,6 +291,7 @@ def run_humaneval(args) -> int:
     summary = summarize(records)
     config = {
         "benchmark": "humaneval-infill",
+        "unsafe_exec": bool(args.unsafe_exec),  # programs may have run outside the sandbox
         "split": args.split,
         "length": args.length,
         "limit": args.limit,

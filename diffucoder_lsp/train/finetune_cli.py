@@ -98,6 +98,12 @@ def register(sub) -> None:
     )
     g.add_argument("--no-plot", action="store_true")
     _common(g)
+    g.add_argument(
+        "--unsafe-exec",
+        action="store_true",
+        help="run rollouts' tests without the bubblewrap sandbox where it cannot run here; only on a machine you "
+        "would let untrusted code run on",
+    )
     g.set_defaults(func=_grpo)
 
 
@@ -144,6 +150,12 @@ def _sft(args: argparse.Namespace) -> int:
 
 
 def _grpo(args: argparse.Namespace) -> int:
+    if args.unsafe_exec:
+        import os
+
+        from ..sandbox import UNSAFE_ENV
+
+        os.environ[UNSAFE_ENV] = "1"
     from .grpo import GRPOArgs, GRPOTrainer
     from .repo_tasks import read_jsonl_tasks, repo_tasks
 

@@ -231,7 +231,7 @@ def test_run_many_keeps_order_and_runs_in_parallel():
 def test_runs_are_isolated_here_or_say_why_not():
     r = run_python("print(1)")
     if sandbox.isolation_error():
-        assert not r.passed and r.reason.startswith("no sandbox:") and "allow_unsafe=True" in r.reason
+        assert not r.passed and r.reason.startswith("no sandbox:") and "--unsafe-exec" in r.reason
     else:
         assert r.passed and r.isolated
 
@@ -241,8 +241,21 @@ def test_without_a_sandbox_code_is_refused_unless_unsafe_is_allowed(monkeypatch)
     r = run_python("print('ran')")
     assert not r.passed and not r.isolated and r.returncode is None and r.stdout_tail == ""
     assert r.reason.startswith("no sandbox: bubblewrap (bwrap) not found (test)")
-    assert "allow_unsafe=True" in r.reason and "\n" not in r.reason
+    assert "--unsafe-exec" in r.reason and "\n" not in r.reason
     r = run_python("print('ran')", allow_unsafe=True)
     assert r.passed and not r.isolated and r.stdout_tail == "ran\n"
     assert [x.reason.startswith("no sandbox") for x in run_many(["print(1)", "print(2)"])] == [True, True]
     assert all(x.passed and not x.isolated for x in run_many(["print(1)", "print(2)"], allow_unsafe=True))
+
+
+def test_the_unsafe_opt_in_also_comes_from_the_environment(monkeypatch):
+    """--unsafe-exec sets DIFFUCODER_UNSAFE_EXEC for the run; without namespaces it is what lets code run."""
+    from diffucoder_lsp import sandbox
+
+    monkeypatch.setattr(sandbox, "_isolation", lambda: (None, "namespaces unavailable (test)"))
+    monkeypatch.delenv(sandbox.UNSAFE_ENV, raising=False)
+    refused = sandbox.run_python("print('hi')", timeout_s=10)
+    assert not refused.passed and "--unsafe-exec" in refused.reason
+    monkeypatch.setenv(sandbox.UNSAFE_ENV, "1")
+    ran = sandbox.run_python("print('hi')", timeout_s=10)
+    assert ran.passed and not ran.isolated
