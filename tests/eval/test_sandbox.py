@@ -6,34 +6,11 @@ import os
 import time
 import uuid
 
-import psutil
 import pytest
+from process_probes import gone
 
 from diffucoder_lsp import sandbox
 from diffucoder_lsp.sandbox import BOX, SandboxResult, run_many, run_python
-
-
-def _running_with(token: str) -> list[int]:
-    """Host pids of live (not zombie) processes whose command line contains ``token``."""
-    found = []
-    for p in psutil.process_iter(["cmdline", "status"]):
-        try:
-            if p.info["status"] != psutil.STATUS_ZOMBIE and token in " ".join(p.info["cmdline"] or []):
-                found.append(p.pid)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            pass
-    return found
-
-
-def _gone(token: str, wait_s: float = 3.0) -> bool:
-    """True once no process whose command line carries ``token`` runs any more (zombies nobody reaped count as
-    gone). By command line, not pid: inside the sandbox's pid namespace a process's pid is not the host's."""
-    deadline = time.monotonic() + wait_s
-    while time.monotonic() < deadline:
-        if not _running_with(token):
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_ok_program_passes_and_captures_output():
@@ -137,7 +114,7 @@ def test_orphaned_grandchild_is_killed_with_the_group():
     r = run_python(code, timeout_s=5.0)
     assert r.passed, r.stderr_tail
     assert r.duration_s < 4.0  # the orphan holds no pipe that the sandbox waits on
-    assert _gone(token)
+    assert gone(token)
 
 
 def test_grandchild_of_a_hung_program_is_killed_too():
@@ -151,7 +128,7 @@ def test_grandchild_of_a_hung_program_is_killed_too():
     r = run_python(code, timeout_s=1.5)
     assert r.timed_out
     assert r.stdout_tail.strip()  # the grandchild was started
-    assert _gone(token)
+    assert gone(token)
 
 
 def test_environment_carries_no_secret(monkeypatch):

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from process_probes import gone, running_with
 
 from diffucoder_lsp import sandbox
 from diffucoder_lsp.sandbox import run_python
@@ -30,26 +31,6 @@ def _needs_bwrap():
     problem = sandbox.isolation_error()
     if problem:
         pytest.skip(f"bubblewrap cannot isolate runs on this machine: {problem}")
-
-
-def _running_with(token: str) -> list[int]:
-    found = []
-    for p in psutil.process_iter(["cmdline", "status"]):
-        try:
-            if p.info["status"] != psutil.STATUS_ZOMBIE and token in " ".join(p.info["cmdline"] or []):
-                found.append(p.pid)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            pass
-    return found
-
-
-def _gone(token: str, wait_s: float = 3.0) -> bool:
-    deadline = time.monotonic() + wait_s
-    while time.monotonic() < deadline:
-        if not _running_with(token):
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def _token() -> str:
@@ -225,10 +206,10 @@ def test_daemons_do_not_outlive_the_run(tmp_path, how):
     r = run_python(code, timeout_s=10.0)
     assert r.passed and "spawned" in r.stdout_tail, r.stderr_tail
     assert r.duration_s < 2.0  # the run did not wait for the daemon
-    assert _gone(tok, wait_s=1.0), "a process of the run outlived it"
+    assert gone(tok, wait_s=1.0), "a process of the run outlived it"
     time.sleep(2.5)
     assert not marker.exists()
-    assert not _running_with(tok)
+    assert not running_with(tok)
 
 
 def test_cannot_delete_a_file_in_the_callers_cwd(tmp_path, monkeypatch):
@@ -270,7 +251,7 @@ def test_memory_is_capped_for_the_whole_run_not_per_process():
     assert not r.passed and not r.timed_out
     assert r.reason.startswith("memory limit"), r.reason
     assert elapsed < 30.0
-    assert _gone(tok)
+    assert gone(tok)
     assert psutil.Process().status() != psutil.STATUS_STOPPED
 
 
@@ -299,7 +280,7 @@ def test_a_fork_bomb_is_capped_and_the_run_ends(tmp_path):
     assert forked <= sandbox.DEFAULT_MAX_PROCS
     assert int(r.stdout_tail.split()[3]) >= 512 - sandbox.DEFAULT_MAX_PROCS
     assert elapsed < 30.0
-    assert _gone(tok)
+    assert gone(tok)
 
 
 def test_a_real_fork_bomb_ends_at_the_timeout():
