@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from lsprotocol import types
 from pygls.exceptions import JsonRpcInvalidParams
 
-from ..errors import BadInputError
+from ..errors import BadInputError, short_repr
 from .background import warm_later
 from .context import defuse_special_tokens
 from .engine_client import MARKER
@@ -56,8 +56,7 @@ def _range_arg(value: Any) -> tuple[tuple[int, int], tuple[int, int]]:
         a = (_uinteger(start["line"]), _uinteger(start["character"]))
         b = (_uinteger(end["line"]), _uinteger(end["character"]))
     except (TypeError, KeyError, ValueError, IndexError):
-        shown = repr(value)
-        shown = shown if len(shown) <= 80 else shown[:77] + "..."
+        shown = short_repr(value, 80)
         raise JsonRpcInvalidParams.of(
             ValueError(f"expected an LSP range (non-negative integer lines and characters), got {shown}")
         ) from None

@@ -22,6 +22,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import short_repr
+
 SECTION = "diffucoder"
 ALGORITHMS = ("entropy", "maskgit_plus", "topk_margin", "origin")
 QUANTS = ("none", "8bit", "4bit")
@@ -242,8 +244,7 @@ def _languages(v):
 
 def _short(v: Any) -> str:
     """A value for a one-line message: a pasted megabyte must not become a megabyte popup."""
-    text = repr(v)
-    return text if len(text) <= 80 else text[:77] + "..."
+    return short_repr(v, 80)
 
 
 VALIDATORS = {
