@@ -21,6 +21,7 @@ import platform
 import sys
 import time
 
+from ..engine.options import ALGORITHMS
 from .fill import add_model_options
 
 log = logging.getLogger(__name__)
@@ -169,6 +170,18 @@ def _model_options(p: argparse.ArgumentParser) -> None:
         "--temperature", type=float, default=None, help="sampling temperature (default: the engine's)"
     )
     p.add_argument("--seed", type=int, default=None, help="sampling seed (default: the engine's)")
+    p.add_argument(
+        "--alg",
+        default=None,
+        choices=ALGORITHMS,
+        help="which masked position is revealed first (default: the engine's)",
+    )
+    p.add_argument(
+        "--block-size",
+        type=int,
+        default=None,
+        help="positions eligible per block, in order (1: strictly left to right; default: the server's)",
+    )
     p.add_argument("--max-context-tokens", type=int, default=None, help="cut the context around the hole")
 
 
@@ -222,6 +235,8 @@ def _load_filler(args, truth_fn):
             "tokens_per_step": args.tokens_per_step,
             "temperature": args.temperature,
             "seed": args.seed,
+            "alg": getattr(args, "alg", None),
+            "block_size": getattr(args, "block_size", None),
         }.items()
         if v is not None
     }
@@ -348,7 +363,11 @@ def run_intrinsic(args) -> int:
         print(f"results written to {args.out}", file=sys.stderr)
     print(
         f"intrinsic ({args.length} length): n={summary['n']} exact match {summary['exact_match']:.1f}% "
-        f"edit similarity {summary['edit_similarity']:.1f}% mean fill {summary['mean_fill_ms']:.0f} ms"
+        f"(95% CI {summary['exact_match_ci95'][0]:.1f}-{summary['exact_match_ci95'][1]:.1f}) "
+        f"edit similarity {summary['edit_similarity']:.1f}% "
+        f"({summary['edit_similarity_ci95'][0]:.1f}-{summary['edit_similarity_ci95'][1]:.1f}); "
+        f"fills {summary['mean_fill_chars']:.0f} chars (truth {summary['mean_truth_chars']:.0f}); "
+        f"mean fill {summary['mean_fill_ms']:.0f} ms"
         + (f" ({summary['errors']} fills failed)" if summary["errors"] else "")
     )
     return 0

@@ -158,7 +158,7 @@ def run_requests(
 ) -> list[Outcome]:
     """Ask for a completion at every request and record its scores and whether it was right. A completion
     that raises counts as answered with nothing (the server answers such a request empty) and keeps its error."""
-    bar = Progress(len(requests), "calibrate", enabled=progress)
+    bar = Progress(len(requests), "calibrate", enabled=progress, metric="right")
     outcomes = []
     try:
         for r in requests:

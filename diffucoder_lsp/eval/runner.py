@@ -89,8 +89,8 @@ def summarize(records: Sequence[TaskRecord]) -> dict[str, dict]:
 class Progress:
     """tqdm on stderr when installed, else a plain stderr line every few seconds. Thread-safe ``update``."""
 
-    def __init__(self, total: int, desc: str, enabled: bool = True) -> None:
-        self.total, self.desc, self.enabled = total, desc, enabled
+    def __init__(self, total: int, desc: str, enabled: bool = True, metric: str = "pass@1") -> None:
+        self.total, self.desc, self.enabled, self.metric = total, desc, enabled, metric
         self.done = self.passed = 0
         self._lock = threading.Lock()
         self._last = 0.0
@@ -111,12 +111,14 @@ class Progress:
                 return
             rate = 100.0 * self.passed / self.done
             if self._bar is not None:
-                self._bar.set_postfix_str(f"pass@1 {rate:.1f}%", refresh=False)
+                self._bar.set_postfix_str(f"{self.metric} {rate:.1f}%", refresh=False)
                 self._bar.update(1)
             elif time.monotonic() - self._last > 2.0 or self.done == self.total:
                 self._last = time.monotonic()
                 print(
-                    f"{self.desc}: {self.done}/{self.total} pass@1 {rate:.1f}%", file=sys.stderr, flush=True
+                    f"{self.desc}: {self.done}/{self.total} {self.metric} {rate:.1f}%",
+                    file=sys.stderr,
+                    flush=True,
                 )
 
     def close(self) -> None:

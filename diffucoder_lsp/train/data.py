@@ -12,6 +12,12 @@ Two kinds of training rows, both of a fixed length ``L``:
   span is a line, a few lines, or a random token range. The ``K`` extra eos tokens sit *after* the true span and
   before the suffix: at inference ``--length auto`` opens a generous hole, the model fills the code first and eos
   after it, and the engine trims the trailing eos run. Shorter rows are right-padded and marked invalid.
+  ``K`` follows what inference does (:func:`draw_pads`): half the rows have the hole an editor or ``fill``
+  actually opens (:data:`INFERENCE_HOLES` tokens: the server's single-line hole, or ``auto``'s), so a 12-token
+  line learns to end inside a 20- or 48-token hole; a quarter are exact (``K = 0``, the oracle length the
+  evaluations give) and a quarter a little too long (``K`` up to the span's length). Rows whose pads were drawn
+  only up to the span length taught the model that a hole is at most twice its content, so in the wide holes
+  of real use it stopped early or rambled.
 
 Every batch is a pure function of ``(seed, step, rank)``: resuming at step ``s`` reproduces exactly the batch an
 uninterrupted run would have drawn, without storing a data cursor.
@@ -33,6 +39,27 @@ from .corpus import read_jsonl
 log = logging.getLogger(__name__)
 
 SPAN_KINDS = ("line", "lines", "range")
+# the hole sizes inference opens: the server's single-line completion (Settings.max_tokens_single_line) and
+# ``--length auto`` / multi-line completions (engine.infill.AUTO_LENGTH, Settings.max_tokens); a test keeps
+# them equal to those defaults
+INFERENCE_HOLES = (20, 48)
+
+
+def draw_pads(span_len: int, rng: np.random.Generator) -> int:
+    """How many eos pads follow a span of ``span_len`` tokens in a training row (see the module docstring).
+
+    One draw of ``rng.random()`` picks the case, so the number of random draws does not depend on the span.
+    """
+    u = float(rng.random())
+    extra = int(rng.integers(0, span_len + 1))
+    if u < 0.25:
+        return 0
+    if u < 0.5:
+        return extra
+    for size in INFERENCE_HOLES:  # the smallest hole inference would open for this much code
+        if size >= span_len:
+            return size - span_len
+    return extra  # longer than any inference hole: as in the too-long case
 
 
 @dataclass
@@ -167,7 +194,7 @@ def make_infill(
 ) -> InfillExample:
     """Cut ``doc`` into prefix / span / suffix around a span and add ``pads`` eos tokens after the span.
 
-    ``pads`` defaults to a uniform draw in [0, span length] so the model sees holes from exact to twice too long.
+    ``pads`` defaults to :func:`draw_pads`: exact holes, slightly long ones, and the holes inference opens.
     The context budget left after the hole goes mostly to the prefix (50-90 %), the rest to the suffix; whatever
     one side cannot use goes to the other.
     """
@@ -176,7 +203,7 @@ def make_infill(
     b = min(b, a + max_span)
     span_len = b - a
     if pads is None:
-        pads = int(rng.integers(0, span_len + 1))
+        pads = draw_pads(span_len, rng)
     pads = max(0, min(pads, seq_len - span_len - 1))
     budget = seq_len - span_len - pads
     pre_avail, suf_avail = a, len(doc) - b

@@ -55,12 +55,22 @@ def register(sub) -> None:
     s.add_argument(
         "--holdout", action="append", default=[], metavar="GLOB", help="held-out files (repeatable)"
     )
-    s.add_argument("--holdout-fraction", type=float, default=0.1, help="share of files held out by path hash")
+    s.add_argument(
+        "--holdout-fraction",
+        type=float,
+        default=0.1,
+        help="share of the code (characters) held out, whole files taken in path-hash order",
+    )
     s.add_argument("--batch-size", type=int, default=4)
     s.add_argument("--grad-accum", type=int, default=1)
     s.add_argument("--seq-len", type=int, default=512)
     s.add_argument("--warmup", type=int, default=10)
-    s.add_argument("--eval-lines", type=int, default=40, help="held-out lines for exact match (0: skip)")
+    s.add_argument(
+        "--eval-lines",
+        type=int,
+        default=200,
+        help="held-out lines for exact match and edit similarity (0: skip)",
+    )
     s.add_argument("--eval-batches", type=int, default=4, help="held-out loss batches (0: skip)")
     s.add_argument(
         "--humaneval", type=int, default=0, metavar="N", help="also HumanEval-Infilling on N tasks"
@@ -113,7 +123,9 @@ def _opt(args, **names) -> dict:
 
 
 def _sft(args: argparse.Namespace) -> int:
-    from .sft import SFTArgs, run_sft
+    import sys
+
+    from .sft import SFTArgs, SFTTrainer
 
     if args.repo and not Path(args.repo).is_dir():
         raise BadInputError(f"no such repository folder: {args.repo}")
@@ -144,9 +156,42 @@ def _sft(args: argparse.Namespace) -> int:
         time_limit=args.time_limit,
         **_opt(args, steps="steps", lr="lr", ckpt_every="ckpt_every"),
     )
-    summary = run_sft(sargs, progress=not args.no_progress)
+    if not 0.0 <= args.holdout_fraction < 1.0:
+        raise BadInputError(f"--holdout-fraction must be in [0, 1), got {args.holdout_fraction}")
+    trainer = SFTTrainer(sargs)
+    if trainer.split:
+        sp = trainer.split
+        print(
+            f"held out {sp['heldout_files']} of {sp['files']} files, {100 * sp['heldout_char_share']:.1f} % of the "
+            f"code (largest file {100 * sp['largest_heldout_file_share']:.1f} %): {Path(args.out) / 'heldout.txt'}",
+            file=sys.stderr,
+        )
+    summary = trainer.fit(progress=not args.no_progress)
+    line = _change_line(summary)
+    if line:
+        print(line, file=sys.stderr)
     print(json.dumps(summary, indent=2, default=str))
     return 0
+
+
+def _change_line(summary: dict) -> str:
+    """One readable line of the held-out line metrics before -> after, with the paired 95 % intervals."""
+    b, a, c = summary.get("before") or {}, summary.get("after") or {}, summary.get("change") or {}
+    if "intrinsic_exact_match" not in a or not c:
+        return ""
+
+    def span(key: str) -> str:
+        lo, hi = c[key]
+        return f"{lo:+.1f}..{hi:+.1f}"
+
+    return (
+        f"held-out lines (n={c['n']}): exact match {b.get('intrinsic_exact_match', 0):.1f} -> "
+        f"{a['intrinsic_exact_match']:.1f} % ({c['exact_match_delta']:+.1f}, 95 % CI {span('exact_match_delta_ci95')}); "
+        f"edit similarity {b.get('intrinsic_edit_similarity', 0):.1f} -> {a['intrinsic_edit_similarity']:.1f} % "
+        f"({c['edit_similarity_delta']:+.1f}, {span('edit_similarity_delta_ci95')}); mean fill "
+        f"{b.get('intrinsic_mean_fill_chars', 0):.0f} -> {a['intrinsic_mean_fill_chars']:.0f} chars "
+        f"(truth {a.get('intrinsic_mean_truth_chars', 0):.0f})"
+    )
 
 
 def _grpo(args: argparse.Namespace) -> int:

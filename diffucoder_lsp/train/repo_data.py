@@ -9,8 +9,11 @@ of git's rules, good enough for the common ``build/``, ``*.log`` lines). A langu
 rules as the pretraining corpus (:func:`corpus.reject_reason`, minus its Python syntax check for other languages).
 
 **Held-out files.** Evaluation must use files the model was not trained on: a file is held out when its path
-matches a ``--holdout`` glob, else by the hash of its *path* (stable across edits of the file, unlike a content
-hash, so the split does not move while the user works).
+matches a ``--holdout`` glob, else :func:`choose_heldout` holds out about ``holdout_fraction`` of the
+repository's *characters*: files are taken in the order of the hash of their path (stable across edits, unlike
+a content hash, so the split hardly moves while the user works) and a file is skipped when it would push the
+held-out share past the target. Picking by path hash alone put click's ``core.py`` (a quarter of its code) in
+the held-out set: training lost its biggest file and the evaluation measured mostly one file.
 
 **Which holes.** Editors ask for a line, a few lines, or the body of a function, so SFT trains those three:
 
@@ -173,9 +176,63 @@ def list_repo_files(root: str | Path) -> tuple[list[str], str]:
     return _walk_files(root), "walk"
 
 
-def _path_held_out(rel: str, fraction: float) -> bool:
-    h = int(hashlib.sha256(rel.encode("utf-8")).hexdigest()[:8], 16)
-    return h / 2**32 < fraction
+def _path_rank(rel: str) -> int:
+    return int(hashlib.sha256(rel.encode("utf-8")).hexdigest()[:16], 16)
+
+
+# a held-out set may overshoot its share of characters by this factor (a file that would push it further is
+# skipped), so that a repository of a few similar files still reaches its target
+HOLDOUT_SLACK = 1.25
+
+
+def choose_heldout(files: list[RepoFile], fraction: float) -> None:
+    """Mark about ``fraction`` of the files' characters held out (module docstring); at least one file when
+    there are two or more and ``fraction`` > 0 (the smallest, if none fits the share), never all of them."""
+    for f in files:
+        f.held_out = False
+    if fraction <= 0 or len(files) < 2:
+        return
+    total = sum(len(f.text) for f in files)
+    target = fraction * total
+    held = 0
+    order = sorted(files, key=lambda f: _path_rank(f.path))
+    for f in order:
+        if held >= target:
+            break
+        if held + len(f.text) <= target * HOLDOUT_SLACK:
+            f.held_out = True
+            held += len(f.text)
+    if not any(f.held_out for f in files):
+        min(order, key=lambda f: len(f.text)).held_out = True
+    if all(f.held_out for f in files):
+        max(order, key=lambda f: len(f.text)).held_out = False
+
+
+def split_summary(files: list[RepoFile]) -> dict:
+    """Counts and character shares of the train / held-out split, for the log and the run folder."""
+    held = [f for f in files if f.held_out]
+    chars = sum(len(f.text) for f in files)
+    held_chars = sum(len(f.text) for f in held)
+    return {
+        "files": len(files),
+        "heldout_files": len(held),
+        "heldout_chars": held_chars,
+        "heldout_char_share": round(held_chars / chars, 4) if chars else 0.0,
+        "largest_heldout_file_share": round(max((len(f.text) for f in held), default=0) / chars, 4)
+        if chars
+        else 0.0,
+    }
+
+
+def write_heldout(files: list[RepoFile], out: str | Path) -> tuple[Path, Path]:
+    """``OUT/heldout.txt`` (one path per line) and ``OUT/heldout.jsonl`` (``{"path", "sha", "text"}`` rows, what
+    ``diffucoder eval intrinsic --corpus`` reads): the evaluation set, kept so it can be rerun on any model."""
+    out = Path(out)
+    held = [f for f in files if f.held_out]
+    txt, jsonl = out / "heldout.txt", out / "heldout.jsonl"
+    txt.write_text("".join(f.path + "\n" for f in held), encoding="utf-8")
+    jsonl.write_text("".join(json.dumps(f.as_doc()) + "\n" for f in held), encoding="utf-8")
+    return txt, jsonl
 
 
 def load_repo(
@@ -185,11 +242,9 @@ def load_repo(
     holdout_fraction: float = 0.1,
     max_files: int | None = None,
 ) -> list[RepoFile]:
-    """The repository's source files of the chosen languages, each marked held out or not.
-
-    When no file falls in the held-out share by hash, the last file (in path order) is held out, so a small
-    repository still gets an evaluation set; with a single file nothing is held out.
-    """
+    """The repository's source files of the chosen languages, each marked held out or not: by the ``holdout``
+    globs when given, else by :func:`choose_heldout` (a small repository still gets one held-out file; a single
+    file is never held out)."""
     root = Path(root)
     suffixes = suffixes_for(languages)
     rels, how = list_repo_files(root)
@@ -212,16 +267,12 @@ def load_repo(
         if reason is not None:
             dropped[reason] = dropped.get(reason, 0) + 1
             continue
-        held = (
-            any(fnmatch.fnmatch(rel, g) for g in holdout)
-            if holdout
-            else _path_held_out(rel, holdout_fraction)
-        )
+        held = any(fnmatch.fnmatch(rel, g) for g in holdout) if holdout else False
         files.append(RepoFile(rel, text, held))
         if max_files and len(files) >= max_files:
             break
-    if not holdout and len(files) >= 2 and not any(f.held_out for f in files) and holdout_fraction > 0:
-        files[-1].held_out = True
+    if not holdout:
+        choose_heldout(files, holdout_fraction)
     log.info("repo %s (%s): %d files kept, dropped %s", root, how, len(files), dropped or "none")
     return files
 

@@ -9,6 +9,9 @@ import pytest
 from diffucoder_lsp.cli import main
 from diffucoder_lsp.eval.humaneval_infill import build_tasks
 from diffucoder_lsp.eval.intrinsic import (
+    LineRecord,
+    bootstrap_ci,
+    compare_lines,
     edit_similarity,
     evaluate_lines,
     levenshtein,
@@ -202,13 +205,46 @@ def test_intrinsic_oracle_is_perfect_and_empty_is_not(corpus):
     table = {(s.prefix, s.suffix): s.middle for s in samples}
     perfect = summarize_lines(evaluate_lines(samples, lambda p, s, n: table[(p, s)] + "\n", progress=False))
     assert perfect["exact_match"] == 100.0 and perfect["edit_similarity"] == 100.0
+    assert perfect["exact_match_ci95"] == [100.0, 100.0]
+    assert perfect["mean_fill_chars"] == perfect["mean_truth_chars"] > 0
     empty = summarize_lines(evaluate_lines(samples, empty_fill_fn, progress=False))
     assert empty["exact_match"] == 0.0 and empty["edit_similarity"] == 0.0
+    assert empty["mean_fill_chars"] == 0.0
     lengths = []
     evaluate_lines(
         samples[:2], lambda p, s, n: lengths.append(n) or "", count_tokens=lambda t: 7, progress=False
     )
     assert lengths == [7, 7]
+
+
+def test_bootstrap_interval_covers_the_mean_and_narrows_with_n():
+    small = [1.0] * 10 + [0.0] * 10
+    big = small * 20
+    lo, hi = bootstrap_ci(small)
+    blo, bhi = bootstrap_ci(big)
+    assert lo < 0.5 < hi and blo < 0.5 < bhi
+    assert hi - lo > 2 * (bhi - blo)  # 20x the lines: about 1/sqrt(20) the width
+    assert bootstrap_ci(small) == bootstrap_ci(small)  # seeded
+    assert bootstrap_ci([]) == (0.0, 0.0)
+
+
+def _rec(fill: str, truth: str) -> LineRecord:
+    return LineRecord("f.py", 0, "auto", truth, fill, fill == truth, edit_similarity(fill, truth))
+
+
+def test_paired_change_sees_a_small_gain_that_unpaired_intervals_would_blur():
+    truths = [f"x = {i}" for i in range(200)]
+    before = [_rec(t if i % 2 else "", t) for i, t in enumerate(truths)]  # half right
+    after = [_rec(t if i % 2 or i % 20 == 0 else "", t) for i, t in enumerate(truths)]  # 10 more right
+    c = compare_lines(before, after)
+    assert c["exact_match_delta"] == 5.0
+    lo, hi = c["exact_match_delta_ci95"]
+    assert 0 < lo <= 5.0 <= hi  # never worse on any line: the paired interval excludes 0
+    b, a = summarize_lines(before), summarize_lines(after)
+    assert b["exact_match_ci95"][1] > a["exact_match_ci95"][0]  # the unpaired intervals overlap
+    assert c["fill_chars_delta"] > 0
+    with pytest.raises(ValueError):
+        compare_lines(before, after[:-1])
 
 
 def test_cli_intrinsic_oracle(corpus, tmp_path, capsys):

@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 
 from diffucoder_lsp.model.tokenizer import EOS, MASK, CodeTokenizer, train_bpe
-from diffucoder_lsp.train.data import BatchSampler, TokenCache, line_end_table, make_infill, tokenize_split
+from diffucoder_lsp.train.data import (
+    INFERENCE_HOLES,
+    BatchSampler,
+    TokenCache,
+    draw_pads,
+    line_end_table,
+    make_infill,
+    tokenize_split,
+)
 
 EOS_ID = 0
 NL = 9  # in the synthetic vocabulary below, token 9 ends a line
@@ -55,7 +63,7 @@ def test_random_spans_are_well_formed(seed):
     rng = np.random.default_rng(seed)
     ex = make_infill(doc, 64, EOS_ID, _line_end(), rng)
     assert 1 <= ex.span_len <= 16  # at most a quarter of the window
-    assert 0 <= ex.pads <= ex.span_len
+    assert ex.pads in (0, *(h - ex.span_len for h in INFERENCE_HOLES)) or 0 <= ex.pads <= ex.span_len
     assert len(ex.ids) <= 64
     body = ex.ids[ex.start : ex.start + ex.span_len]
     # The span is real text from the doc: find it at its position right after the prefix.
@@ -147,3 +155,25 @@ def test_token_cache_is_rebuilt_for_another_tokenizer(tmp_path):
     second = tokenize_split(tmp_path, "valid", toks[1])
     assert len(second.tokens) < len(first)  # the larger vocabulary's ids, not the cached ones
     assert toks[1].decode(second.doc(1)) == texts[1]
+
+
+def test_pads_follow_the_holes_inference_opens():
+    """A quarter exact, a quarter a little long, half the hole the server / ``--length auto`` would open: a
+    12-token line gets 8 pads (a 20-token single-line hole) and a 30-token span 18 (the 48-token auto hole)."""
+    rng = np.random.default_rng(0)
+    short = [draw_pads(12, rng) for _ in range(4000)]
+    assert 0.2 < short.count(0) / 4000 < 0.35  # exact, plus the uniform case's zeros
+    assert 0.45 < short.count(20 - 12) / 4000 < 0.6
+    assert max(short) == 12 or max(short) == 20 - 12
+    mid = [draw_pads(30, rng) for _ in range(4000)]
+    assert 0.45 < mid.count(48 - 30) / 4000 < 0.6
+    long = [draw_pads(60, rng) for _ in range(2000)]  # longer than any inference hole: never past the span
+    assert max(long) <= 60 and min(long) == 0
+
+
+def test_inference_holes_match_the_engine_and_server_defaults():
+    from diffucoder_lsp.engine.infill import AUTO_LENGTH
+    from diffucoder_lsp.server.settings import Settings
+
+    assert INFERENCE_HOLES == (Settings().max_tokens_single_line, Settings().max_tokens)
+    assert AUTO_LENGTH in INFERENCE_HOLES

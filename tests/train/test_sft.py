@@ -138,7 +138,7 @@ def test_cli_sft_writes_a_loadable_model(tiny_ckpt_fp32, tmp_path, capsys):
             "--device",
             "cpu",
             "--eval-lines",
-            "0",
+            "3",
             "--eval-batches",
             "1",
             "--export",
@@ -149,8 +149,18 @@ def test_cli_sft_writes_a_loadable_model(tiny_ckpt_fp32, tmp_path, capsys):
         ]
     )
     assert rc == 0
-    summary = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)
     assert summary["step"] == 3 and (out / "adapter" / "adapter_config.json").is_file()
+    # the split is written down and reported; the held-out lines' change is paired and printed with intervals
+    held = (out / "heldout.txt").read_text().split()
+    assert held and all(p.endswith(".py") for p in held)
+    assert len((out / "heldout.jsonl").read_text().splitlines()) == len(held)
+    assert f"held out {len(held)} of " in captured.err
+    change = summary["change"]
+    assert change["n"] == 3 and len(change["exact_match_delta_ci95"]) == 2
+    assert "held-out lines (n=3): exact match" in captured.err and "95 % CI" in captured.err
+    assert len((out / "eval_before_lines.jsonl").read_text().splitlines()) == 3
     he = summary["after"]["humaneval_infill"]["single-line/oracle"]
     assert he["n"] == 2 and 0.0 <= he["pass@1"] <= 100.0
     lm = load_model(summary["exported"]["model"], device="cpu")

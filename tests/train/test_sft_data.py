@@ -14,12 +14,17 @@ from diffucoder_lsp.errors import BadInputError
 from diffucoder_lsp.model.loading import load_model
 from diffucoder_lsp.train.data import line_end_table
 from diffucoder_lsp.train.repo_data import (
+    HOLDOUT_SLACK,
     RepoExampleSampler,
+    RepoFile,
+    choose_heldout,
     function_bodies,
     list_repo_files,
     load_repo,
     read_instructions,
+    split_summary,
     suffixes_for,
+    write_heldout,
 )
 
 TOYREPO = Path(__file__).resolve().parent.parent / "fixtures" / "toyrepo"
@@ -134,3 +139,41 @@ def test_instruction_rows_train_only_the_response(tiny_ckpt_fp32, tmp_path):
     bad.write_text('{"prompt": "x"}\n')
     with pytest.raises(BadInputError, match="line 1"):
         read_instructions(bad)
+
+
+def _files(sizes: dict[str, int]) -> list[RepoFile]:
+    return [RepoFile(path, "x = 1\n" * (n // 6), False) for path, n in sizes.items()]
+
+
+def test_heldout_split_is_balanced_by_characters():
+    """A big file (a quarter of the code) is never the held-out set; the held-out share stays near the target
+    whichever files the path hash orders first; at least one file is held out and never all."""
+    for seed in range(30):
+        sizes = {f"pkg{seed}/mod{i}.py": 600 + 60 * i for i in range(40)}
+        sizes[f"pkg{seed}/core.py"] = sum(sizes.values()) // 3  # 25 % of everything
+        files = _files(sizes)
+        choose_heldout(files, 0.1)
+        sp = split_summary(files)
+        assert 0.05 <= sp["heldout_char_share"] <= 0.1 * HOLDOUT_SLACK
+        assert not next(f for f in files if f.path.endswith("core.py")).held_out
+        assert sp["largest_heldout_file_share"] < 0.05
+    two = _files({"a.py": 6000, "b.py": 60})  # nothing fits 10 %: the smallest file
+    choose_heldout(two, 0.1)
+    assert [f.path for f in two if f.held_out] == ["b.py"]
+    one = _files({"a.py": 600})
+    choose_heldout(one, 0.5)
+    assert not one[0].held_out
+    many = _files({f"m{i}.py": 600 for i in range(3)})
+    choose_heldout(many, 0.99)
+    assert 1 <= sum(f.held_out for f in many) < 3
+
+
+def test_heldout_files_are_written_for_eval_intrinsic(repo, tmp_path):
+    from diffucoder_lsp.eval.intrinsic import load_corpus
+
+    files = load_repo(repo, "python", holdout=["toymath/text.py"])
+    txt, jsonl = write_heldout(files, tmp_path)
+    assert txt.read_text().split() == ["toymath/text.py"]
+    docs = load_corpus(jsonl)
+    assert [d["path"] for d in docs] == ["toymath/text.py"]
+    assert docs[0]["text"] == (repo / "toymath" / "text.py").read_text()
