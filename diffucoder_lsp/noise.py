@@ -13,6 +13,9 @@ import logging
 _NOISE = {
     "bitsandbytes.autograd._functions": ("MatMul8bitLt: inputs will be cast",),
     "bitsandbytes.backends.cpu.ops": ("Failed to load CPU gemm_4bit_forward from kernels-community",),
+    # bitsandbytes asks the `kernels` package for its CPU kernel on import; offline (HF_HUB_OFFLINE=1, as our
+    # tests and many users run) `kernels` says on every start that it skipped a check nobody asked for
+    "kernels._internals.hf_hub": ("Skipping publisher trust check",),
 }
 
 

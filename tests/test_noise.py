@@ -33,6 +33,22 @@ def test_bitsandbytes_kernel_warning_is_dropped_before_bitsandbytes_is_imported(
         logger.removeHandler(sink)
 
 
+def test_kernels_offline_notice_is_dropped():
+    logger = logging.getLogger("kernels._internals.hf_hub")
+    sink = _Collect()
+    logger.addHandler(sink)
+    try:
+        noise.quiet_bitsandbytes()
+        logger.warning(
+            "Skipping publisher trust check for 'kernels-community/quantization-bitsandbytes' because Hugging "
+            "Face Hub is in offline mode."
+        )
+        logger.warning("a real problem")
+        assert sink.messages == ["a real problem"]
+    finally:
+        logger.removeHandler(sink)
+
+
 def test_every_command_installs_the_filters_first(monkeypatch):
     calls = []
     monkeypatch.setattr(cli, "quiet_bitsandbytes", lambda: calls.append(1))
