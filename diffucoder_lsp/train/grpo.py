@@ -100,6 +100,46 @@ class GRPOArgs:
     time_limit: float | None = None
 
 
+# steps watched for groups whose completions all got the same reward (no advantage, no gradient)
+FLAT_WATCH_STEPS = 3
+
+
+class FlatRewardWatch:
+    """Says once, early, when GRPO cannot learn: a group whose rewards are all equal has zero advantages, so a
+    run whose first steps are all such groups (typically every completion failing every test) trains nothing.
+    That was the default experience on the bundled model (reward 0.000 on every rollout) with no hint why."""
+
+    def __init__(self, steps: int = FLAT_WATCH_STEPS) -> None:
+        self.steps, self.seen, self.all_flat, self.done = steps, 0, True, False
+        self.rewards: list[float] = []
+
+    def observe(self, m: dict) -> str | None:
+        if self.done:
+            return None
+        self.seen += 1
+        self.all_flat &= m.get("flat_groups", 0) == m.get("groups", 1)
+        self.rewards.append(float(m.get("reward", 0.0)))
+        if self.seen < self.steps:
+            return None
+        self.done = True
+        if not self.all_flat:
+            return None
+        mean = sum(self.rewards) / len(self.rewards)
+        head = (
+            f"every group of completions got one reward in the first {self.steps} steps (mean {mean:.3f}): "
+        )
+        if mean <= 1e-9:  # not one completion even parsed: sampling is too wild or the holes too long
+            return head + (
+                "no completion parsed or passed a test, so nothing is learned. Try a lower --temperature, "
+                "a shorter --completion-len, --sampling-steps equal to it (one token per step), easier tasks "
+                "(examples/grpo_tasks.jsonl), or check that each task's tests pass with a right solution"
+            )
+        return head + (
+            "no advantage, so nothing is learned. When every completion passes, use harder tasks; otherwise try a "
+            "higher --temperature or a larger --group for more varied completions"
+        )
+
+
 def _row_seed(*parts) -> int:
     return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:7], "little")
 
@@ -337,6 +377,8 @@ class GRPOTrainer:
             "step": self.step,
             **rsum,
             "reward_std": float(r.std()),
+            "flat_groups": int((r.max(1).values == r.min(1).values).sum()),
+            "groups": int(r.shape[0]),
             **stats,
             "gnorm": float(gnorm),
             "completion_chars": float(np.mean(lengths)),
@@ -382,9 +424,13 @@ class GRPOTrainer:
         bar = progress_bar(a.steps, self.step, progress and self.is_main, "grpo")
         start, reason = time.monotonic(), "steps"
         first = self.step
+        flat = FlatRewardWatch()
         while self.step < a.steps:
             m = self.train_step()
             self.metrics.write(m)
+            advice = flat.observe(m)
+            if advice and self.is_main:
+                log.warning("%s", advice)
             if bar is not None:
                 bar.update(1)
                 fit_bar_to_time_limit(bar, self.step, a.steps, first, start, (a.time_limit or 0) * 60)

@@ -262,3 +262,52 @@ def test_test_files_are_never_tasks():
         assert is_test_file(rel), rel
     for rel in ("pkg/testing_utils.py", "toymath/ops.py", "contest.py"):
         assert not is_test_file(rel), rel
+
+
+def test_flat_rewards_are_reported_once_with_what_to_change():
+    from diffucoder_lsp.train.grpo import FlatRewardWatch
+
+    watch = FlatRewardWatch(steps=3)
+    flat = {"reward": 0.0, "flat_groups": 2, "groups": 2}
+    assert watch.observe(flat) is None and watch.observe(flat) is None
+    advice = watch.observe(flat)
+    assert advice and "lower --temperature" in advice and "examples/grpo_tasks.jsonl" in advice
+    assert watch.observe(flat) is None  # once
+    all_pass = FlatRewardWatch(steps=1).observe({"reward": 1.1, "flat_groups": 2, "groups": 2})
+    assert all_pass and "harder tasks" in all_pass
+    learning = FlatRewardWatch(steps=3)
+    assert [learning.observe(m) for m in (flat, {"reward": 0.3, "flat_groups": 1, "groups": 2}, flat)] == [
+        None,
+        None,
+        None,
+    ]
+
+
+EXAMPLE_TASKS = Path(__file__).resolve().parents[2] / "examples" / "grpo_tasks.jsonl"
+REFERENCE = {
+    "add": "    return a + b\n",
+    "reverse": "    return s[::-1]\n",
+    "fib": "    a, b = 0, 1\n    for _ in range(n):\n        a, b = b, a + b\n    return a\n",
+    "unique": "    return list(dict.fromkeys(values))\n",
+}
+
+
+def test_shipped_example_tasks_reward_a_right_body_and_not_an_empty_one():
+    """The README's GRPO example: every task reads, an empty body fails its tests (so they test the body),
+    and a right body passes them, through the sandboxed reward."""
+    from diffucoder_lsp.sandbox import isolation_error
+    from diffucoder_lsp.train.rewards import jsonl_rewards
+
+    tasks = read_jsonl_tasks(EXAMPLE_TASKS)
+    assert len(tasks) >= 20 and len({t.task_id for t in tasks}) == len(tasks)
+    if isolation_error():
+        pytest.skip(isolation_error())
+    empty = jsonl_rewards([t.prefix + "    pass\n" for t in tasks], [t.tests for t in tasks], per_test_s=2.0)
+    assert all(r.passed < r.total for r in empty), [
+        t.task_id for t, r in zip(tasks, empty, strict=True) if r.passed == r.total
+    ]
+    right = [t for t in tasks if t.task_id in REFERENCE]
+    good = jsonl_rewards(
+        [t.prefix + REFERENCE[t.task_id] for t in right], [t.tests for t in right], per_test_s=2.0
+    )
+    assert len(right) == len(REFERENCE) and all(r.passed == r.total for r in good)
