@@ -60,21 +60,6 @@ export function serverSettings(config: ConfigReader, initial: boolean): Record<s
   return out;
 }
 
-export interface ServerCommand {
-  command: string;
-  args: string[];
-}
-
-/** How to start the server: `server.path`, else `server.pythonPath -m diffucoder_lsp.server`, else PATH. */
-export function serverCommand(config: ConfigReader): ServerCommand {
-  const extra = (config.get<string[]>("server.args") ?? []).filter((a) => typeof a === "string");
-  const path = (config.get<string>("server.path") ?? "").trim();
-  const python = (config.get<string>("server.pythonPath") ?? "").trim();
-  if (path) return { command: path, args: ["serve", ...extra] };
-  if (python) return { command: python, args: ["-m", "diffucoder_lsp.server", ...extra] };
-  return { command: "diffucoder", args: ["serve", ...extra] };
-}
-
 /** Document selector entries for `enabledLanguages` (`*`: every file and untitled document). */
 export function documentSelector(config: ConfigReader): { scheme: string; language?: string }[] {
   const langs = config.get<string[]>("enabledLanguages") ?? ["*"];
@@ -116,4 +101,22 @@ export function statusText(status: Status | undefined, running: boolean): { text
     status.message && status.message !== `${status.model} on ${status.device}` ? status.message : "",
   ].filter((l) => l);
   return { text, tooltip: lines.join("\n") };
+}
+
+/**
+ * The short status-bar message for an inline suggestion asked for by hand (Alt+\) that brought nothing.
+ * `serverMessage`: what the server said about this request ("DiffuCoder: no suggestion, REASON: DETAIL", a
+ * completion it withheld below the confidence threshold), without its detail (the numbers go to the log: the
+ * status bar cuts long text); otherwise the model's state explains it, or there was simply nothing to suggest.
+ */
+export function noSuggestionText(status: Status | undefined, serverMessage?: string): string {
+  if (serverMessage) return `$(circle-slash) ${serverMessage.split(": ").slice(0, 2).join(": ")}`;
+  if (status?.state === "loading") return "$(loading~spin) DiffuCoder: no suggestion yet, the model is loading";
+  if (status?.state === "error") return "$(error) DiffuCoder: no suggestion, the model is not loaded (see DiffuCoder: Show Status)";
+  return "$(circle-slash) DiffuCoder: no suggestion";
+}
+
+/** The server's window/showMessage that explains an empty answer to a request made by hand (server/app.py). */
+export function isNoSuggestionMessage(message: string): boolean {
+  return /^DiffuCoder: no suggestion\b/.test(message);
 }

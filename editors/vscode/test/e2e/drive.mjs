@@ -1,7 +1,9 @@
 // Drives VS Code (code-server's workbench) in headless Chromium for the extension's end-to-end test.
 // Environment: DC_URL (workbench URL with ?folder=), DC_PROFILE (fresh Chromium profile dir), DC_OUT (folder for
 // report.json and screenshots), DC_CHROMIUM (browser binary). The Python test starts code-server and asserts on
-// the report, the screenshots' existence, the files on disk and the extension's protocol trace.
+// the report, the screenshots' existence, the files on disk and the extension's logs and protocol trace.
+// DC_SCENARIO=discovery: instead, open each workspace of DC_WORKSPACES (a JSON list of {name, url}) in turn and
+// record how the extension's server start ended (status bar, notifications, screenshot).
 import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { chromium } from "playwright-core";
@@ -18,6 +20,54 @@ const step = (name, data = {}) => {
 const GHOST = ".monaco-editor .ghost-text-decoration, .monaco-editor .ghost-text, .monaco-editor .ghost-text-decoration-preview";
 
 let page;
+
+/** The notifications (toasts and the ones already hidden) as text, from the notification center. */
+async function notifications() {
+  await page.keyboard.press("Escape");
+  await runCommand("Notifications: Show Notifications");
+  await page.locator(".notifications-center").first().waitFor({ state: "visible", timeout: 15000 });
+  await page.waitForTimeout(500);
+  const texts = await page.$$eval(".notifications-center .notification-list-item", (els) =>
+    els.map((e) => (e.querySelector(".notification-list-item-message")?.textContent ?? e.textContent).trim()),
+  );
+  await page.keyboard.press("Escape");
+  return texts;
+}
+
+async function runCommand(title) {
+  await page.keyboard.press("F1");
+  const input = page.locator(".quick-input-widget input");
+  await input.waitFor({ state: "visible", timeout: 15000 });
+  await input.fill(`>${title}`);
+  const row = page.locator(".quick-input-list .monaco-list-row", { hasText: title }).first();
+  await row.waitFor({ state: "visible", timeout: 15000 });
+  await page.keyboard.press("Enter");
+}
+
+/** How the status bar item ends up after a start: ready, stopped or error. */
+async function settledStatus(timeout) {
+  const settled = page
+    .locator('[aria-label="DiffuCoder ready"], [aria-label="DiffuCoder stopped"], [aria-label="DiffuCoder error"]')
+    .first();
+  await settled.waitFor({ timeout });
+  return settled;
+}
+
+/** The workspaces of DC_WORKSPACES, one after the other: where the server came from, or why it did not start. */
+async function discovery() {
+  report.workspaces = {};
+  for (const { name, url } of JSON.parse(env.DC_WORKSPACES)) {
+    await page.goto(url, { waitUntil: "domcontentloaded", timeout: 60000 });
+    await page.locator(".monaco-workbench").waitFor({ timeout: 90000 });
+    const label = await (await settledStatus(180000)).getAttribute("aria-label");
+    await page.waitForTimeout(4000); // a second message would come by now
+    await page.screenshot({ path: join(out, `discovery-${name}.png`) });
+    report.workspaces[name] = { status: label, notifications: await notifications() };
+    step(`discovery-${name}`);
+  }
+  report.ok = true;
+  save();
+}
 
 async function main() {
   const ctx = await chromium.launchPersistentContext(env.DC_PROFILE, {
@@ -38,6 +88,11 @@ async function main() {
   page.on("console", (m) => {
     if (m.type() === "error" && report.console.length < 50) report.console.push(m.text().slice(0, 300));
   });
+  if (env.DC_SCENARIO === "discovery") {
+    await discovery();
+    await ctx.close();
+    return;
+  }
   const shot = async (name) => {
     await page.screenshot({ path: join(out, name) });
   };
@@ -46,16 +101,6 @@ async function main() {
     page.$eval(".editor-group-container.active .monaco-editor .view-lines", (el) =>
       el.innerText.replace(/\u00a0/g, " "),
     );
-
-  async function runCommand(title) {
-    await page.keyboard.press("F1");
-    const input = page.locator(".quick-input-widget input");
-    await input.waitFor({ state: "visible", timeout: 15000 });
-    await input.fill(`>${title}`);
-    const row = page.locator(".quick-input-list .monaco-list-row", { hasText: title }).first();
-    await row.waitFor({ state: "visible", timeout: 15000 });
-    await page.keyboard.press("Enter");
-  }
 
   async function openFile(name, mustContain) {
     await page.keyboard.press("Control+P");
@@ -88,10 +133,7 @@ async function main() {
   step("opened");
 
   // The status bar item reports the model once the server has loaded it.
-  const settled = page
-    .locator('[aria-label="DiffuCoder ready"], [aria-label="DiffuCoder stopped"], [aria-label="DiffuCoder error"]')
-    .first();
-  await settled.waitFor({ timeout: 180000 });
+  const settled = await settledStatus(180000);
   const label = await settled.getAttribute("aria-label");
   if (label !== "DiffuCoder ready") throw new Error(`the status bar says ${label}`);
   const ready = settled;
@@ -154,6 +196,60 @@ async function main() {
   }
   await page.waitForTimeout(2500);
   step("settings");
+
+  // A suggestion asked for by hand (Alt+\) that brings nothing says so in the status bar: first one the server
+  // withholds (minConfidence 1: nothing is that sure), then one it has no answer for (the file is over
+  // maxDocumentChars). Each result is recorded (null: no message within the wait), not thrown, so that every
+  // check of the report still runs.
+  const setSettings = (values) => {
+    for (const scope of ["User", "Machine"]) {
+      const settingsPath = join(env.DC_USER_DATA, scope, "settings.json");
+      const userSettings = JSON.parse(readFileSync(settingsPath, "utf8"));
+      for (const [k, v] of Object.entries(values)) {
+        if (v === undefined) delete userSettings[k];
+        else userSettings[k] = v;
+      }
+      writeFileSync(settingsPath, JSON.stringify(userSettings, null, 2));
+    }
+  };
+  const statusMessage = async (exclude) => {
+    try {
+      const handle = await page.waitForFunction(
+        (previous) => {
+          const items = [...document.querySelectorAll(".statusbar-item")].map((e) => e.textContent.trim());
+          return items.find((t) => t.includes("DiffuCoder: no suggestion") && t !== previous) ?? false;
+        },
+        exclude,
+        { timeout: 30000, polling: 100 },
+      );
+      return await handle.jsonValue();
+    } catch {
+      return null;
+    }
+  };
+  const toastTexts = () =>
+    page.$$eval(".notification-toast", (els) => els.map((e) => e.textContent.replace(/\s+/g, " ").trim()));
+  report.explicit = {};
+  setSettings({ "diffucoder.minConfidence": 1 });
+  await page.waitForTimeout(2500);
+  await focusEnd();
+  await page.keyboard.press("Enter");
+  await page.keyboard.type("extra = ", { delay: 30 });
+  await page.keyboard.press("Alt+Backslash");
+  report.explicit.withheld = await statusMessage(null);
+  await page.waitForTimeout(1000); // a toast, if any, is up by now
+  report.explicit.withheld_toasts = await toastTexts();
+  await shot("withheld.png");
+  setSettings({ "diffucoder.minConfidence": undefined, "diffucoder.maxDocumentChars": 10 });
+  await page.waitForTimeout(2500);
+  await page.keyboard.press("Escape");
+  await page.keyboard.type("1", { delay: 30 });
+  await page.keyboard.press("Alt+Backslash");
+  report.explicit.empty = await statusMessage(report.explicit.withheld);
+  report.explicit.empty_toasts = await toastTexts();
+  setSettings({ "diffucoder.maxDocumentChars": undefined });
+  await page.waitForTimeout(2500);
+  step("explicit_empty");
 
   // Restart Server: a new server process comes up and reports ready again.
   await runCommand("DiffuCoder: Restart Server");

@@ -1,7 +1,14 @@
 // Unit tests of the extension's pure parts (Node >= 23 runs TypeScript directly): `npm run test:unit`.
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { documentSelector, SERVER_KEYS, serverCommand, serverSettings, statusText } from "../../src/settings.ts";
+import {
+  documentSelector,
+  isNoSuggestionMessage,
+  noSuggestionText,
+  SERVER_KEYS,
+  serverSettings,
+  statusText,
+} from "../../src/settings.ts";
 
 const reader = (values: Record<string, unknown>) => ({ get: <T>(key: string) => values[key] as T | undefined });
 
@@ -24,18 +31,6 @@ test("an empty model path means the bundled model", () => {
   assert.equal(serverSettings(reader({ model: "/ckpt" }), true).model, "/ckpt");
 });
 
-test("server command: explicit path, then Python interpreter, then PATH", () => {
-  assert.deepEqual(serverCommand(reader({ "server.path": "/bin/dc", "server.args": ["--device", "cpu"] })), {
-    command: "/bin/dc",
-    args: ["serve", "--device", "cpu"],
-  });
-  assert.deepEqual(serverCommand(reader({ "server.pythonPath": "/py" })), {
-    command: "/py",
-    args: ["-m", "diffucoder_lsp.server"],
-  });
-  assert.deepEqual(serverCommand(reader({})), { command: "diffucoder", args: ["serve"] });
-});
-
 test("document selector follows enabledLanguages", () => {
   assert.deepEqual(documentSelector(reader({ enabledLanguages: ["*"] })).map((s) => s.language), [undefined, undefined, undefined]);
   const sel = documentSelector(reader({ enabledLanguages: ["python", "lua"] }));
@@ -56,4 +51,20 @@ test("status bar text per state", () => {
   const ready = statusText({ state: "ready", model: "default", device: "cpu", message: "default on cpu" }, true);
   assert.doesNotMatch(ready.tooltip, /default on cpu/);
   assert.match(ready.tooltip, /model: default/);
+});
+
+test("an explicit request that brings nothing says why in one short line", () => {
+  assert.equal(noSuggestionText({ state: "ready" }), "$(circle-slash) DiffuCoder: no suggestion");
+  assert.equal(noSuggestionText(undefined), "$(circle-slash) DiffuCoder: no suggestion");
+  // the server's own explanation (a completion withheld by minConfidence) wins
+  const withheld = "DiffuCoder: no suggestion, below the confidence threshold: mean 0.412 < minConfidence 0.500";
+  assert.equal(
+    noSuggestionText({ state: "ready" }, withheld),
+    "$(circle-slash) DiffuCoder: no suggestion, below the confidence threshold",
+  );
+  assert.match(noSuggestionText({ state: "loading" }), /the model is loading/);
+  assert.match(noSuggestionText({ state: "error" }), /not loaded/);
+  assert.ok(isNoSuggestionMessage(withheld));
+  assert.ok(!isNoSuggestionMessage("DiffuCoder: no <|mask|> holes in this document"));
+  assert.ok(!isNoSuggestionMessage("DiffuCoder: no suggestions were harmed"));
 });
