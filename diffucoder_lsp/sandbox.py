@@ -58,6 +58,12 @@ Unchanged, and used by both runners:
   ``posix.open``, ``ctypes`` or ``setsid`` get around it; nothing there hides the caller's files, ``/proc``,
   network or processes, and limits are per process).
 
+**Files handed back**: ``read_back`` names files of the run's folder that the caller reads after the run, whatever
+happened (for :mod:`diffucoder_lsp.judge`'s results). Each is read only if it is a regular file directly in the
+folder (opened with ``O_NOFOLLOW | O_NONBLOCK`` relative to the folder, so a symlink to a caller's file or a FIFO
+the program left there reads nothing) and at most ``READ_BACK_BYTES``; the program can write them too, so what
+comes back is data to check, never a verdict.
+
 A signal that killed the program comes back as a negative ``returncode`` in both runners (bwrap reports it as
 ``128 + signal``, which is mapped back; a program that calls ``sys.exit(137)`` is reported as SIGKILL).
 A failure of any kind (bad arguments, an unwritable temp dir, a crash) is returned as a failed
@@ -75,19 +81,21 @@ import os
 import secrets
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 TAIL_CHARS = 2000
+READ_BACK_BYTES = 8 * 1024 * 1024  # per file named in ``read_back``
 FILE_SIZE_MB = 64
 # Left out of ``cwd_copy``: large, irrelevant to running tests, and (for .git) not ours to hand to a program.
 COPY_IGNORE = (".git", ".hg", ".svn", ".venv", "venv", "__pycache__", "node_modules", ".mypy_cache", ".tox")
@@ -226,6 +234,7 @@ class SandboxResult:
     """What one run did. ``passed`` means exit status 0 within the time limit; ``reason`` says why not.
 
     ``isolated`` says whether the run was inside bubblewrap (False: the unsafe runner, or no run at all).
+    ``read_back``: the text of each file asked for with ``read_back=`` that was there (see the module docstring).
     """
 
     passed: bool
@@ -236,6 +245,7 @@ class SandboxResult:
     duration_s: float
     reason: str
     isolated: bool = False
+    read_back: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -276,6 +286,46 @@ def _reason(returncode: int | None, timed_out: bool, stderr: str, timeout_s: flo
     if lines:
         return lines[-1][:200]
     return f"exit code {returncode}"
+
+
+def _read_back(box: Path, names: Sequence[str]) -> dict[str, str]:
+    """The files ``names`` (plain names in ``box``) that are regular files, each cut at READ_BACK_BYTES."""
+    out: dict[str, str] = {}
+    if not names:
+        return out
+    dir_fd = os.open(box, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        for name in names:
+            try:
+                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+            except OSError:
+                continue
+            try:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    continue
+                chunks, left = [], READ_BACK_BYTES
+                while left > 0:
+                    chunk = os.read(fd, min(left, 1 << 20))
+                    if not chunk:
+                        break
+                    chunks.append(chunk)
+                    left -= len(chunk)
+                out[name] = b"".join(chunks).decode("utf-8", errors="replace")
+            except OSError:
+                continue
+            finally:
+                os.close(fd)
+    finally:
+        os.close(dir_fd)
+    return out
+
+
+def _read_back_names(names: Sequence[str] | None) -> list[str]:
+    names = list(names or ())
+    for name in names:
+        if not isinstance(name, str) or not name or "/" in name or name in (".", ".."):
+            raise ValueError(f"read_back names a file directly in the sandbox folder: {name!r}")
+    return names
 
 
 def _safe_relative(name: str) -> Path:
@@ -685,6 +735,7 @@ def run_python(
     total_memory_mb: int | None = None,
     max_procs: int | None = DEFAULT_MAX_PROCS,
     site_packages: bool | None = None,
+    read_back: Sequence[str] | None = None,
 ) -> SandboxResult:
     """Run ``code`` as ``__main__`` in a fresh sandbox and report how it went. Never raises.
 
@@ -695,6 +746,7 @@ def run_python(
     loop is stopped by whichever comes first. ``files`` maps relative names to contents written next to
     ``main.py``; ``cwd_copy`` copies a folder's content into the sandbox dir first (for running a user's tests).
     ``site_packages``: make the calling environment's packages importable (default: only with ``cwd_copy``).
+    ``read_back``: names of files the program may leave in its folder, returned in ``result.read_back``.
 
     Isolated by bubblewrap when it works here; otherwise refused (a failed result) unless ``allow_unsafe``, which
     falls back to the process-group runner (``isolated=False`` in the result).
@@ -719,6 +771,7 @@ def run_python(
         total_memory_mb=total_memory_mb,
         max_procs=max_procs,
         site_packages=site_packages,
+        read_back=read_back,
     )
 
 
@@ -735,12 +788,14 @@ def _run(
     total_memory_mb: int | None = None,
     max_procs: int | None = DEFAULT_MAX_PROCS,
     site_packages: bool | None = None,
+    read_back: Sequence[str] | None = None,
 ) -> SandboxResult:
     """One run: inside bwrap with ``mode``, or the unsafe process-group runner with ``mode=None``."""
     start = time.monotonic()
     isolated = mode is not None
     root: Path | None = None
     try:
+        wanted = _read_back_names(read_back)
         root = Path(tempfile.mkdtemp(prefix="diffucoder-sbx-"))
         box = root / "box"
         if cwd_copy is not None:
@@ -819,6 +874,7 @@ def _run(
         finally:
             _end_run(proc, isolated, bool(killed))
         stdout, stderr = _tail(out_path), _tail(err_path)
+        files = _read_back(box, wanted)
         returncode = None if timed_out else proc.returncode
         if isolated and not killed:
             returncode = _signal_from_bwrap(returncode)
@@ -832,6 +888,7 @@ def _run(
             duration_s=time.monotonic() - start,
             reason=killed or _reason(returncode, timed_out, stderr, timeout_s),
             isolated=isolated,
+            read_back=files,
         )
     except Exception as exc:  # the contract: a sandbox problem is a failed run, never an exception
         log.warning("sandbox run failed before completion: %s", exc)

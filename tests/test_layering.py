@@ -19,11 +19,13 @@ PACKAGE = Path(__file__).resolve().parents[1] / "diffucoder_lsp"
 RANKS = {
     "errors": 0,
     "sandbox": 0,
+    "judge": 0,
     "analysis": 0,
     "noise": 0,
     "model": 1,
     "engine": 2,
     "server": 3,
+    "backend": 3,
     "tui": 3,
     "train": 3,
     "eval": 3,
@@ -33,8 +35,10 @@ RANKS = {
     "cli": 5,
 }
 # the sideways imports between rooms of one rank that the design allows: fine-tuning reports evaluation
-# metrics, and the analysis plots read evaluation tasks; the reverse direction stays closed (no cycle)
-SIDEWAYS = {("train", "eval"), ("analyze", "eval")}
+# metrics, the analysis plots read evaluation tasks, the judge runs its programs in the sandbox, and the HTTP
+# backend answers with the language server's post-processing and decoding defaults; the reverse direction
+# stays closed (no cycle)
+SIDEWAYS = {("train", "eval"), ("analyze", "eval"), ("judge", "sandbox"), ("backend", "server")}
 
 
 def module_files(package: Path) -> dict[str, Path]:

@@ -21,8 +21,11 @@ A line's hidden text is the line *without* its newline: the prefix ends with ``"
 which is harmless in Python; a model that leaves out a newline the truth contained would break the program.
 Multi-line blocks likewise exclude the last line's newline.
 
-For every task ``prefix + middle + suffix == prompt + canonical_solution`` exactly, and the program that is run
-is ``prefix + fill + suffix + "\\n\\n" + test + "\\n\\ncheck(entry_point)\\n"`` (see :meth:`InfillTask.program`).
+For every task ``prefix + middle + suffix == prompt + canonical_solution`` exactly. The filled solution
+(:meth:`InfillTask.solution`) is judged by :mod:`diffucoder_lsp.judge` against the test: the calls of the
+test's asserts run in the sandbox, their values are compared with the expected ones by the caller.
+:meth:`InfillTask.program` is the whole program the way HumanEval runs it (``prefix + fill + suffix + "\\n\\n" +
+test + "\\n\\ncheck(entry_point)\\n"``), kept for reading and for tests: its exit status is not a verdict.
 """
 
 from __future__ import annotations
@@ -69,6 +72,10 @@ class InfillTask:
     # Where the hole is in the canonical program: (first line, last line) for line tasks (0-based, in the
     # solution), (start char, end char) of the solution for random spans.
     span: tuple[int, int] = field(default=(0, 0))
+
+    def solution(self, fill: str) -> str:
+        """The filled program without its tests: what :mod:`diffucoder_lsp.judge` runs and probes."""
+        return f"{self.prefix}{fill}{self.suffix}"
 
     def program(self, fill: str) -> str:
         """The complete file to execute: the filled solution, then the tests, then the call to ``check``.

@@ -12,6 +12,13 @@ string ``"auto"``, leaving the engine to pick and trim.
 Pipelining: the model runs in the calling thread (torch is not made faster by more Python threads), while
 each filled program is handed to a small thread pool that waits on its sandbox process, so executing task i
 overlaps with filling task i+1. pass@1 here is the fraction of tasks whose single completion passes.
+
+Judging (:mod:`diffucoder_lsp.judge`): a task passes when the values its filled program computes for the calls
+of the test's asserts, reported from the sandbox, compare equal to the expected values **here**, never because
+its process exited with status 0 (a fill of ``import os; os._exit(0)`` would pass that). 159 of the 164 HumanEval
+tests split this way completely; the other 5 (random inputs, helper variables) keep what does not split as code
+run in-process, a verdict the program could forge, counted per task (``judged_by``, ``forgeable``) and in the
+summary (``by_values``, ``forgeable``).
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
-from ..sandbox import SandboxResult, run_python
+from ..judge import Plan, Verdict, judge_run, plan_check
 from .humaneval_infill import InfillTask
 
 log = logging.getLogger(__name__)
@@ -49,6 +56,8 @@ class TaskRecord:
     exact_match: bool = False
     fill_ms: float = 0.0
     run_s: float = 0.0
+    judged_by: str = ""  # "values" (compared here), "mixed" or "in-process" (forgeable); "" when not run
+    forgeable: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -82,6 +91,8 @@ def summarize(records: Sequence[TaskRecord]) -> dict[str, dict]:
             "pass@1": round(100.0 * sum(r.passed for r in rs) / n, 2),
             "exact_match": round(100.0 * sum(r.exact_match for r in rs) / n, 2),
             "mean_fill_ms": round(sum(r.fill_ms for r in rs) / n, 1),
+            "by_values": sum(r.judged_by == "values" for r in rs),
+            "forgeable": sum(r.forgeable for r in rs),
         }
     return out
 
@@ -144,6 +155,10 @@ def evaluate_tasks(
     input does not lose a long run; KeyboardInterrupt still stops it.
     """
     tasks = list(tasks)
+    plans: dict[tuple[str, str], Plan] = {}
+    for t in tasks:
+        if (t.test, t.entry_point) not in plans:
+            plans[(t.test, t.entry_point)] = plan_check(t.test, t.entry_point)
     jobs = [(t, m) for m in length_modes for t in tasks]
     bar = Progress(len(jobs), desc, enabled=progress)
     records: list[TaskRecord] = []
@@ -169,14 +184,20 @@ def evaluate_tasks(
             finally:
                 rec.fill_ms = round((time.perf_counter() - t0) * 1000.0, 1)
             rec.exact_match = rec.fill.strip() == task.middle.strip()
-            fut = pool.submit(run_python, task.program(rec.fill), timeout_s=timeout_s, memory_mb=memory_mb)
-            fut.add_done_callback(lambda f: bar.update(bool(f.result().passed)))
+            plan = plans[(task.test, task.entry_point)]
+            fut = pool.submit(
+                judge_run, task.solution(rec.fill), plan, timeout_s=timeout_s, memory_mb=memory_mb
+            )
+            fut.add_done_callback(lambda f: bar.update(bool(f.result()[0][0].passed)))
             futures.append(fut)
         for rec, fut in zip(records, futures, strict=True):
             if fut is None:
                 continue
-            res: SandboxResult = fut.result()
-            rec.passed, rec.reason, rec.run_s = res.passed, res.reason, round(res.duration_s, 3)
+            verdicts, res = fut.result()
+            verdict: Verdict = verdicts[0]
+            rec.passed, rec.reason = verdict.passed, verdict.reason or "ok"
+            rec.run_s = round(res.duration_s, 3)
+            rec.judged_by, rec.forgeable = verdict.judged_by, verdict.forgeable
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
         bar.close()
@@ -293,12 +314,17 @@ def token_counter(lm) -> Callable[[str], int]:
 
 def format_summary(summary: dict[str, dict], title: str = "pass@1") -> str:
     """A small fixed-width table for the terminal."""
-    lines = [f"{'split/length':<26} {'n':>5} {'passed':>7} {title:>8} {'exact':>7} {'fill ms':>9}"]
+    head = f"{'split/length':<26} {'n':>5} {'passed':>7} {title:>8} {'exact':>7} {'fill ms':>9}"
+    lines = [head + f" {'by value':>8} {'forgeable':>9}"]
     for key, s in summary.items():
         lines.append(
             f"{key:<26} {s['n']:>5} {s['passed']:>7} {s['pass@1']:>7.1f}% {s['exact_match']:>6.1f}% "
-            f"{s['mean_fill_ms']:>9.1f}"
+            f"{s['mean_fill_ms']:>9.1f} {s.get('by_values', 0):>8} {s.get('forgeable', 0):>9}"
         )
+    lines.append(
+        "by value: tasks judged by comparing reported values here; forgeable: tasks whose verdict also needed "
+        "test code run in the program's own process"
+    )
     return "\n".join(lines)
 
 

@@ -1,15 +1,21 @@
 """Rewards for GRPO: unit tests run in the sandbox, plus a small syntax reward. A reward never raises.
 
-Every completion is executed by :func:`diffucoder_lsp.sandbox.run_python` (own process group, temp dir,
+Every completion is executed by :func:`diffucoder_lsp.sandbox.run_python` (own namespaces, temp dir,
 CPU/memory/time limits, environment built from nothing, killed on timeout; :func:`run_many` runs several in
-parallel). What a reward program reports, and why it is built the way it is:
+parallel). A policy trained against a reward learns whatever raises it, attacks on the harness included, so:
 
-- The harness reports on a **duplicate of the original stdout file descriptor**, each line prefixed by a random
-  nonce drawn by the trainer, and points ``sys.stdout`` (and fd 1) at ``/dev/null`` before running model code.
-  A completion that prints a lot cannot push the results out of the sandbox's output tail, and one that
-  prints ``PASS`` lines (or even the marker word) scores nothing, because it does not know the nonce.
-- Tests are counted **one by one as they pass** (streamed lines), so a test that hangs or a ``sys.exit`` /
-  ``os._exit`` in the middle costs only the tests not yet run; each JSONL test also has its own alarm.
+- **JSONL tests are judged by value** (:mod:`diffucoder_lsp.judge`): for ``assert add(1, 2) == 3`` the sandbox
+  only computes ``add(1, 2)`` and reports the value; the trainer compares it with ``3``. Code that takes over
+  its process (walks the harness's frames for its reporter, ``os._exit(0)``, ``raise SystemExit(0)``, patches
+  ``AssertionError``, returns objects whose ``__eq__`` lies) gets no test it did not compute. A test that does
+  not split (setup statements, test-side values the trainer cannot compute) runs in-process as before and
+  reports a nonce line; that verdict is forgeable and counted in :attr:`Reward.forgeable`.
+- **Repository tests** run under pytest in the sandbox's process, reporting on a private duplicate of stdout,
+  each line prefixed by a random nonce, with fd 1 and 2 pointed at ``/dev/null``: printed ``PASS`` lines score
+  nothing, but code that reads the harness's frame can report every test passed. All their verdicts are
+  forgeable (``Reward.forgeable == total``, ``forgeable`` in :func:`reward_summary`).
+- Tests are counted **one by one** (and each has its own alarm), so a test that hangs or a ``sys.exit`` /
+  ``os._exit`` in the middle costs only the tests not yet judged.
 - ``reward = format_weight * syntax_ok + test_weight * passed / total`` (the paper uses 0.5 and 2.0; we default
   to 0.1 and 1.0 so the test share dominates). Any failure - sandbox error, timeout, crash, garbage output -
   gives the syntax part only (0 tests passed) and a ``reason``; training goes on.
@@ -21,9 +27,9 @@ import ast
 import json
 import logging
 import re
-import secrets
 from dataclasses import dataclass
 
+from ..judge import RESULTS, Plan, new_nonce, plan_asserts, program, verdicts
 from ..sandbox import SandboxResult, run_many
 
 log = logging.getLogger(__name__)
@@ -36,6 +42,7 @@ class Reward:
     total: int
     syntax_ok: bool
     reason: str = ""
+    forgeable: int = 0  # how many of the tests were judged in the program's own process (see the module doc)
 
 
 def syntax_ok(code: str) -> bool:
@@ -55,53 +62,6 @@ def extract_code(answer: str) -> str:
     blocks = _FENCE.findall(answer)
     return blocks[-1] if blocks else answer
 
-
-def new_nonce() -> str:
-    return "DCR" + secrets.token_hex(8)
-
-
-# The JSONL harness: runs the solution, then each test with a per-test alarm; reports on a private fd.
-_JSONL_HARNESS = r"""
-import os, signal, sys
-_NONCE = {nonce!r}
-_SRC = {src!r}
-_TESTS = {tests!r}
-_PER_TEST = {per_test!r}
-_fd = os.dup(1)
-def _report(*parts):
-    os.write(_fd, (" ".join([_NONCE] + [str(p) for p in parts]) + "\n").encode())
-_null = os.open(os.devnull, os.O_WRONLY)
-os.dup2(_null, 1)
-sys.stdout = open(os.devnull, "w")
-class _Alarm(BaseException):
-    pass
-def _on_alarm(signum, frame):
-    raise _Alarm()
-signal.signal(signal.SIGALRM, _on_alarm)
-_ns = {{"__name__": "__solution__"}}
-try:
-    signal.setitimer(signal.ITIMER_REAL, _PER_TEST)
-    exec(compile(_SRC, "solution.py", "exec"), _ns)
-    signal.setitimer(signal.ITIMER_REAL, 0)
-except BaseException as e:
-    signal.setitimer(signal.ITIMER_REAL, 0)
-    _report("LOADFAIL", type(e).__name__)
-    _report("DONE", 0, len(_TESTS))
-    os._exit(0)
-_passed = 0
-for _i, _t in enumerate(_TESTS):
-    try:
-        signal.setitimer(signal.ITIMER_REAL, _PER_TEST)
-        exec(compile(_t, "test_%d.py" % _i, "exec"), _ns)
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        _passed += 1
-        _report("PASS", _i)
-    except BaseException as e:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        _report("FAIL", _i, type(e).__name__)
-_report("DONE", _passed, len(_TESTS))
-os._exit(0)
-"""
 
 # The repository harness: pytest on the relevant test ids, outcomes reported on a private fd.
 _PYTEST_HARNESS = r"""
@@ -131,10 +91,6 @@ except BaseException as e:
 _report("DONE")
 os._exit(0)
 """
-
-
-def jsonl_program(solution: str, tests: list[str], nonce: str, per_test_s: float = 5.0) -> str:
-    return _JSONL_HARNESS.format(nonce=nonce, src=solution, tests=list(tests), per_test=float(per_test_s))
 
 
 def pytest_program(test_ids: list[str], nonce: str) -> str:
@@ -174,20 +130,43 @@ def jsonl_rewards(
     test_weight: float = 1.0,
     format_weight: float = 0.1,
 ) -> list[Reward]:
-    """Rewards of full programs (prompt + completion) against assert-style test lists, run in parallel."""
+    """Rewards of full programs (prompt + completion) against assert-style test lists, run in parallel.
+
+    Each test string is judged by value when it splits (see the module docstring), else in-process."""
+    plans: dict[tuple[str, ...], Plan] = {}
     nonces = [new_nonce() for _ in solutions]
-    jobs = []
+    jobs, job_plans = [], []
     for sol, ts, nonce in zip(solutions, tests, nonces, strict=True):
-        timeout = per_test_s * (len(ts) + 1) + 2.0
+        key = tuple(ts)
+        if key not in plans:
+            plans[key] = plan_asserts(key)
+        plan = plans[key]
+        job_plans.append(plan)
+        probes = len(plan.probes) + sum(t.code is not None for t in plan.tests)
+        timeout = per_test_s * (probes + 1) + 2.0
         jobs.append(
             {
-                "code": jsonl_program(sol, ts, nonce, per_test_s),
+                "code": program(sol, plan, nonce=nonce, per_test_s=per_test_s, quiet=True),
                 "timeout_s": timeout,
                 "cpu_s": timeout,
                 "memory_mb": memory_mb,
+                "read_back": [RESULTS],
             }
         )
-    return _collect(solutions, tests, nonces, jobs, workers, test_weight, format_weight)
+    results = _run_all(jobs, workers)
+    out = []
+    for sol, ts, nonce, plan, res in zip(solutions, tests, nonces, job_plans, results, strict=True):
+        ok = syntax_ok(sol)
+        forgeable = sum(t.forgeable for t in plan.tests)
+        if res is None:
+            out.append(_failed_reward(len(ts), ok, test_weight, format_weight, forgeable))
+            continue
+        vs = verdicts(plan, res, nonce)
+        passed = sum(v.passed for v in vs)
+        reason = next((v.reason for v in vs if not v.passed), "")
+        value = score(passed, len(ts), ok, test_weight, format_weight)
+        out.append(Reward(value, passed, len(ts), ok, reason, forgeable))
+    return out
 
 
 def repo_rewards(
@@ -219,24 +198,30 @@ def repo_rewards(
     return _collect(filled_files, test_ids, nonces, jobs, workers, test_weight, format_weight)
 
 
-def _collect(codes, tests, nonces, jobs, workers, test_weight, format_weight) -> list[Reward]:
+def _run_all(jobs: list[dict], workers: int) -> list[SandboxResult | None]:
     try:
-        results = run_many(jobs, workers=workers)
+        return run_many(jobs, workers=workers)
     except Exception as exc:  # run_many does not raise by contract; this guards the contract itself
         log.warning("reward runs failed: %s", exc)
-        results = [None] * len(jobs)
+        return [None] * len(jobs)
+
+
+def _failed_reward(total: int, ok: bool, test_weight: float, format_weight: float, forgeable: int) -> Reward:
+    return Reward(score(0, total, ok, test_weight, format_weight), 0, total, ok, "sandbox failure", forgeable)
+
+
+def _collect(codes, tests, nonces, jobs, workers, test_weight, format_weight) -> list[Reward]:
+    """Repository rewards: counted from the pytest harness's nonce lines, every verdict forgeable."""
+    results = _run_all(jobs, workers)
     out = []
     for code, ts, nonce, res in zip(codes, tests, nonces, results, strict=True):
         ok = syntax_ok(code)
         if res is None:
-            out.append(
-                Reward(score(0, len(ts), ok, test_weight, format_weight), 0, len(ts), ok, "sandbox failure")
-            )
+            out.append(_failed_reward(len(ts), ok, test_weight, format_weight, len(ts)))
             continue
         passed, reason = count_passes(res, nonce, len(ts))
-        out.append(
-            Reward(score(passed, len(ts), ok, test_weight, format_weight), passed, len(ts), ok, reason)
-        )
+        value = score(passed, len(ts), ok, test_weight, format_weight)
+        out.append(Reward(value, passed, len(ts), ok, reason, forgeable=len(ts)))
     return out
 
 
@@ -251,5 +236,7 @@ def reward_summary(rewards: list[Reward]) -> dict:
         "reward": sum(r.value for r in rewards) / n,
         "tests_passed": sum(r.passed for r in rewards) / max(1, sum(r.total for r in rewards)),
         "syntax_ok": sum(r.syntax_ok for r in rewards) / n,
+        # the share of tests whose verdict the code under test could have forged (repo tests, unsplit asserts)
+        "forgeable": sum(r.forgeable for r in rewards) / max(1, sum(r.total for r in rewards)),
         "failures": json.dumps(reasons) if reasons else "",
     }

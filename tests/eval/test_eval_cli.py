@@ -116,8 +116,12 @@ def test_cli_oracle_run_writes_json_and_prints_pass_at_1(tmp_path, capsys):
         "pass@1": 100.0,
         "exact_match": 100.0,
         "mean_fill_ms": data["summary"]["all/oracle"]["mean_fill_ms"],
+        "by_values": 6,  # HumanEval/0 and /1 split completely: every verdict compared here, none forgeable
+        "forgeable": 0,
     }
+    assert "by value" in printed and "forgeable" in printed
     assert all(r["fill"] == r["middle"] for r in data["records"])
+    assert all(r["judged_by"] == "values" and not r["forgeable"] for r in data["records"])
 
 
 @pytest.mark.parametrize(
