@@ -17,7 +17,18 @@ import sys
 from .noise import quiet_bitsandbytes
 
 # Subcommand modules, in help order. A module missing here is simply not offered.
-COMMAND_MODULES = ["fill", "serve", "demo", "doctor", "make_tiny", "train", "eval", "bench", "analyze"]
+COMMAND_MODULES = [
+    "fill",
+    "serve",
+    "backend",
+    "demo",
+    "doctor",
+    "make_tiny",
+    "train",
+    "eval",
+    "bench",
+    "analyze",
+]
 
 EXIT_OK, EXIT_RUNTIME, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -79,11 +90,18 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     from .errors import BadInputError
 
-    if argv is None and args.command in ("fill", "serve", "bench", "demo", "eval", "analyze"):
-        # A real process (not a caller passing argv): safe to change the thread's floating-point mode.
-        from .model.devices import tune_cpu_runtime
+    if argv is None and args.command in ("fill", "serve", "backend", "bench", "demo", "eval", "analyze"):
+        # A real process (not a caller passing argv): safe to change the thread's floating-point mode. Not for
+        # a client of a backend (--model URL), which must run without torch.
+        from .engine.remote import is_url
 
-        tune_cpu_runtime(flush_denormals=True)
+        if not is_url(getattr(args, "model", None)):
+            try:
+                from .model.devices import tune_cpu_runtime
+            except ModuleNotFoundError as exc:  # no torch here: the language server may still use a backend
+                logging.getLogger("diffucoder").debug("no CPU tuning: %s", exc)
+            else:
+                tune_cpu_runtime(flush_denormals=True)
     try:
         return int(args.func(args) or 0)
     except BadInputError as exc:

@@ -1,7 +1,8 @@
 """``diffucoder demo [FILE]``: a terminal app that shows a diffusion model filling code, step by step.
 
 Opens FILE (holes written as ``<|mask|>``, or marked in the app) or a built-in sample, and runs fills with the
-bundled model on the CPU unless ``--model`` names another checkpoint. The model loads in the background: the app
+bundled model on the CPU unless ``--model`` names another checkpoint, or a backend's URL (``http://host:port``,
+``diffucoder backend``; token from ``DIFFUCODER_TOKEN``). The model loads in the background: the app
 is usable at once. Needs the ``tui`` extra (textual).
 
 Keys: f fill, x cancel, left/right step back/forward, home/end first/last step, p play, h heat (confidence)
@@ -42,7 +43,7 @@ def register(sub) -> None:
 def build_app(args: argparse.Namespace):
     """The app for these arguments, not yet running (tests inspect it; ``run`` runs it)."""
     try:
-        from ..tui import DemoApp, DemoSettings, EngineRunner
+        from ..tui import DemoApp, DemoSettings, EngineRunner, RemoteRunner
     except ModuleNotFoundError as exc:
         if exc.name and exc.name.startswith("textual"):
             raise BadInputError("the demo needs textual: pip install 'diffucoder-lsp[tui]'") from exc
@@ -51,13 +52,18 @@ def build_app(args: argparse.Namespace):
         raise BadInputError("the demo is interactive: pass a file path, not standard input")
     source = read_input(args.file) if args.file else None
     settings = DemoSettings(options=sampling_options(args), length=args.length)
-    runner = EngineRunner(
-        args.model,
-        device=args.device,
-        dtype=args.dtype,
-        quant=args.quant,
-        max_context_tokens=args.context_tokens,
-    )
+    from ..engine.remote import is_url
+
+    if is_url(args.model):  # a backend (diffucoder backend) fills; the token comes from DIFFUCODER_TOKEN
+        runner = RemoteRunner(args.model, max_context_tokens=args.context_tokens)
+    else:
+        runner = EngineRunner(
+            args.model,
+            device=args.device,
+            dtype=args.dtype,
+            quant=args.quant,
+            max_context_tokens=args.context_tokens,
+        )
     return DemoApp(runner, source, filename=args.file, settings=settings)
 
 

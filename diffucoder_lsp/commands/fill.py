@@ -19,6 +19,7 @@ import json
 import sys
 
 from ..errors import BadInputError
+from ..server.postprocess import edited_text
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
@@ -75,7 +76,7 @@ def add_sampling_options(p: argparse.ArgumentParser, *, modes: bool = False) -> 
 
 
 def sampling_options(args: argparse.Namespace):
-    from ..engine.sampler import SamplingOptions
+    from ..engine.options import SamplingOptions  # not the sampler: a remote fill must not import torch
 
     return SamplingOptions(
         steps=args.steps,
@@ -166,27 +167,32 @@ def _server_defaults():
     return Settings()
 
 
+def fast_decoding():
+    """The language server's decoding, as :func:`~diffucoder_lsp.engine.options.resolve_decoding` takes it."""
+    from ..engine.options import Decoding
+
+    server = _server_defaults()
+    return Decoding(False, server.tokens_per_step, server.block_size or None, server.context_cache)
+
+
 def resolve_decoding(args: argparse.Namespace) -> bool:
     """Fill in ``args`` from the decoding mode (``--decoding``, or ``--exact``) where no flag was given; returns
     whether to use the context key/value cache. ``fast`` takes the language server's defaults."""
-    mode = args.decoding or ("exact" if args.exact else "fast")
-    if args.exact and mode != "exact":
-        raise BadInputError(f"--exact is --decoding exact: it cannot be combined with --decoding {mode}")
-    args.exact = mode == "exact"
-    if args.exact and args.cache:
-        raise BadInputError(
-            "--cache cannot be combined with --exact (the reference decoder reads the full canvas)"
-        )
-    if mode == "fast":
-        server = _server_defaults()
-        if args.tokens_per_step is None:
-            args.tokens_per_step = server.tokens_per_step
-        if args.block_size is None and server.block_size and args.alg != "origin":  # origin has no order
-            args.block_size = server.block_size
-        return server.context_cache if args.cache is None else args.cache
-    if args.tokens_per_step is None:
-        args.tokens_per_step = 1
-    return bool(args.cache)
+    from ..engine.options import resolve_decoding as resolve
+
+    decoding = resolve(
+        args.decoding,
+        exact=args.exact,
+        cache=args.cache,
+        tokens_per_step=args.tokens_per_step,
+        block_size=args.block_size,
+        alg=args.alg,
+        fast=fast_decoding(),
+    )
+    args.exact = decoding.exact
+    args.tokens_per_step = decoding.tokens_per_step
+    args.block_size = decoding.block_size
+    return decoding.cache
 
 
 def read_input(path: str) -> str:
@@ -206,41 +212,26 @@ def read_input(path: str) -> str:
         raise BadInputError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
 
 
-def edited_text(segments: list[str], fills: list[str]) -> tuple[str, list[str]]:
-    """The file with each ``auto`` hole's fill cut as the editor cuts a completion at that place (the language
-    server's post-processing: one line for a hole written mid-line; for a block, stop where it dedents out of
-    the hole's scope or starts repeating the line after the hole; doubled closers dropped), and the hole texts
-    as shown. A model that writes past the end of what belongs in a hole (a small one often does) then still
-    gives the line the user asked for; ``--raw`` keeps everything."""
-    from ..server.postprocess import postprocess
-
-    out, shown = segments[0], []
-    for i, fill in enumerate(fills):
-        after = segments[i + 1]
-        suffix = after + "".join(f + s for f, s in zip(fills[i + 1 :], segments[i + 2 :], strict=True))
-        edit = postprocess(fill, out, suffix)
-        piece, replace = ("", 0) if edit is None else (edit.text, edit.replace)
-        shown.append(piece)
-        out += piece + after[replace:]
-    return out, shown
-
-
 def run(args: argparse.Namespace) -> int:
     text = text_in = read_input(args.file)
     use_cache = resolve_decoding(args)
     options = sampling_options(args)
     from ..engine.confidence import STATISTICS
-    from ..engine.infill import infill, split_holes
+    from ..engine.remote import is_url
 
-    split_holes(text, args.marker)  # bad input before paying for a model load
     if args.confidence_statistic is not None and args.confidence_statistic not in STATISTICS:
         raise BadInputError(
             f"unknown --confidence-statistic {args.confidence_statistic!r}; choose one of {', '.join(STATISTICS)}"
         )
-    from ..model.loading import load_model
-
     if args.refresh_every < 0:
         raise BadInputError("--refresh-every must be >= 0")
+    if is_url(args.model):
+        return run_remote(args, text, use_cache)
+    from ..engine.infill import infill, split_holes
+
+    split_holes(text, args.marker)  # bad input before paying for a model load
+    from ..model.loading import load_model
+
     lm = load_model(args.model, device=args.device, dtype=args.dtype, quant=args.quant)
     denoiser = None
     if use_cache:
@@ -274,18 +265,71 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def with_confidence(result, lm, alg: str, name: str | None) -> dict:
-    """The result's JSON record with each hole's ``confidence_score`` (in [0, 1], under the statistic the
-    server's gate uses for this model unless ``name`` is given) and the statistic's name."""
-    from ..engine.confidence import DEFAULT_STATISTIC, read_calibration, statistic, suggestion_tokens
+def remote_body(args: argparse.Namespace, text: str, use_cache: bool) -> dict:
+    """The backend's ``/v1/infill`` body for these (resolved) flags: every decoding option explicit, so the
+    backend decodes what this command would have decoded in-process."""
+    return {
+        "text": text,
+        "length": args.length,
+        "marker": args.marker,
+        "decoding": "exact" if args.exact else "plain",
+        "steps": args.steps,
+        "tokens_per_step": args.tokens_per_step,
+        "alg": args.alg,
+        "alg_temp": args.alg_temp,
+        "temperature": args.temperature,
+        "top_p": args.top_p,
+        "top_k": args.top_k,
+        "seed": args.seed,
+        "eos_penalty": args.eos_penalty,
+        "threshold": args.threshold,
+        "entropy_bound": args.entropy_bound,
+        "block_size": args.block_size,
+        "cache": use_cache,
+        "refresh_every": args.refresh_every,
+        "end_early": bool(args.end_early),
+        "context_tokens": args.context_tokens,
+        "raw": args.raw,
+        "confidence_statistic": args.confidence_statistic,
+    }
 
-    if name is None:
-        cal = read_calibration(getattr(lm, "path", None))
-        name = cal.statistic if cal is not None else DEFAULT_STATISTIC
-    record = result.to_json()
-    for hole, out in zip(result.holes, record["holes"], strict=True):
-        lead = getattr(hole, "lead", "")
-        tokens = suggestion_tokens(hole.token_ids, hole.confidence, alg, lm.tokenizer, lead)
-        out["confidence_score"] = round(statistic(tokens, name), 6)
-    record["confidence_statistic"] = name
-    return record
+
+def run_remote(args: argparse.Namespace, text: str, use_cache: bool) -> int:
+    """``--model http(s)://...``: the same fill on a backend (``diffucoder backend``); prints what a local run
+    prints. The token comes from ``DIFFUCODER_TOKEN``. Never imports torch."""
+    from ..engine.remote import RemoteBackend, RemoteConfig
+
+    if not args.marker or args.marker not in text:  # bad input before a round trip
+        raise BadInputError(f"no holes: the text contains no {args.marker!r} marker")
+    local = [f"--{k}" for k, v in (("device", args.device), ("dtype", args.dtype), ("quant", args.quant))]
+    given = [
+        flag
+        for flag, (v, d) in zip(
+            local, ((args.device, "auto"), (args.dtype, "auto"), (args.quant, "none")), strict=True
+        )
+        if v != d
+    ]
+    if given:
+        raise BadInputError(
+            f"{', '.join(given)} cannot be used with a backend URL: the backend chose its model's"
+        )
+    client = RemoteBackend(RemoteConfig(args.model))
+    try:
+        record = client.infill(remote_body(args, text, use_cache))
+    finally:
+        client.close()
+    if args.json:
+        json.dump(record, sys.stdout, ensure_ascii=False)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(record["text"])
+    sys.stdout.flush()
+    return 0
+
+
+def with_confidence(result, lm, alg: str, name: str | None) -> dict:
+    """The result's JSON record with each hole's ``confidence_score`` (see
+    :func:`~diffucoder_lsp.engine.confidence.infill_record`)."""
+    from ..engine.confidence import infill_record
+
+    return infill_record(result, lm, alg, name)

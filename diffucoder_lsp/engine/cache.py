@@ -20,6 +20,10 @@ joins the cached context like any other and the steps run only the positions ask
 
 Block decoding asks for one block of the holes at a time; moving to the next block is one step over both
 blocks (see :class:`CachedContextDenoiser`), never a full pass.
+
+A batch of canvases (B > 1, padded, as the HTTP backend runs them) works the same way row by row; a row with
+nothing left to ask for (finished, or retired by the sampler) is dropped from every cached tensor at the next
+call, so the steps after it run the remaining rows only. A :class:`ContextStore` serves one row only.
 """
 
 from __future__ import annotations
@@ -89,6 +93,7 @@ class CachedContextDenoiser:
         self._kv_full = None  # per-layer keys/values at every canvas position, current outside the active set
         self._kv_shared = False  # _kv_full is also the store's entry: copy before writing into it
         self._since_refresh = 0
+        self._rows: torch.Tensor | None = None  # a batch's rows the cached tensors hold (B > 1 only)
 
     @staticmethod
     def _needed(valid: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
@@ -123,6 +128,8 @@ class CachedContextDenoiser:
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, valid: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
         self.forward_passes += 1
+        if x.shape[0] > 1:  # (a store neither serves nor keeps batches: see ContextStore.lookup)
+            x, valid, masked = self._live_rows(x, valid, masked)
         first = self._ctx_kv is None
         chain = self._start_from_store(x, valid, masked) if first else None
         refresh = self.refresh_every and self._since_refresh >= self.refresh_every
@@ -166,6 +173,39 @@ class CachedContextDenoiser:
                     self._set_context(_gather_kv(self._kv_full, self._ctx_idx))
         rows, cols = shifted_rows(masked)
         return self.model.lm_head(hidden[rows, slot[rows, cols]]).float()
+
+    def _live_rows(self, x: torch.Tensor, valid: torch.Tensor, masked: torch.Tensor):
+        """The batch rows that still have positions to compute; rows that dropped out since the last call are
+        removed from every cached tensor for good (a row's masked positions only ever shrink)."""
+        if self._rows is None:
+            self._rows = masked.any(1).nonzero().flatten()
+        else:
+            keep = masked.index_select(0, self._rows).any(1)
+            if not bool(keep.all()):
+                self._keep_rows(keep.nonzero().flatten())
+        if self._rows.numel() == x.shape[0]:
+            return x, valid, masked
+        return x[self._rows], valid[self._rows], masked[self._rows]
+
+    def _keep_rows(self, local: torch.Tensor) -> None:
+        """Keep rows ``local`` (indices into the rows held) of every per-row tensor."""
+        self._rows = self._rows[local]
+        if self._ctx_kv is None:  # before the first pass there is nothing cached yet
+            return
+        for name in ("_positions", "_act_idx", "_act_valid", "_ctx_idx", "_ctx_valid", "_active", "_slot"):
+            setattr(self, name, getattr(self, name).index_select(0, local))
+        m = self._ctx_kv[0][0].shape[2] if self._ctx_kv else 0
+        self._slots = [
+            KVSlots(s.k.index_select(0, local.to(s.k.device)), s.v.index_select(0, local.to(s.k.device)))
+            for s in self._slots
+        ]
+        self._ctx_kv = [(s.k[:, :, :m], s.v[:, :, :m]) for s in self._slots]
+        if self._kv_full is not None:
+            self._kv_full = [
+                (k.index_select(0, local.to(k.device)), v.index_select(0, local.to(k.device)))
+                for k, v in self._kv_full
+            ]
+            self._kv_shared = False  # fresh copies now
 
     def _set_context(self, ctx_kv: list) -> None:
         """Hold the context block in buffers with room for the active positions after it (``KVSlots``)."""

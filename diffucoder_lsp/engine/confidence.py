@@ -247,6 +247,22 @@ def write_calibration(folder: str | Path, calibration: Calibration) -> Path:
     return path
 
 
+def infill_record(result, lm, alg: str, name: str | None = None) -> dict[str, Any]:
+    """An infill result's JSON record (``fill --json``, the backend's ``/v1/infill``) with each hole's
+    ``confidence_score`` (in [0, 1], under the statistic the server's gate uses for this model unless ``name``
+    is given) and the statistic's name."""
+    if name is None:
+        cal = read_calibration(getattr(lm, "path", None))
+        name = cal.statistic if cal is not None else DEFAULT_STATISTIC
+    record = result.to_json()
+    for hole, out in zip(result.holes, record["holes"], strict=True):
+        lead = getattr(hole, "lead", "")
+        tokens = suggestion_tokens(hole.token_ids, hole.confidence, alg, lm.tokenizer, lead)
+        out["confidence_score"] = round(statistic(tokens, name), 6)
+    record["confidence_statistic"] = name
+    return record
+
+
 __all__ = [
     "CALIBRATION_FILE",
     "DEFAULT_STATISTIC",
@@ -254,6 +270,7 @@ __all__ = [
     "Calibration",
     "SuggestionTokens",
     "all_statistics",
+    "infill_record",
     "read_calibration",
     "statistic",
     "suggestion_tokens",

@@ -249,6 +249,16 @@ def _hole_result(
     return HoleResult(text=text, token_ids=ids, reveal_step=steps, confidence=conf, lead=lead)
 
 
+def text_to_stop(tok, hole: HoleResult) -> str:
+    """A hole's text cut at its first stop token, lead taken off: what an editor shows of a fixed-length hole
+    (an ``auto`` hole's ``text`` is already cut there). The language server and the backend's ``cut_at_stop``."""
+    ids = hole.token_ids
+    end = next((i for i, t in enumerate(ids) if t in tok.stop_ids), len(ids))
+    text = tok.decode(ids[:end])
+    lead = hole.lead
+    return text[len(lead) :] if lead and text.startswith(lead) else text
+
+
 def infill_stream(
     lm,
     text: str,
@@ -281,27 +291,24 @@ def infill_stream(
     start = time.perf_counter()
     options = options or SamplingOptions()
     tok = lm.tokenizer
-    window = min(lm.config.max_position_embeddings, max_context_tokens or DEFAULT_CONTEXT_TOKENS)
-    if heal is None:
-        heal = not options.exact
-    canvas = prepare_infill(tok, text, length=length, marker=marker, context_window=window, heal=heal)
+    canvas = layout(
+        lm,
+        text,
+        length=length,
+        options=options,
+        marker=marker,
+        max_context_tokens=max_context_tokens,
+        heal=heal,
+    )
     x = torch.tensor([canvas.ids], dtype=torch.long, device=lm.device)
     denoiser = denoiser or FullCanvasDenoiser(lm.model)
     gen = denoise(
         denoiser,
         x,
         None,
-        mask_id=tok.mask_id,
-        options=options,
-        allowed_vocab=min(tok.vocab_size, lm.config.vocab_size),
-        stop_ids=tuple(sorted(tok.stop_ids)),
-        end_spans=[
-            (0, a, b)
-            for (a, b), auto in zip(canvas.hole_spans, canvas.auto, strict=True)
-            if (auto and not options.exact if end_early is None else end_early)
-        ],
+        end_spans=ending_spans(canvas, 0, options, end_early),
         constraint=lead_constraint(tok, canvas.hole_leads()),
-        end_ids=None if end_ids is None else tuple(sorted(end_ids)),
+        **sampler_args(lm, options, end_ids),
     )
     reveal_step = [-1] * len(canvas.ids)
     confidence = [0.0] * len(canvas.ids)
@@ -317,7 +324,79 @@ def infill_stream(
             reveal_step[c] = event.step
             confidence[c] = p
         yield canvas, event
-    out_ids = final[0].tolist()
+    return assemble(
+        tok,
+        canvas,
+        final[0].tolist(),
+        reveal_step,
+        confidence,
+        steps=steps,
+        elapsed_ms=(time.perf_counter() - start) * 1000,
+        forward_passes=getattr(denoiser, "forward_passes", 0),
+    )
+
+
+def layout(
+    lm,
+    text: str,
+    *,
+    length: Length | Sequence[Length] = "auto",
+    options: SamplingOptions,
+    marker: str = DEFAULT_MARKER,
+    max_context_tokens: int | None = None,
+    heal: bool | None = None,
+    prefix_share: float = 0.7,
+) -> InfillCanvas:
+    """The canvas :func:`infill_stream` runs for these arguments (a batch lays out each row the same way)."""
+    window = min(lm.config.max_position_embeddings, max_context_tokens or DEFAULT_CONTEXT_TOKENS)
+    if heal is None:
+        heal = not options.exact
+    return prepare_infill(
+        lm.tokenizer,
+        text,
+        length=length,
+        marker=marker,
+        context_window=window,
+        heal=heal,
+        prefix_share=prefix_share,
+    )
+
+
+def ending_spans(
+    canvas: InfillCanvas, row: int, options: SamplingOptions, end_early: bool | None
+) -> list[tuple[int, int, int]]:
+    """The sampler's ``end_spans`` of one canvas row (see ``end_early`` in :func:`infill_stream`)."""
+    return [
+        (row, a, b)
+        for (a, b), auto in zip(canvas.hole_spans, canvas.auto, strict=True)
+        if (auto and not options.exact if end_early is None else end_early)
+    ]
+
+
+def sampler_args(lm, options: SamplingOptions, end_ids: Collection[int] | None = None) -> dict:
+    """The arguments of :func:`~diffucoder_lsp.engine.sampler.denoise` that depend on the model only."""
+    tok = lm.tokenizer
+    return {
+        "mask_id": tok.mask_id,
+        "options": options,
+        "allowed_vocab": min(tok.vocab_size, lm.config.vocab_size),
+        "stop_ids": tuple(sorted(tok.stop_ids)),
+        "end_ids": None if end_ids is None else tuple(sorted(end_ids)),
+    }
+
+
+def assemble(
+    tok,
+    canvas: InfillCanvas,
+    out_ids: list[int],
+    reveal_step: list[int],
+    confidence: list[float],
+    *,
+    steps: int,
+    elapsed_ms: float,
+    forward_passes: int,
+) -> InfillResult:
+    """The result of a finished canvas row: each hole's tokens, and the caller's text with the holes filled."""
     holes = [
         _hole_result(tok, out_ids[a:b], reveal_step[a:b], confidence[a:b], auto, canvas.lead(j))
         for j, ((a, b), auto) in enumerate(zip(canvas.hole_spans, canvas.auto, strict=True))
@@ -332,8 +411,8 @@ def infill_stream(
         text="".join(pieces),
         holes=holes,
         steps=steps,
-        elapsed_ms=(time.perf_counter() - start) * 1000,
-        forward_passes=getattr(denoiser, "forward_passes", 0),
+        elapsed_ms=elapsed_ms,
+        forward_passes=forward_passes,
     )
 
 

@@ -96,3 +96,60 @@ class SamplingOptions:
             return self.steps
         # adaptive: an upper bound (>= tokens_per_step per step): usually far fewer steps are run
         return max(1, math.ceil(max_masked / self.tokens_per_step))
+
+
+DECODINGS = ("fast", "plain", "exact")
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """A decoding mode resolved against the flags given: what ``fill``, the demo and the HTTP backend run.
+
+    ``fast`` is the language server's decoding (context cache, its tokens per step and block size), ``plain`` a
+    full-canvas pass per step revealing one token per step over every hole at once, ``exact`` the reference
+    decoder. A flag given explicitly wins over its mode's value."""
+
+    exact: bool
+    tokens_per_step: int
+    block_size: int | None
+    cache: bool
+
+
+def resolve_decoding(
+    mode: str | None,
+    *,
+    exact: bool = False,
+    cache: bool | None = None,
+    tokens_per_step: int | None = None,
+    block_size: int | None = None,
+    alg: str = "entropy",
+    fast: Decoding,
+) -> Decoding:
+    """Fill in what ``mode`` (None: ``exact`` when ``exact``, else ``fast``) decides and the caller left unset.
+    ``fast``: the language server's defaults (its ``Settings``), passed in so that this room never reads the
+    server's. Raises :class:`BadInputError` for contradictions (``exact`` with another mode or with the cache)."""
+    if mode is not None and mode not in DECODINGS:
+        raise BadInputError(f"unknown decoding {mode!r}; choose one of {', '.join(DECODINGS)}")
+    mode = mode or ("exact" if exact else "fast")
+    if exact and mode != "exact":
+        raise BadInputError(f"--exact is --decoding exact: it cannot be combined with --decoding {mode}")
+    exact = mode == "exact"
+    if exact and cache:
+        raise BadInputError(
+            "--cache cannot be combined with --exact (the reference decoder reads the full canvas)"
+        )
+    if mode == "fast":
+        if block_size is None and fast.block_size and alg != "origin":  # origin has no order
+            block_size = fast.block_size
+        return Decoding(
+            exact=False,
+            tokens_per_step=fast.tokens_per_step if tokens_per_step is None else tokens_per_step,
+            block_size=block_size,
+            cache=fast.cache if cache is None else cache,
+        )
+    return Decoding(
+        exact=exact,
+        tokens_per_step=1 if tokens_per_step is None else tokens_per_step,
+        block_size=block_size,
+        cache=bool(cache),
+    )

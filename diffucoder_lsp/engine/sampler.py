@@ -39,7 +39,7 @@ completion) stops being denoised past a revealed stop token; see :func:`denoise`
 
 from __future__ import annotations
 
-from collections.abc import Generator, Sequence
+from collections.abc import Collection, Generator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -146,7 +146,7 @@ def denoise(
     end_spans: Sequence[tuple[int, int, int]] = (),
     constraint=None,
     end_ids: tuple[int, ...] | None = None,
-) -> Generator[StepEvent, None, torch.Tensor]:
+) -> Generator[StepEvent, Collection[int] | None, torch.Tensor]:
     """Denoise ``x`` in place step by step; yields one :class:`StepEvent` per step, returns the final canvas.
 
     ``allowed_vocab``: ids at or beyond it are never sampled (the logits cover more ids than the tokenizer has).
@@ -164,6 +164,12 @@ def denoise(
     masks the logits of its positions and calls ``pick``. It works on the logits whatever the denoiser (full
     canvas, context cache, reuse) and before every reveal rule (schedule, threshold, entropy bound, blocks).
     None leaves every step as it was: one attribute test per step.
+
+    Retiring rows: ``gen.send(rows)`` (a collection of row indices) instead of ``next(gen)`` takes those rows out
+    of the run after the step just yielded: they are never eligible again, so no later event reports them, a
+    denoiser drops them from its passes (see :mod:`.denoiser`) and the run ends as soon as every row left is
+    done. Their rows of the returned canvas keep whatever mask tokens they had left. A batch of requests uses
+    this when one of its callers goes away; ``next(gen)`` (sending None) retires nothing.
     """
     x = x.clone()
     if valid is None:
@@ -255,7 +261,7 @@ def denoise(
             take = take | now  # done and reported, but still masks in x until the end
         masked &= ~take
         rows, cols = take.nonzero(as_tuple=True)
-        yield StepEvent(
+        retire = yield StepEvent(
             step=i,
             total_steps=steps,
             rows=rows,
@@ -264,6 +270,8 @@ def denoise(
             confidence=full_conf[rows, cols],
             remaining=int(masked.sum()),
         )
+        if retire:  # rows whose caller left (see the docstring): nothing of them is denoised any more
+            masked[torch.tensor(sorted(retire), dtype=torch.long, device=x.device)] = False
     if ended is not None:
         x[ended] = ended_tokens[ended]
     return x
@@ -295,7 +303,7 @@ def _end_spans_at_stops(masked, take, full_tokens, full_conf, spans, stops) -> t
     return ended
 
 
-def run_to_end(gen: Generator[StepEvent, None, torch.Tensor]) -> tuple[list[StepEvent], torch.Tensor]:
+def run_to_end(gen: Generator[StepEvent, object, torch.Tensor]) -> tuple[list[StepEvent], torch.Tensor]:
     """Drain a sampler generator: all its events and its return value."""
     events: list[StepEvent] = []
     while True:

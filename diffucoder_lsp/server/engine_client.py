@@ -15,7 +15,9 @@
   and withholds one scored below ``minConfidence`` (default: the loaded model's ``calibration.json``, else off)
   as a :class:`WithheldText`; being a completion result like any other, it is cached (and speculated) as such.
 
-Torch is never imported here: the engine and the loader do that, lazily, on the model thread.
+* A ``model`` that is a backend's URL loads a :class:`~diffucoder_lsp.server.remote_engine.RemoteModel`: the
+  same fills, denoised there. Torch is never imported here: the engine and the loader do that, lazily, on the
+  model thread (and never for a backend's URL).
 """
 
 from __future__ import annotations
@@ -26,14 +28,16 @@ import itertools
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from lsprotocol import types
 
 from ..engine.confidence import DEFAULT_STATISTIC, Calibration, read_calibration, statistic, suggestion_tokens
+from ..engine.remote import is_url
 from .context import build_context
 from .postprocess import SINGLE, decide_mode, split_at_cursor
+from .remote_engine import RemoteModel
+from .results import Fill, WithheldText
 from .scheduler import Cancelled, Scheduler
 from .settings import Settings
 
@@ -43,39 +47,6 @@ MARKER = "<|mask|>"
 STATUS_METHOD = "diffucoder/status"
 LOADING, READY, BUSY, ERROR = "loading", "ready", "busy", "error"
 _progress_ids = itertools.count(1)
-
-
-@dataclass(frozen=True)
-class Fill:
-    texts: list[str]  # one per hole, trailing padding trimmed
-    steps: int
-    elapsed_ms: float
-    context_tokens: int = 0
-    tokens: tuple = ()  # one SuggestionTokens per hole: what the confidence statistics read
-    confidence: float | None = None  # complete(): the completion's score under the gate's statistic
-
-
-class WithheldText(str):
-    """The (empty) text of a completion the confidence gate withheld.
-
-    A ``str``, so that the completion cache stores it like any fill (and speculation, which fills the cache,
-    needs no change); it keeps the score and threshold so that a request answered from the cache can still
-    tell the user why nothing was shown. Typing ahead never matches it (it is empty)."""
-
-    statistic: str
-    confidence: float
-    threshold: float
-
-    def __new__(cls, statistic_name: str, confidence: float, threshold: float) -> WithheldText:
-        obj = super().__new__(cls, "")
-        obj.statistic, obj.confidence, obj.threshold = statistic_name, confidence, threshold
-        return obj
-
-    def reason(self) -> str:
-        return (
-            f"below the confidence threshold: {self.statistic} {self.confidence:.3f} "
-            f"< minConfidence {self.threshold:.3f}"
-        )
 
 
 def completion_span(prefix: str, suffix: str, s: Settings) -> tuple[str, int]:
@@ -246,7 +217,9 @@ class EngineClient:
         self.model_name = str(getattr(lm, "name", name))
         self.device = str(getattr(lm, "device", ""))
         self._reported.clear()
-        self.calibration = read_calibration(getattr(lm, "path", None))
+        self.calibration = (
+            lm.calibration if isinstance(lm, RemoteModel) else read_calibration(getattr(lm, "path", None))
+        )
         self._gate_noted.clear()
         if self.calibration is not None:
             cal = self.calibration
@@ -260,12 +233,16 @@ class EngineClient:
         return True
 
     def _load_blocking(self, settings: Settings) -> Any:
-        from ..model.loading import load_model
-
+        if isinstance(self.lm, RemoteModel):
+            self.lm.close()
         self.lm = None  # drop the old model before reading the new one
         self.calibration = None
         self._stores.clear()  # keys/values of the old model
+        if is_url(settings.model):
+            return RemoteModel(settings.model, None).connect()  # the token: DIFFUCODER_TOKEN
         gc.collect()
+        from ..model.loading import load_model
+
         return load_model(settings.model, device=settings.device, dtype=settings.dtype, quant=settings.quant)
 
     async def _progress_begin(self, title: str) -> str | None:
@@ -316,6 +293,8 @@ class EngineClient:
         lm = self.lm  # read once: a model change on the model thread may drop it at any moment
         if lm is None:
             raise Cancelled("no model loaded (it is being replaced)")
+        if isinstance(lm, RemoteModel):
+            return lm.count_tokens(text)
         return len(lm.tokenizer.encode(text)) if text else 0
 
     def gate(self, settings: Settings) -> tuple[str, float]:
@@ -370,7 +349,9 @@ class EngineClient:
             end_at_newline=single,
         )
         name, threshold = self.gate(settings)
-        score = statistic(fill.tokens[0], name) if fill.tokens else None
+        score = fill.confidence  # a backend scored it already
+        if score is None and fill.tokens:
+            score = statistic(fill.tokens[0], name)
         texts = fill.texts
         if score is not None and threshold > 0 and score < threshold and texts[0].strip():
             texts = [WithheldText(name, score, threshold)]
@@ -411,7 +392,7 @@ class EngineClient:
         from ..engine.reuse import warm_store
 
         lm = self.lm
-        if lm is None:
+        if lm is None or isinstance(lm, RemoteModel):  # a backend keeps no state between requests
             return False
         ctx = self._context(prefix, suffix, settings)
         tok = lm.tokenizer
@@ -442,11 +423,15 @@ class EngineClient:
         """THE engine call: fill every ``MARKER`` hole of ``text`` jointly; stops between steps when asked.
         ``end_at_newline``: a hole also ends at its first newline token (a single-line completion is cut there:
         the steps after it would be wasted)."""
-        from ..engine.infill import infill_stream
-
         lm = self.lm
         if lm is None:
             raise Cancelled("no model loaded")
+        if isinstance(lm, RemoteModel):  # the gate's statistic: the backend scores the fill under it
+            window = window or settings.context_tokens + sum(lengths) + 64
+            args = (settings, should_stop, window, stream, end_at_newline, self.gate(settings)[0])
+            return lm.infill(text, lengths, *args)
+        from ..engine.infill import infill_stream, text_to_stop
+
         gen = infill_stream(
             lm,
             text,
@@ -470,13 +455,8 @@ class EngineClient:
         finally:
             gen.close()
         tok = lm.tokenizer
-        stops = tok.stop_ids
         texts, tokens = [], []
         for hole in result.holes:
-            ids = hole.token_ids
-            end = next((i for i, t in enumerate(ids) if t in stops), len(ids))
-            text = tok.decode(ids[:end])
-            lead = getattr(hole, "lead", "")  # token healing: the first tokens re-spell text before the hole
-            texts.append(text[len(lead) :] if lead and text.startswith(lead) else text)
-            tokens.append(suggestion_tokens(ids, hole.confidence, settings.alg, tok, lead))
+            texts.append(text_to_stop(tok, hole))  # token healing: the lead re-spelled text before the hole
+            tokens.append(suggestion_tokens(hole.token_ids, hole.confidence, settings.alg, tok, hole.lead))
         return Fill(texts, result.steps, result.elapsed_ms, tokens=tuple(tokens))

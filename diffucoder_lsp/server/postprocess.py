@@ -275,3 +275,22 @@ def drop_suffix_duplicate(fill: str, line_prefix: str, after: str) -> str:
         if full.rstrip() == nxt.rstrip():
             return "\n".join(lines[:i])
     return fill
+
+
+def edited_text(segments: list[str], fills: list[str]) -> tuple[str, list[str]]:
+    """A file with each hole's fill cut as the editor cuts a completion at that place, and the hole texts as
+    shown. ``segments`` are the file's text around the holes (one more than ``fills``).
+
+    One line for a hole written mid-line; for a block, stop where it dedents out of the hole's scope or starts
+    repeating the line after the hole; doubled closers dropped. A model that writes past the end of what
+    belongs in a hole (a small one often does) then still gives the line the user asked for. ``diffucoder
+    fill`` and the HTTP backend's ``/v1/infill`` both print this unless asked for the raw fills."""
+    out, shown = segments[0], []
+    for i, fill in enumerate(fills):
+        after = segments[i + 1]
+        suffix = after + "".join(f + s for f, s in zip(fills[i + 1 :], segments[i + 2 :], strict=True))
+        edit = postprocess(fill, out, suffix)
+        piece, replace = ("", 0) if edit is None else (edit.text, edit.replace)
+        shown.append(piece)
+        out += piece + after[replace:]
+    return out, shown

@@ -22,7 +22,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import short_repr
+from ..engine.remote import check_url, is_url
+from ..errors import BadInputError, short_repr
 
 SECTION = "diffucoder"
 ALGORITHMS = ("entropy", "maskgit_plus", "topk_margin", "origin")
@@ -34,7 +35,9 @@ MAX_SPAN_TOKENS = 1024  # the engine's limit for one hole
 
 @dataclass(frozen=True)
 class Settings:
-    model: str | None = None  # checkpoint folder or hub id; None = the bundled model
+    model: str | None = (
+        None  # checkpoint folder, hub id or a backend's http(s):// URL; None = the bundled model
+    )
     device: str = "auto"
     dtype: str = "auto"
     quant: str = "none"
@@ -221,6 +224,11 @@ def _model(v):
         raise ValueError(f"expected a path or hub id, got {_short(v)}")
     if len(v) > MAX_TEXT or "\x00" in v:
         raise ValueError("expected a path or hub id (at most 4096 characters, no NUL)")
+    if is_url(v):
+        try:
+            return check_url(v)
+        except BadInputError as exc:
+            raise ValueError(str(exc)) from None
     return v
 
 

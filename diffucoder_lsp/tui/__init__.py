@@ -7,6 +7,6 @@ Importing this package needs the ``tui`` extra (textual).
 """
 
 from .app import DemoApp
-from .runner import DemoSettings, EngineRunner, FillRunner, RunnerInfo
+from .runner import DemoSettings, EngineRunner, FillRunner, RemoteRunner, RunnerInfo
 
-__all__ = ["DemoApp", "DemoSettings", "EngineRunner", "FillRunner", "RunnerInfo"]
+__all__ = ["DemoApp", "DemoSettings", "EngineRunner", "FillRunner", "RemoteRunner", "RunnerInfo"]

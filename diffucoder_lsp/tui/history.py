@@ -11,6 +11,7 @@ Nothing here knows about Textual; the metrics come from :mod:`diffucoder_lsp.ana
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from ..analysis import ArCount, global_ar_count, local_ar_count
@@ -31,7 +32,10 @@ class StepRecord:
 
     @classmethod
     def from_event(cls, event, elapsed: float) -> StepRecord:
-        """Copy a sampler ``StepEvent`` (tensors) for row 0 into host memory."""
+        """Copy a sampler ``StepEvent`` (tensors) for row 0 into host memory. A record already (a backend's
+        step, see :class:`~diffucoder_lsp.tui.runner.RemoteRunner`) is kept, with this ``elapsed``."""
+        if isinstance(event, StepRecord):
+            return dataclasses.replace(event, elapsed=float(elapsed))
         triples = event.per_row(1)[0] if event.rows.numel() else []
         return cls(
             step=int(event.step),

@@ -2,8 +2,9 @@
 
 The screens never import the model: they talk to a :class:`FillRunner`. The real one, :class:`EngineRunner`,
 loads a checkpoint through :func:`diffucoder_lsp.model.loading.load_model` (lazily, on a worker thread, so the
-app appears at once) and streams :func:`diffucoder_lsp.engine.infill.infill_stream`. Tests pass a scripted
-runner instead, which is how they check the UI shows tokens in the order the sampler revealed them without a
+app appears at once) and streams :func:`diffucoder_lsp.engine.infill.infill_stream`; :class:`RemoteRunner`
+streams the same fill from a backend (``--model http://host:port``), one server-sent event per step. Tests pass
+a scripted runner instead, which is how they check the UI shows tokens in the order the sampler revealed them without a
 model in the loop.
 """
 
@@ -11,13 +12,15 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from ..engine.infill import AUTO_LENGTH, InfillCanvas, InfillResult
+from ..engine.infill import AUTO_LENGTH, HoleResult, InfillCanvas, InfillResult
 from ..engine.sampler import SamplingOptions, StepEvent
+from .history import StepRecord
 from .render import STOP_GLYPH
 
 FillStream = Generator[tuple[InfillCanvas, StepEvent], None, InfillResult]
@@ -156,3 +159,114 @@ class EngineRunner:
             text = tok.decode([token_id], skip_special=False)
         self._text_cache[token_id] = text
         return text
+
+
+class RemoteRunner:
+    """Fills on a backend (``diffucoder backend``): the same stream, denoised on another machine. The canvas
+    and every step's tokens (with their texts) come as server-sent events; closing the stream cancels the fill
+    there. The token comes from ``DIFFUCODER_TOKEN``."""
+
+    def __init__(self, url: str, *, max_context_tokens: int | None = None, transport=None) -> None:
+        from ..engine.remote import RemoteBackend, RemoteConfig
+
+        self.client = RemoteBackend(RemoteConfig(url), transport=transport)
+        self.max_context_tokens = max_context_tokens
+        self._info: RunnerInfo | None = None
+        self._texts: dict[int, str] = {}
+        self._stops: frozenset[int] = frozenset()
+
+    def load(self) -> RunnerInfo:
+        if self._info is None:
+            info = self.client.model_info()
+            self._info = RunnerInfo(name=str(info.get("id", "?")), device=self.client.url, dtype="remote")
+        return self._info
+
+    def stream(self, text: str, settings: DemoSettings) -> FillStream:
+        o = settings.options
+        body = {
+            "text": text,
+            "length": settings.length,
+            "decoding": "exact" if o.exact else "plain",
+            "steps": o.steps,
+            "tokens_per_step": o.tokens_per_step,
+            "alg": o.alg,
+            "alg_temp": o.alg_temp,
+            "temperature": o.temperature,
+            "top_p": o.top_p,
+            "top_k": o.top_k,
+            "seed": o.seed,
+            "eos_penalty": o.eos_penalty,
+            "threshold": o.threshold,
+            "entropy_bound": o.entropy_bound,
+            "block_size": o.block_size,
+            "cache": False,  # as EngineRunner: full-canvas passes
+            "context_tokens": self.max_context_tokens,
+            "raw": True,
+        }
+        return self._events(body)
+
+    def _events(self, body: dict) -> FillStream:
+        from ..engine.remote import BackendError, error_from_event
+
+        start = time.perf_counter()
+        canvas = None
+        events = self.client.stream(body)
+        try:
+            for kind, data in events:
+                if kind == "canvas":
+                    canvas = InfillCanvas(
+                        ids=list(data["ids"]),
+                        hole_spans=[tuple(s) for s in data["hole_spans"]],
+                        auto=list(data["auto"]),
+                        kept_prefix=data["kept_prefix"],
+                        kept_suffix=data["kept_suffix"],
+                        segments=list(data["segments"]),
+                        leads=list(data["leads"]),
+                    )
+                    self._stops = frozenset(data.get("stop_ids", ()))
+                elif kind == "step" and canvas is not None:
+                    self._texts.update(zip(data["tokens"], data["texts"], strict=True))
+                    yield (
+                        canvas,
+                        StepRecord(
+                            step=data["step"],
+                            total_steps=data["total_steps"],
+                            positions=tuple(data["positions"]),
+                            tokens=tuple(data["tokens"]),
+                            confidences=tuple(data["confidences"]),
+                            remaining=data["remaining"],
+                            elapsed=time.perf_counter() - start,
+                        ),
+                    )
+                elif kind == "done":
+                    return _result(data)
+                elif kind == "error":
+                    raise error_from_event(data)
+        finally:
+            events.close()  # a cancelled run: the backend drops the request at its next step
+        raise BackendError("the backend closed the stream before the fill ended")
+
+    def token_text(self, token_id: int) -> str:
+        if token_id in self._stops:
+            return STOP_GLYPH
+        return self._texts.get(token_id, SPECIAL_GLYPH)
+
+
+def _result(record: dict) -> InfillResult:
+    holes = [
+        HoleResult(
+            text=h["text"],
+            token_ids=list(h["token_ids"]),
+            reveal_step=list(h["reveal_step"]),
+            confidence=list(h["confidence"]),
+            lead=h.get("lead", ""),
+        )
+        for h in record["holes"]
+    ]
+    return InfillResult(
+        text=record["text"],
+        holes=holes,
+        steps=record["steps"],
+        elapsed_ms=record["elapsed_ms"],
+        forward_passes=record.get("forward_passes", 0),
+    )
