@@ -22,7 +22,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from ..errors import BadInputError
-from .fill import add_model_options, add_sampling_options, parse_length, read_input, sampling_options
+from .fill import (
+    DECODINGS,
+    add_model_options,
+    add_sampling_options,
+    parse_length,
+    read_input,
+    resolve_decoding,
+    sampling_options,
+)
 
 
 def register(sub) -> None:
@@ -34,7 +42,21 @@ def register(sub) -> None:
     )
     p.add_argument("file", nargs="?", default=None, help="a source file (default: a built-in sample)")
     add_model_options(p)
-    add_sampling_options(p)
+    add_sampling_options(p, modes=True)
+    p.add_argument(
+        "--decoding",
+        choices=DECODINGS,
+        default=None,
+        help="fast (default): fill's and the editor's decoding (context cache, blocks, ending at the end token), "
+        "a first fill in seconds; plain: a full-canvas pass per step, every hole at once (slower, the textbook "
+        "loop); exact: the reference decoder. Explicit flags override the mode's values",
+    )
+    p.add_argument(
+        "--cache",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="context key/value cache; default: on with --decoding fast",
+    )
     p.add_argument("--length", type=parse_length, default="auto", help="tokens per hole, or auto (trim pads)")
     p.add_argument("--context-tokens", type=int, default=None, help="context window budget in tokens")
     p.set_defaults(func=run)
@@ -51,6 +73,7 @@ def build_app(args: argparse.Namespace):
     if args.file == "-":
         raise BadInputError("the demo is interactive: pass a file path, not standard input")
     source = read_input(args.file) if args.file else None
+    use_cache = resolve_decoding(args)
     settings = DemoSettings(options=sampling_options(args), length=args.length)
     from ..engine.remote import is_url
 
@@ -63,6 +86,7 @@ def build_app(args: argparse.Namespace):
             dtype=args.dtype,
             quant=args.quant,
             max_context_tokens=args.context_tokens,
+            cache=use_cache,
         )
     return DemoApp(runner, source, filename=args.file, settings=settings)
 

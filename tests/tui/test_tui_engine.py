@@ -24,8 +24,9 @@ def parse(*argv: str) -> argparse.Namespace:
     return build_parser().parse_args(["demo", *argv])
 
 
-async def test_real_engine_run_reveals_every_position_once(tiny_ckpt):
-    runner = EngineRunner(str(tiny_ckpt), device="cpu", dtype="fp32")
+@pytest.mark.parametrize("cache", [False, True])
+async def test_real_engine_run_reveals_every_position_once(tiny_ckpt, cache):
+    runner = EngineRunner(str(tiny_ckpt), device="cpu", dtype="fp32", cache=cache)
     settings = DemoSettings(SamplingOptions(temperature=0.0), length=5)
     app = DemoApp(runner, SRC, filename="add.py", settings=settings)
     async with app.run_test(size=(100, 28)) as pilot:
@@ -110,3 +111,19 @@ def test_logs_are_held_back_while_the_app_owns_the_terminal(capsys):
         assert "model fell back" in capsys.readouterr().err
     finally:
         root.removeHandler(handler)
+
+
+def test_demo_decodes_as_fill_does_by_default_and_plain_on_request():
+    """The first fill a visitor waits for uses fill's fast decoding (context cache, blocks); the textbook
+    full-canvas loop is one flag away."""
+    from diffucoder_lsp.server.settings import Settings
+
+    fast = build_app(parse())
+    assert fast.runner.cache is True
+    assert fast.settings.options.block_size == Settings().block_size
+    assert fast.settings.options.tokens_per_step == Settings().tokens_per_step
+    plain = build_app(parse("--decoding", "plain"))
+    assert plain.runner.cache is False and plain.settings.options.block_size is None
+    assert build_app(parse("--no-cache")).runner.cache is False
+    with pytest.raises(BadInputError):
+        build_app(parse("--exact", "--cache"))
