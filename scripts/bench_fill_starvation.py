@@ -1,6 +1,6 @@
 """How long an inline completion in one file waits while Fill All Holes runs in another (issue: hardening).
 
-Prints the completion's idle latency, its latency 0.5 s into a fill of N holes, and the fill's own time, on an
+Prints the completion's idle latency, its latency ``--delay`` s (0.5) into a fill of N holes, and the fill's own time, on an
 in-process server (no transport) with the given model (default: tiny). Usage:
     python scripts/bench_fill_starvation.py [--holes 70] [--model tiny]
 """
@@ -19,7 +19,7 @@ from diffucoder_lsp.server.app import build_server
 from diffucoder_lsp.server.engine_client import READY
 
 
-async def main(holes: int, model: str) -> None:
+async def main(holes: int, model: str, delay: float = 0.5) -> None:
     lm = load_model(model, device="cpu")
     ls = build_server()
     ls.apply_settings(
@@ -40,7 +40,7 @@ async def main(holes: int, model: str) -> None:
     idle = time.perf_counter() - t
     t0 = time.perf_counter()
     fill = asyncio.ensure_future(actions.fill_holes(ls, "file:///a.py"))
-    await asyncio.sleep(0.5)
+    await asyncio.sleep(delay)
     t = time.perf_counter()
     await ls.complete_at("file:///b.py", types.Position(line=1, character=10), automatic=False)
     during = time.perf_counter() - t
@@ -56,5 +56,6 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--holes", type=int, default=70)
     ap.add_argument("--model", default="tiny")
+    ap.add_argument("--delay", type=float, default=0.5, help="seconds into the fill the completion is asked")
     a = ap.parse_args()
-    asyncio.run(main(a.holes, a.model))
+    asyncio.run(main(a.holes, a.model, a.delay))

@@ -28,6 +28,8 @@ call, so the steps after it run the remaining rows only. A :class:`ContextStore`
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from ..model.network import DreamModel, KVSlots, positions_from_valid
@@ -77,10 +79,21 @@ class CachedContextDenoiser:
     the context, the new ones become the active set, and no extra full pass is made.
     """
 
-    def __init__(self, model: DreamModel, refresh_every: int = 0, store: ContextStore | None = None) -> None:
+    def __init__(
+        self,
+        model: DreamModel,
+        refresh_every: int = 0,
+        store: ContextStore | None = None,
+        between_layers: Callable[[], object] | None = None,
+    ) -> None:
+        """``between_layers``: called before every layer of a full pass (the first step's, and refreshes). The
+        language server passes a long job's step-boundary check, so a completion asked for during the first
+        pass of a 70-hole Fill All Holes (seconds) is served after one layer, not after the whole pass; what it
+        returns is ignored (a job stops between steps, not mid-pass)."""
         if refresh_every < 0:
             raise ValueError("refresh_every must be >= 0")
         self.model = model
+        self.between_layers = between_layers
         self._lookahead = model.config.learned_lookahead
         self.refresh_every = refresh_every
         self.store = store
@@ -94,6 +107,17 @@ class CachedContextDenoiser:
         self._kv_shared = False  # _kv_full is also the store's entry: copy before writing into it
         self._since_refresh = 0
         self._rows: torch.Tensor | None = None  # a batch's rows the cached tensors hold (B > 1 only)
+
+    def _layer_hook(self) -> Callable[[], bool] | None:
+        if self.between_layers is None:
+            return None
+        call = self.between_layers
+
+        def hook() -> bool:
+            call()
+            return False  # never abandons the pass
+
+        return hook
 
     @staticmethod
     def _needed(valid: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
@@ -143,7 +167,7 @@ class CachedContextDenoiser:
                 self._set_active(valid, needed)
         if (first and chain is None) or refresh:
             hidden, kvs = self.model.hidden_states(
-                x, valid, self._positions, return_kv=True, keep=self._act_idx
+                x, valid, self._positions, return_kv=True, keep=self._act_idx, should_stop=self._layer_hook()
             )
             self._kv_full, self._kv_shared = kvs, first and self.store is not None
             self._set_context(_gather_kv(kvs, self._ctx_idx))

@@ -73,15 +73,20 @@ def sampling_options(s: Settings):
     )
 
 
-def make_denoiser(lm, s: Settings, store=None):
+def make_denoiser(lm, s: Settings, store=None, between_layers=None):
     """The engine's context-cached denoiser (Fast-dLLM-style) unless disabled; None = full-canvas passes.
-    ``store`` (a ContextStore) lets it start from the previous request's context keys/values."""
+    ``store`` (a ContextStore) lets it start from the previous request's context keys/values;
+    ``between_layers`` runs before each layer of its full passes (the job's step-boundary check, through which
+    a long job lets interactive work in)."""
     if not s.context_cache:
         return None
     from ..engine.cache import CachedContextDenoiser
 
     return CachedContextDenoiser(
-        lm.model, refresh_every=s.cache_refresh_every, store=store if s.context_reuse else None
+        lm.model,
+        refresh_every=s.cache_refresh_every,
+        store=store if s.context_reuse else None,
+        between_layers=between_layers,
     )
 
 
@@ -439,7 +444,7 @@ class EngineClient:
             options=sampling_options(settings),
             marker=MARKER,
             max_context_tokens=window or settings.context_tokens + sum(lengths) + 64,
-            denoiser=make_denoiser(lm, settings, self.store_for(stream)),
+            denoiser=make_denoiser(lm, settings, self.store_for(stream), between_layers=should_stop),
             end_early=settings.end_early,  # every completion is cut at its first stop token below
             end_ids=(lm.tokenizer.stop_ids | lm.tokenizer.newline_ids) if end_at_newline else None,
         )

@@ -269,3 +269,14 @@ def test_step_profile_script_reports_steps_and_host_reads(tiny_ckpt, tmp_path):
     got = json.loads(out.read_text())
     assert got["steps"] >= 1 and got["fill_ms"] > 0 and got["device_busy_ms_per_step"] is None
     assert got["host_reads_per_step"]["aten::_local_scalar_dense"] > 0  # the loop reads values on the host
+
+
+def test_full_passes_call_back_between_layers_without_changing_the_fill(lm):
+    """A long job's first pass lets interactive work in after every layer (the language server's Fill All
+    Holes); the callback's answer never abandons the pass, and the fill is the same as without it."""
+    calls = []
+    hooked = CachedContextDenoiser(lm.model, between_layers=lambda: calls.append(1) or True)
+    with_hook, _ = fill_ids(lm, hooked, steps=12)
+    without, _ = fill_ids(lm, CachedContextDenoiser(lm.model), steps=12)
+    assert with_hook == without
+    assert len(calls) == lm.config.num_hidden_layers * hooked.full_passes and hooked.full_passes == 1
