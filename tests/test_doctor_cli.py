@@ -126,7 +126,11 @@ def test_make_tiny_preset_is_the_real_7b_shape(capsys, tmp_path, monkeypatch):
 
     shape = make_tiny.PRESETS["dream-7b"]
     assert (shape["hidden_size"], shape["num_hidden_layers"], shape["num_attention_heads"]) == (3584, 28, 28)
-    assert (shape["num_key_value_heads"], shape["intermediate_size"], shape["vocab_size"]) == (4, 18944, 152064)
+    assert (shape["num_key_value_heads"], shape["intermediate_size"], shape["vocab_size"]) == (
+        4,
+        18944,
+        152064,
+    )
     assert shape["rope_theta"] == 1e6 and shape["hidden_size"] // shape["num_attention_heads"] == 128
     small = dict(shape, hidden_size=56, intermediate_size=64, vocab_size=1000)  # 28 heads of 2, 4 kv heads
     monkeypatch.setitem(make_tiny.PRESETS, "dream-7b", small)

@@ -18,7 +18,11 @@ from ..errors import BadInputError
 def register(sub) -> None:
     p = sub.add_parser("serve", help="run the language server (stdio, or --tcp)", description=__doc__)
     p.add_argument("--tcp", metavar="HOST:PORT", default=None, help="listen on TCP instead of stdio")
-    p.add_argument("--stdio", action="store_true", help="serve over stdio (the default; accepted because LSP clients pass it)")
+    p.add_argument(
+        "--stdio",
+        action="store_true",
+        help="serve over stdio (the default; accepted because LSP clients pass it)",
+    )
     p.add_argument("--model", default=None, help="checkpoint folder or hub id (default: the bundled model)")
     p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--dtype", choices=["auto", "bf16", "fp32", "fp16"], default=None)

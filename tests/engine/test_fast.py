@@ -264,7 +264,18 @@ def test_step_profile_script_reports_steps_and_host_reads(tiny_ckpt, tmp_path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     out = tmp_path / "profile.json"
-    args = ["--model", str(tiny_ckpt), "--device", "cpu", "--context", "96", "--span", "8", "--json", str(out)]
+    args = [
+        "--model",
+        str(tiny_ckpt),
+        "--device",
+        "cpu",
+        "--context",
+        "96",
+        "--span",
+        "8",
+        "--json",
+        str(out),
+    ]
     assert module.main(args) == 0
     got = json.loads(out.read_text())
     assert got["steps"] >= 1 and got["fill_ms"] > 0 and got["device_busy_ms_per_step"] is None

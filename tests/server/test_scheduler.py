@@ -166,7 +166,9 @@ async def test_a_long_job_lets_interactive_jobs_run_between_its_steps(scheduler)
     start = time.perf_counter()
     quick = await timed("complete", scheduler.run(stepping(2, 0.01, []), key="b.py", label="complete"))
     waited = finished["complete"] - start
-    assert quick == 2 and waited < 0.3  # one step of the fill (0.02 s) plus its own work, not the fill's ~0.7 s
+    assert (
+        quick == 2 and waited < 0.3
+    )  # one step of the fill (0.02 s) plus its own work, not the fill's ~0.7 s
     assert await long == 40 and finished["fill"] > finished["complete"]
     assert scheduler.stats["between_steps"] == 1 and scheduler.running is None and scheduler.outer is None
 
