@@ -13,9 +13,11 @@ from pathlib import Path
 from ..errors import BadInputError
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def _common(p: argparse.ArgumentParser, out_required: bool = True) -> None:
     p.add_argument("--model", default=None, help="checkpoint folder or hub id (default: the bundled model)")
-    p.add_argument("--out", required=True, help="run folder: last.pt, metrics.jsonl, model/ and adapter/")
+    p.add_argument(
+        "--out", required=out_required, help="run folder: last.pt, metrics.jsonl, model/ and adapter/"
+    )
     mode = p.add_mutually_exclusive_group()
     mode.add_argument(
         "--lora", dest="lora", action="store_true", default=True, help="train a LoRA adapter (default)"
@@ -84,12 +86,28 @@ def register(sub) -> None:
         "--chat", action="store_true", help="JSONL prompts are questions for an Instruct model (ChatML)"
     )
     g.add_argument("--repo", help="repository: functions its tests exercise get their body masked")
+    g.add_argument(
+        "--list-tasks",
+        action="store_true",
+        help="print each task (function or id, test count) and exit without training (no --out needed)",
+    )
     g.add_argument("--max-tasks", type=int, default=None)
     g.add_argument("--prompts-per-step", type=int, default=2)
     g.add_argument("--group", type=int, default=8, help="completions per prompt (G)")
-    g.add_argument("--completion-len", type=int, default=64, help="hole tokens per completion")
-    g.add_argument("--sampling-steps", type=int, default=None)
-    g.add_argument("--temperature", type=float, default=1.1)
+    g.add_argument("--completion-len", type=int, default=48, help="hole tokens per completion")
+    g.add_argument(
+        "--sampling-steps",
+        type=int,
+        default=None,
+        help="denoising steps per rollout (default: the hole length)",
+    )
+    g.add_argument("--temperature", type=float, default=0.8)
+    g.add_argument(
+        "--block-size",
+        type=int,
+        default=32,
+        help="rollouts reveal the hole in blocks of this many positions, in order, as fill does (0: all at once)",
+    )
     g.add_argument("--estimator", choices=["coupled", "decoupled"], default="coupled")
     g.add_argument("--beta", type=float, default=0.01, help="k3-KL weight")
     g.add_argument("--clip-eps", type=float, default=0.5)
@@ -107,7 +125,7 @@ def register(sub) -> None:
         "--eval-rounds", type=int, default=2, help="fixed-seed rollout rounds before/after (0: skip)"
     )
     g.add_argument("--no-plot", action="store_true")
-    _common(g)
+    _common(g, out_required=False)  # the handler asks for --out: --list-tasks trains nothing and needs none
     g.add_argument(
         "--unsafe-exec",
         action="store_true",
@@ -201,19 +219,44 @@ def _grpo(args: argparse.Namespace) -> int:
         from ..sandbox import UNSAFE_ENV
 
         os.environ[UNSAFE_ENV] = "1"
-    from .grpo import GRPOArgs, GRPOTrainer
-    from .repo_tasks import read_jsonl_tasks, repo_tasks
+    import sys
+
+    from .repo_tasks import NoTasksError, find_repo_tasks, read_jsonl_tasks
 
     if not args.tasks and not args.repo:
         raise BadInputError("give --tasks (JSONL of prompt/tests), --repo, or both")
+    if not args.out and not args.list_tasks:
+        raise BadInputError("give --out (the run folder), or --list-tasks to only list the tasks")
+    if args.max_tasks is not None and args.max_tasks < 1:
+        raise BadInputError(f"--max-tasks must be at least 1, got {args.max_tasks}")
+    # every input is read and checked before anything is written: bad input leaves no run folder behind
     tasks = read_jsonl_tasks(args.tasks, chat=args.chat) if args.tasks else []
     if args.repo:
         if not Path(args.repo).is_dir():
             raise BadInputError(f"no such repository folder: {args.repo}")
-        tasks += repo_tasks(args.repo, workers=args.workers, max_tasks=args.max_tasks)
+        search = find_repo_tasks(
+            args.repo,
+            workers=args.workers,
+            max_tasks=args.max_tasks,
+            progress=lambda line: print(line, file=sys.stderr, flush=True),
+        )
+        if not search.tasks:
+            raise NoTasksError(search.explain(), search)
+        print(search.explain(), file=sys.stderr)
+        tasks += search.tasks
     if args.max_tasks:
         tasks = tasks[: args.max_tasks]
+    if args.list_tasks:
+        for t in tasks:
+            n = len(t.tests)
+            where = f"{t.rel_path}::{t.name}" if t.kind == "repo" else t.task_id
+            print(f"{where}\t{n} test{'s' if n != 1 else ''}")
+        print(f"{len(tasks)} tasks", file=sys.stderr)
+        return 0
     print(f"{len(tasks)} tasks")
+
+    from .grpo import GRPOArgs, GRPOTrainer
+
     gargs = GRPOArgs(
         out=args.out,
         model=args.model,
@@ -225,6 +268,7 @@ def _grpo(args: argparse.Namespace) -> int:
         completion_len=args.completion_len,
         sampling_steps=args.sampling_steps,
         temperature=args.temperature,
+        block_size=args.block_size or None,
         estimator=args.estimator,
         beta=args.beta,
         clip_eps=args.clip_eps,

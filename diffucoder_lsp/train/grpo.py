@@ -70,9 +70,12 @@ class GRPOArgs:
     steps: int = 100
     prompts_per_step: int = 2
     group: int = 8
-    completion_len: int = 64
-    sampling_steps: int | None = None  # default: completion_len // 2
-    temperature: float = 1.1
+    completion_len: int = 48  # the hole `fill --length auto` opens
+    sampling_steps: int | None = None  # default: the hole's length (one token per step, as fill decodes)
+    temperature: float = 0.8
+    # blocks of masked positions revealed in order, as fill and the editor decode: without them the sampler's
+    # most confident positions are the end pads of a hole with nothing after it, and every rollout came out empty
+    block_size: int | None = 32
     top_p: float | None = None
     alg: str = "entropy"
     max_context_tokens: int = 1024
@@ -138,6 +141,45 @@ class FlatRewardWatch:
             "no advantage, so nothing is learned. When every completion passes, use harder tasks; otherwise try a "
             "higher --temperature or a larger --group for more varied completions"
         )
+
+
+def hole_prefix(t: Task) -> str:
+    """The text before a task's hole on the canvas, and in the program its completion is scored in.
+
+    A prompt that ends in a bare newline splits the token a byte-level BPE writes there (newline + the next
+    line's indentation), so the model is asked for a token it almost never saw start a line: on the bundled
+    model every rollout of the example tasks came out empty. The hole takes that newline instead, and the model
+    writes it with the indentation, as it would have read the file.
+    """
+    if not t.chat and t.prefix.endswith("\n"):
+        return t.prefix[:-1]
+    return t.prefix
+
+
+def scope_cut(prefix: str, completion: str) -> str:
+    """The completion up to the end of the block the prefix leaves open, as an editor cuts a suggestion.
+
+    A JSONL task's prompt ends inside a function (its signature and docstring); what the model writes after the
+    body (a next ``def`` half-written into the hole's last tokens, stray text at the left margin) is not the
+    answer, and scoring it made a right body a syntax error. The body ends at the first non-blank line indented
+    no deeper than the prompt's last ``def`` / ``class`` line.
+    """
+    header = None
+    for line in reversed(prefix.splitlines()):
+        stripped = line.lstrip()
+        if stripped.startswith(("def ", "async def ", "class ")):
+            header = len(line) - len(stripped)
+            break
+    if header is None:
+        return completion
+    lines = completion.splitlines(keepends=True)
+    starts_mid_line = bool(prefix) and not prefix.endswith("\n")
+    for i, line in enumerate(lines):
+        if i == 0 and starts_mid_line:
+            continue
+        if line.strip() and len(line) - len(line.lstrip()) <= header:
+            return "".join(lines[:i])
+    return completion
 
 
 def _row_seed(*parts) -> int:
@@ -211,10 +253,14 @@ class GRPOTrainer:
             n = t.hole_tokens or a.completion_len
             canvases.append(
                 prepare_infill(
-                    tok, t.prefix + DEFAULT_MARKER + t.suffix, length=n, context_window=a.max_context_tokens
+                    tok,
+                    hole_prefix(t) + DEFAULT_MARKER + t.suffix,
+                    length=n,
+                    context_window=a.max_context_tokens,
                 )
             )
         rows = [c for c in canvases for _ in range(a.group)]
+        rows_tasks = [t for t in tasks for _ in range(a.group)]
         width = max(len(c.ids) for c in rows)
         x = torch.full((len(rows), width), tok.eos_id, dtype=torch.long)
         valid = torch.zeros_like(x, dtype=torch.bool)
@@ -225,13 +271,14 @@ class GRPOTrainer:
             s, e = c.hole_spans[0]
             comp[r, s:e] = True
         x, valid, comp = x.to(self.device), valid.to(self.device), comp.to(self.device)
-        steps = a.sampling_steps or max(1, int(comp.sum(1).max()) // 2)
+        steps = a.sampling_steps or max(1, int(comp.sum(1).max()))
         opts = SamplingOptions(
             steps=steps,
             alg=a.alg,
             temperature=a.temperature if temperature is None else temperature,
             top_p=a.top_p,
             seed=seed,
+            block_size=a.block_size,
         )
         self.core.eval()
         gen = denoise(
@@ -251,7 +298,9 @@ class GRPOTrainer:
             ids = final[r, s:e].tolist()
             ids_per_row.append(ids)
             end = next((i for i, t in enumerate(ids) if t in tok.stop_ids), len(ids))
-            texts.append(tok.decode(ids[:end]))
+            text = tok.decode(ids[:end])
+            t = rows_tasks[r]
+            texts.append(scope_cut(hole_prefix(t), text) if t.kind == "jsonl" and not t.chat else text)
         return final, valid, comp, ids_per_row, texts
 
     def rewards(
@@ -273,7 +322,9 @@ class GRPOTrainer:
                 if kind == "jsonl":
                     rs = jsonl_rewards(
                         [
-                            extract_code(texts[i]) if row_tasks[i].chat else row_tasks[i].prefix + texts[i]
+                            extract_code(texts[i])
+                            if row_tasks[i].chat
+                            else hole_prefix(row_tasks[i]) + texts[i]
                             for i in sel
                         ],
                         [row_tasks[i].tests for i in sel],
@@ -282,7 +333,7 @@ class GRPOTrainer:
                     )
                 else:
                     rs = repo_rewards(
-                        [row_tasks[i].prefix + texts[i] + row_tasks[i].suffix for i in sel],
+                        [hole_prefix(row_tasks[i]) + texts[i] + row_tasks[i].suffix for i in sel],
                         [row_tasks[i].rel_path for i in sel],
                         [row_tasks[i].repo_root for i in sel],
                         [row_tasks[i].tests for i in sel],

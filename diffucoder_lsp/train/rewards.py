@@ -13,7 +13,10 @@ parallel). A policy trained against a reward learns whatever raises it, attacks 
 - **Repository tests** run under pytest in the sandbox's process, reporting on a private duplicate of stdout,
   each line prefixed by a random nonce, with fd 1 and 2 pointed at ``/dev/null``: printed ``PASS`` lines score
   nothing, but code that reads the harness's frame can report every test passed. All their verdicts are
-  forgeable (``Reward.forgeable == total``, ``forgeable`` in :func:`reward_summary`).
+  forgeable (``Reward.forgeable == total``, ``forgeable`` in :func:`reward_summary`). They run with the
+  repository's import roots first on ``sys.path`` (:func:`repo_layout.repo_layout`), as when the tasks were
+  found; a run whose tests imported one of the repository's packages from elsewhere (an installed copy) tested
+  something else than the filled file and scores no test.
 - Tests are counted **one by one** (and each has its own alarm), so a test that hangs or a ``sys.exit`` /
   ``os._exit`` in the middle costs only the tests not yet judged.
 - ``reward = format_weight * syntax_ok + test_weight * passed / total`` (the paper uses 0.5 and 2.0; we default
@@ -74,6 +77,9 @@ def _report(*parts):
 _null = os.open(os.devnull, os.O_WRONLY)
 os.dup2(_null, 1)
 os.dup2(_null, 2)
+def _outside():
+    return {{}}
+{layout}
 import pytest
 class _Count:
     def __init__(self):
@@ -88,19 +94,24 @@ try:
     pytest.main(["-q", "-p", "no:cacheprovider", *_IDS], plugins=[_c])
 except BaseException as e:
     _report("ERROR", type(e).__name__)
+for _name, _where in _outside().items():
+    _report("OUTSIDE", _name, _where)
 _report("DONE")
 os._exit(0)
 """
 
 
-def pytest_program(test_ids: list[str], nonce: str) -> str:
-    return _PYTEST_HARNESS.format(nonce=nonce, ids=list(test_ids))
+def pytest_program(test_ids: list[str], nonce: str, layout: str = "") -> str:
+    """The harness running ``test_ids``; ``layout``: :func:`repo_layout.layout_code` of the repository (its
+    import roots first on ``sys.path``, and the check of where its packages were imported from)."""
+    return _PYTEST_HARNESS.format(nonce=nonce, ids=list(test_ids), layout=layout)
 
 
 def count_passes(result: SandboxResult, nonce: str, total: int) -> tuple[int, str]:
     """Tests passed (distinct) according to the nonce lines, and a reason when the run did not finish cleanly."""
     passed: set[str] = set()
     done = False
+    outside = ""
     for line in result.stdout_tail.splitlines():
         parts = line.split()
         if len(parts) < 2 or parts[0] != nonce:
@@ -109,6 +120,10 @@ def count_passes(result: SandboxResult, nonce: str, total: int) -> tuple[int, st
             passed.add(" ".join(parts[2:]))
         elif parts[1] == "DONE":
             done = True
+        elif parts[1] == "OUTSIDE" and len(parts) >= 4 and not outside:
+            outside = f"tests imported {parts[2]} from outside the repository ({' '.join(parts[3:])})"
+    if outside:  # the tests ran another copy of the package: the filled file was not what passed
+        return 0, outside
     n = min(len(passed), total)
     if done:
         return n, ""
@@ -181,11 +196,14 @@ def repo_rewards(
     test_weight: float = 1.0,
     format_weight: float = 0.1,
 ) -> list[Reward]:
-    """Rewards of filled repository files: the relevant tests run by pytest on a temporary copy of the repo."""
+    """Rewards of filled repository files: the relevant tests run by pytest on a temporary copy of the repo,
+    with its import roots first on ``sys.path``."""
+    from .repo_layout import cached_layout, layout_code
+
     nonces = [new_nonce() for _ in filled_files]
     jobs = [
         {
-            "code": pytest_program(ids, nonce),
+            "code": pytest_program(ids, nonce, layout_code(cached_layout(str(root)))),
             "files": {rel: text},
             "cwd_copy": root,
             "timeout_s": timeout_s,

@@ -256,7 +256,7 @@ def test_grpo_step_on_repo_tasks_uses_the_sandbox(tiny_ckpt_fp32, tmp_path):
 
 
 def test_test_files_are_never_tasks():
-    from diffucoder_lsp.train.repo_tasks import is_test_file
+    from diffucoder_lsp.train.repo_layout import is_test_file
 
     for rel in ("tests/helpers.py", "test_x.py", "pkg/x_test.py", "conftest.py", "pkg/tests/conftest.py"):
         assert is_test_file(rel), rel
@@ -311,3 +311,257 @@ def test_shipped_example_tasks_reward_a_right_body_and_not_an_empty_one():
         [t.prefix + REFERENCE[t.task_id] for t in right], [t.tests for t in right], per_test_s=2.0
     )
     assert len(right) == len(REFERENCE) and all(r.passed == r.total for r in good)
+
+
+def test_scope_cut_keeps_the_body_and_drops_what_follows_it():
+    from diffucoder_lsp.train.grpo import scope_cut
+
+    prefix = 'def add(a, b):\n    """Sum."""\n'
+    assert scope_cut(prefix, "    return a + b\n\ndef sub(a, b):\n    return a -") == "    return a + b\n\n"
+    assert scope_cut(prefix, "    if a:\n        return a\n    return b\nprint(") == (
+        "    if a:\n        return a\n    return b\n"
+    )
+    assert scope_cut(prefix, "    return a + b") == "    return a + b"  # nothing after the body
+    method = "class P:\n    def area(self):\n"
+    assert scope_cut(method, "        return 1\n    def other(self):\n") == "        return 1\n"
+    # a hole in the middle of a line keeps that line whatever its indentation; no def: unchanged
+    assert scope_cut("def f():\n    return ", "1\nx = 2\n") == "1\n"
+    assert scope_cut("x = ", "1\ny = 2\n") == "1\ny = 2\n"
+
+
+# ------------------------------------------------------------------------- repositories of ordinary layouts
+
+SRCREPO = Path(__file__).resolve().parent.parent / "fixtures" / "srcrepo"
+
+
+def _write(root: Path, files: dict[str, str]) -> Path:
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    return root
+
+
+def test_repo_layout_puts_declared_roots_then_src_then_the_root_first(tmp_path):
+    from diffucoder_lsp.train import repo_layout as rt
+    from diffucoder_lsp.train.repo_layout import repo_layout
+
+    if rt.tomllib is None:
+        pytest.skip("no TOML reader here (Python 3.10 without tomli): pyproject.toml is not read")
+
+    pkg = {"__init__.py": "", "core.py": "def f():\n    return 1\n"}
+
+    def repo(name, extra, pkg_dir):
+        files = {f"{pkg_dir}/{k}": v for k, v in pkg.items()}
+        files.update({"tests/test_core.py": "def test_f():\n    pass\n"}, **extra)
+        return _write(tmp_path / name, files)
+
+    cases = {
+        "setuptools_where": (
+            {"pyproject.toml": '[tool.setuptools.packages.find]\nwhere = ["lib"]\n'},
+            "lib/pkg",
+        ),
+        "setuptools_package_dir": (
+            {"pyproject.toml": '[tool.setuptools.package-dir]\n"" = "code"\n'},
+            "code/pkg",
+        ),
+        "hatch": (
+            {"pyproject.toml": '[tool.hatch.build.targets.wheel]\npackages = ["python/pkg"]\n'},
+            "python/pkg",
+        ),
+        "poetry": (
+            {"pyproject.toml": '[tool.poetry]\npackages = [{include = "pkg", from = "lib"}]\n'},
+            "lib/pkg",
+        ),
+        "pdm": ({"pyproject.toml": '[tool.pdm.build]\npackage-dir = "source"\n'}, "source/pkg"),
+        "setup_cfg": ({"setup.cfg": "[options]\npackage_dir =\n    =lib\n"}, "lib/pkg"),
+        "src_undeclared": ({}, "src/pkg"),
+        "flat": ({"pyproject.toml": "[project]\nname = 'pkg'\n"}, "pkg"),
+    }
+    for name, (extra, home) in cases.items():
+        layout = repo_layout(repo(name, extra, home))
+        want = (home.rsplit("/", 1)[0], ".") if "/" in home else (".",)
+        assert layout.roots == want, name
+        assert layout.homes == {"pkg": home}, name  # tests/ is test code, not a package of the repository
+    # declarations that point outside the repository or nowhere are ignored, and so is a broken pyproject.toml;
+    # at the root, only folders with __init__.py are packages, and a stdlib name or setup.py never is
+    odd = _write(
+        tmp_path / "odd",
+        {
+            "pyproject.toml": '[tool.setuptools.packages.find]\nwhere = ["../elsewhere", "/usr", "missing"]\n',
+            "mylib/__init__.py": "",
+            "mod.py": "X = 1\n",
+            "json.py": "",
+            "setup.py": "",
+            "docs/conf.py": "",
+            "src/nspkg/part.py": "",
+        },
+    )
+    layout = repo_layout(odd)
+    assert layout.roots == ("src", ".")
+    assert layout.homes == {"nspkg": "src/nspkg", "mylib": "mylib", "mod": "mod.py"}
+    (odd / "pyproject.toml").write_text("[tool.setuptools\n")
+    assert repo_layout(odd).roots == ("src", ".")
+
+
+def _decoy_repo(tmp_path: Path, name: str = "decoy") -> Path:
+    """The src-layout fixture plus an installed-looking copy of its package in env/site-packages, which its
+    conftest appends to sys.path (where site-packages sits); load_repo skips env/, the sandbox copies it."""
+    root = tmp_path / name
+    shutil.copytree(SRCREPO, root)
+    shutil.copytree(root / "src" / "shadowpkg", root / "env" / "site-packages" / "shadowpkg")
+    return root
+
+
+@pytest.mark.slow
+def test_src_layout_tasks_and_rewards_use_the_repository_copy_not_an_installed_one(tmp_path):
+    root = _decoy_repo(tmp_path)
+    tasks = {t.name: t for t in repo_tasks(root)}
+    assert set(tasks) == {"slugify", "chunks", "Stack.__init__", "Stack.push", "Stack.pop"}
+    assert {t.rel_path for t in tasks.values()} == {"src/shadowpkg/core.py"}
+    assert tasks["slugify"].tests == ["tests/test_core.py::test_slugify"]
+    slug = tasks["slugify"]
+    good, bad = repo_rewards(
+        [slug.prefix + slug.truth + slug.suffix, slug.prefix + "    return None\n" + slug.suffix],
+        [slug.rel_path] * 2,
+        [slug.repo_root] * 2,
+        [slug.tests] * 2,
+    )
+    # with the installed copy first, the wrong body would pass (the tests would not run it)
+    assert (good.passed, bad.passed) == (1, 0), (good, bad)
+
+
+@pytest.mark.slow
+def test_src_layout_named_like_a_package_installed_here(tmp_path):
+    """pallets/click's case: the environment has click installed, the repository's click is in src/."""
+    import importlib.util
+
+    if importlib.util.find_spec("click") is None:
+        pytest.skip("click is not installed in this environment")
+    root = tmp_path / "click"
+    shutil.copytree(SRCREPO, root)
+    (root / "src" / "shadowpkg").rename(root / "src" / "click")
+    for rel in ("tests/test_core.py", "pyproject.toml"):
+        (root / rel).write_text((root / rel).read_text().replace("shadowpkg", "click"))
+    tasks = repo_tasks(root)
+    assert len(tasks) == 5 and {t.rel_path for t in tasks} == {"src/click/core.py"}
+
+
+@pytest.mark.slow
+def test_no_task_says_why_in_one_line(tmp_path, capsys):
+    from diffucoder_lsp.train.repo_tasks import NoTasksError
+
+    # a conftest that puts the installed-looking copy first: the tests run it, not the repository's
+    root = _decoy_repo(tmp_path, "first")
+    conftest = root / "conftest.py"
+    conftest.write_text(conftest.read_text().replace("sys.path.append(", "sys.path.insert(0, "))
+    with pytest.raises(NoTasksError) as err:
+        repo_tasks(root)
+    msg = str(err.value)
+    assert "\n" not in msg
+    for part in (
+        "0 GRPO tasks",
+        "5 candidate functions",
+        "3 tests traced in 1 test files",
+        "3 pass on the original code",
+        "0 of those call a candidate",
+        "tests imported shadowpkg from env/site-packages/shadowpkg/__init__.py, not the repository's "
+        "src/shadowpkg (tests/test_core.py)",
+    ):
+        assert part in msg, (part, msg)
+    # the tests need a package that is not installed: their collection error is named
+    broken = tmp_path / "broken"
+    shutil.copytree(SRCREPO, broken)
+    test = broken / "tests" / "test_core.py"
+    test.write_text("import not_installed_dependency_xyz\n" + test.read_text())
+    out = tmp_path / "out"
+    rc = main(["train", "grpo", "--repo", str(broken), "--out", str(out)])
+    err_lines = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and not out.exists()
+    assert err_lines[-1].startswith("diffucoder: error:") and "0 GRPO tasks" in err_lines[-1]
+    assert (
+        "1 test files failed to collect (tests/test_core.py: ModuleNotFoundError: No module named "
+        "'not_installed_dependency_xyz')" in err_lines[-1]
+    ), err_lines[-1]
+
+
+def test_no_task_explanation_names_every_stage():
+    from diffucoder_lsp.train.repo_tasks import Layout, TaskSearch, TraceResult
+
+    trace = TraceResult(
+        tests={"tests/test_a.py::test_x": (False, [0])},
+        no_report={"tests/test_b.py": "timeout after 120 s", "tests/test_c.py": "exit code 1"},
+        outside={"pkg": ("/venv/lib/site-packages/pkg/__init__.py", ["tests/test_a.py"])},
+    )
+    search = TaskSearch(Path("/r"), Layout(("src", "."), {"pkg": "src/pkg"}), 4, 9, 3, trace, 0, 0, [])
+    msg = search.explain()
+    assert "\n" not in msg and msg.startswith("/r: 0 GRPO tasks: 9 candidate functions in 4 source files")
+    assert "1 tests traced in 3 test files; 0 pass on the original code; 0 of those call a candidate" in msg
+    assert "2 test files failed to run (tests/test_b.py: timeout after 120 s and 1 more)" in msg
+    assert (
+        "pkg from /venv/lib/site-packages/pkg/__init__.py, not the repository's src/pkg (tests/test_a.py)"
+        in msg
+    )
+
+
+@pytest.mark.slow
+def test_cli_list_tasks_prints_one_line_per_task_and_trains_nothing(tmp_path, capsys, monkeypatch):
+    root = tmp_path / "toy"
+    shutil.copytree(TOYREPO, root)
+    monkeypatch.chdir(tmp_path)
+    rc = main(["train", "grpo", "--repo", str(root), "--list-tasks"])
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    assert rc == 0 and len(lines) == 7, captured
+    assert "toymath/ops.py::clamp\t2 tests" in lines and "toymath/text.py::Greeter.greet\t1 test" in lines
+    assert "7 GRPO tasks" in captured.err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["toy"], "nothing written"
+    rc = main(["train", "grpo", "--repo", str(root), "--list-tasks", "--max-tasks", "2"])
+    assert rc == 0 and len(capsys.readouterr().out.splitlines()) == 2
+
+
+def test_cli_grpo_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys):
+    jsonl = tmp_path / "tasks.jsonl"
+    jsonl.write_text(
+        json.dumps({"prompt": "def f():\n", "tests": ["assert f() == 1"]})
+        + '\n{"prompt": "def g():\\n", "tests": [\n'
+    )
+    no_tests_row = tmp_path / "no_tests.jsonl"
+    no_tests_row.write_text("\n" + json.dumps({"prompt": "def f():\n", "tests": []}) + "\n")
+    not_utf8 = tmp_path / "latin1.jsonl"
+    not_utf8.write_bytes(b'{"prompt": "caf\xe9", "tests": ["assert 1"]}\n')
+    code = 'def double(value):\n    """Twice the value, for the tests that are missing."""\n    return value * 2\n'
+    no_tests = _write(tmp_path / "no_tests", {"pkg/__init__.py": "", "pkg/core.py": code})
+    no_files = _write(tmp_path / "no_files", {"README.md": "nothing to run\n", "data.bin": "x"})
+    out = tmp_path / "out"
+    cases = [
+        (["--tasks", str(jsonl)], f"{jsonl}:2: not JSON"),
+        (["--tasks", str(no_tests_row)], f"{no_tests_row}:2: needs"),
+        (["--tasks", str(not_utf8)], "not UTF-8"),
+        (["--tasks", str(tmp_path / "missing.jsonl")], "cannot read tasks"),
+        (["--repo", str(tmp_path / "missing")], "no such repository folder"),
+        (["--repo", str(no_tests)], "no tests"),
+        (["--repo", str(no_files)], "no usable Python files"),
+        (["--repo", str(no_files), "--list-tasks"], "no usable Python files"),
+        ([], "give --tasks"),
+    ]
+    for extra, want in cases:
+        rc = main(["train", "grpo", *extra, "--out", str(out)])
+        captured = capsys.readouterr()
+        lines = captured.err.strip().splitlines()
+        assert rc == 2 and len(lines) == 1 and lines[0].startswith("diffucoder: error:"), (extra, captured)
+        assert want in lines[0], (want, lines[0])
+        assert not out.exists() and not captured.out, extra
+    assert main(["train", "grpo", "--tasks", str(EXAMPLE_TASKS)]) == 2
+    assert "give --out" in capsys.readouterr().err
+
+
+def test_the_hole_takes_the_prompts_last_newline():
+    """The model writes newline + indentation as one token; a prompt ending in a bare newline would ask it for
+    a line start it never saw (every rollout of the example came out empty)."""
+    from diffucoder_lsp.train.grpo import hole_prefix
+
+    t = Task("t", "jsonl", 'def f():\n    """Doc."""\n', tests=["assert f() == 1"])
+    assert hole_prefix(t) == 'def f():\n    """Doc."""'
+    assert hole_prefix(Task("m", "jsonl", "x = ", tests=["assert x"])) == "x = "
+    chat = Task("c", "jsonl", "<|im_start|>user\nq\n", tests=["assert 1"], chat=True)
+    assert hole_prefix(chat) == chat.prefix  # a chat answer is read out of its code block, not spliced
