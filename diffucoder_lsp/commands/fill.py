@@ -50,7 +50,12 @@ def add_sampling_options(p: argparse.ArgumentParser, *, modes: bool = False) -> 
     p.add_argument(
         "--alg-temp", type=float, default=0.0, help="sample positions instead of greedy (0 = greedy)"
     )
-    p.add_argument("--temperature", type=float, default=0.2)
+    p.add_argument(
+        "--temperature",
+        type=float,
+        default=0.0,
+        help="sampling temperature (0: greedy, as the language server)",
+    )
     p.add_argument("--top-p", type=float, default=0.95)
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)

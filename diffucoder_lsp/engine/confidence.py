@@ -228,12 +228,30 @@ def read_calibration(folder: str | Path | None) -> Calibration | None:
 
     path = Path(folder) / CALIBRATION_FILE
     if not path.exists():
-        return None
+        path = _shipped_calibration(Path(folder))
+        if path is None:
+            return None
     try:
         return Calibration.from_json(read_json(path, CALIBRATION_FILE, limit=1 << 20))
     except (CheckpointError, ValueError, TypeError) as exc:
         log.warning("ignoring %s: %s", path, exc)
         return None
+
+
+def _shipped_calibration(folder: Path) -> Path | None:
+    """The bundled model's calibration as shipped in the package, for its merged folder in the cache.
+
+    The merged folder is named after the adaptation's manifest, so a calibration shipped (or re-measured) after
+    a user's first merge would never reach that folder; the package's copy is the current one."""
+    from ..model.bundled import BUNDLED_ADAPTATION_DIR, adapted_target, has_adaptation
+
+    try:
+        if not has_adaptation() or folder.resolve() != adapted_target().resolve():
+            return None
+    except OSError:
+        return None
+    path = BUNDLED_ADAPTATION_DIR / CALIBRATION_FILE
+    return path if path.is_file() else None
 
 
 def write_calibration(folder: str | Path, calibration: Calibration) -> Path:

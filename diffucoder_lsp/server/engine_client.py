@@ -304,23 +304,29 @@ class EngineClient:
 
     def gate(self, settings: Settings) -> tuple[str, float]:
         """(statistic, threshold) of the confidence gate: ``minConfidence`` when set, else the model's calibrated
-        threshold when it was measured under the same unmasking algorithm (a confidence means something else
-        under another), else 0 (off). The statistic is the calibration's, else the shipped default."""
+        threshold when it was measured under the same unmasking algorithm and temperature (a confidence means
+        something else under another), else 0 (off). The statistic is the calibration's, else the shipped default."""
         cal = self.calibration
         name = cal.statistic if cal is not None else DEFAULT_STATISTIC
         if settings.min_confidence is not None:
             return name, settings.min_confidence
         if cal is None:
             return name, 0.0
+        measured_t = (cal.decoding or {}).get("temperature")
+        differs = []
         if cal.alg is not None and cal.alg != settings.alg:
-            note = (cal.alg, settings.alg)
+            differs.append(f"alg {cal.alg}, not {settings.alg}")
+        if isinstance(measured_t, (int, float)) and float(measured_t) != settings.temperature:
+            # a token's confidence is read after temperature scaling: at 0.2 most are 1.0 and the gate is blind
+            differs.append(f"temperature {measured_t:g}, not {settings.temperature:g}")
+        if differs:
+            note = tuple(differs)
             if note not in self._gate_noted:
                 self._gate_noted.add(note)
                 log.info(
-                    "the model's confidence calibration was measured with alg %s, not %s: no gate by default "
+                    "the model's confidence calibration was measured with %s: no gate by default "
                     "(set minConfidence to choose one)",
-                    cal.alg,
-                    settings.alg,
+                    " and ".join(differs),
                 )
             return name, 0.0
         return name, cal.min_confidence

@@ -45,7 +45,11 @@ class Settings:
     # one token per step: the bundled model reads ahead only as far as it learned to (learned lookahead) and
     # writes nonsense at 3 (idioms right: 8/16 at 1, 0/16 at 3); a threshold still reveals sure runs together
     tokens_per_step: int = 1
-    temperature: float = 0.2
+    # greedy: the same context gives the same suggestion (cacheable, no flicker), HumanEval-Infilling is no worse
+    # (5.5 % at 0 against 5.0 % at 0.2, first 200 single-line tasks), and the suggestion's confidence is the
+    # model's own probability: at 0.2 the sharpened probabilities of 56 % of suggestions were exactly 1.0, and
+    # the confidence gate could not tell them apart
+    temperature: float = 0.0
     top_p: float = 0.95
     alg: str = "entropy"
     eos_penalty: float = 0.0

@@ -128,3 +128,24 @@ def test_calibration_round_trips_and_a_bad_file_is_ignored(tmp_path, caplog):
     path.write_text(json.dumps({"statistic": "all_min", "min_confidence": 1.5}))
     assert read_calibration(tmp_path / "model") is None
     assert "ignoring" in caplog.text
+
+
+def test_the_bundled_models_merged_folder_reads_the_calibration_the_package_ships(tmp_path, monkeypatch):
+    """A calibration shipped after a user's first merge still applies: the merged folder is named after the
+    adaptation, not its calibration, so the package's copy is read when the folder has none."""
+    from diffucoder_lsp.model import bundled
+
+    package = tmp_path / "pkg"
+    merged = tmp_path / "cache" / "smollm2-diffusion-abc"
+    merged.mkdir(parents=True)
+    monkeypatch.setattr(bundled, "BUNDLED_ADAPTATION_DIR", package)
+    monkeypatch.setattr(bundled, "has_adaptation", lambda folder=None: True)
+    monkeypatch.setattr(bundled, "adapted_target", lambda folder=None: merged)
+    assert read_calibration(merged) is None  # nothing shipped yet
+    shipped = Calibration("all_mean", 0.5, 0.6, {"alg": "entropy"}, {"requests": 10})
+    write_calibration(package, shipped)
+    assert read_calibration(merged) == shipped
+    assert read_calibration(tmp_path / "other-model") is None  # only the bundled model's folder
+    own = Calibration("all_min", 0.3, 0.6, {"alg": "entropy"}, {"requests": 5})
+    write_calibration(merged, own)
+    assert read_calibration(merged) == own  # a folder's own calibration wins

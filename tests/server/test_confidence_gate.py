@@ -91,6 +91,11 @@ def test_the_default_is_the_models_calibration_under_the_same_alg():
     # measured under another algorithm, the calibrated threshold means nothing: off unless set
     assert engine.gate(Settings(alg="maskgit_plus")) == ("all_geomean", 0.0)
     assert engine.gate(Settings(alg="maskgit_plus", min_confidence=0.2)) == ("all_geomean", 0.2)
+    # and under another temperature (confidences are read after temperature scaling): off unless set
+    engine.calibration = Calibration("first_line_min", 0.17, 0.6, {"alg": "entropy", "temperature": 0.0})
+    assert engine.gate(Settings()) == ("first_line_min", 0.17)
+    assert engine.gate(Settings(temperature=0.2)) == ("first_line_min", 0.0)
+    assert engine.gate(Settings(temperature=0.2, min_confidence=0.3)) == ("first_line_min", 0.3)
 
 
 async def test_loading_a_model_reads_its_calibration(tmp_path):
