@@ -244,7 +244,8 @@ class EngineClient:
         self.calibration = None
         self._stores.clear()  # keys/values of the old model
         if is_url(settings.model):
-            return RemoteModel(settings.model, None).connect()  # the token: DIFFUCODER_TOKEN
+            # the token: the backendToken setting, else DIFFUCODER_TOKEN
+            return RemoteModel(settings.model, settings.backend_token).connect()
         gc.collect()
         from ..model.loading import load_model
 

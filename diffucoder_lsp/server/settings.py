@@ -38,6 +38,8 @@ class Settings:
     model: str | None = (
         None  # checkpoint folder, hub id or a backend's http(s):// URL; None = the bundled model
     )
+    # the bearer token of a backend given as ``model`` (diffucoder backend --token-file); None: DIFFUCODER_TOKEN
+    backend_token: str | None = None
     device: str = "auto"
     dtype: str = "auto"
     quant: str = "none"
@@ -77,7 +79,7 @@ class Settings:
 
     def model_key(self) -> tuple:
         """What identifies the loaded model: a change here means a reload."""
-        return (self.model, self.device, self.dtype, self.quant)
+        return (self.model, self.backend_token, self.device, self.dtype, self.quant)
 
     def sampling_key(self) -> tuple:
         """What changes a completion for the same text: part of every cache key."""
@@ -236,6 +238,15 @@ def _model(v):
     return v
 
 
+def _token(v):
+    """A bearer token: printable ASCII without spaces (it goes into an HTTP header), or None / "" for none."""
+    if v is None or v == "":
+        return None
+    if not isinstance(v, str) or len(v) > MAX_TEXT or not all("!" <= c <= "~" for c in v):
+        raise ValueError("expected a token of printable characters without spaces (at most 4096)")
+    return v
+
+
 def _device(v):
     if not isinstance(v, str) or not _DEVICE.match(v.strip().lower()):
         raise ValueError(f"expected auto, cpu, cuda, cuda:N or mps, got {_short(v)}")
@@ -261,6 +272,7 @@ def _short(v: Any) -> str:
 
 VALIDATORS = {
     "model": _model,
+    "backend_token": _token,
     "device": _device,
     "dtype": _choice(DTYPES),
     "quant": _choice(QUANTS),

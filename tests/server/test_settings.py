@@ -11,7 +11,7 @@ from diffucoder_lsp.server.settings import Settings, parse_settings, problems_me
 
 def test_defaults_are_speed_minded():
     s = Settings()
-    assert s.tokens_per_step == 1 and s.temperature == 0.2 and s.alg == "entropy"
+    assert s.tokens_per_step == 1 and s.temperature == 0.0 and s.alg == "entropy"
     assert s.max_tokens_single_line < s.max_tokens <= 64
 
 
@@ -182,3 +182,31 @@ def test_the_values_the_hardening_issue_names_are_refused():
     ):
         s, problems = parse_settings(raw, base)
         assert getattr(s, field) == keep and len(problems) == 1, raw
+
+
+def test_backend_token_is_a_header_safe_string_and_reaches_the_backend_client(monkeypatch):
+    s, problems = parse_settings({"backendToken": "s3cr3t-token"})
+    assert problems == [] and s.backend_token == "s3cr3t-token"
+    assert parse_settings({"backendToken": ""})[0].backend_token is None
+    for bad in ("two words", "line\nbreak", 42, "é"):
+        s, problems = parse_settings({"backendToken": bad, "maxTokens": 30})
+        assert (
+            s.backend_token is None and s.max_tokens == 30 and len(problems) == 1
+        )  # only that field refused
+    assert Settings(backend_token="a").model_key() != Settings(backend_token="b").model_key()  # reconnects
+
+    from diffucoder_lsp.server import engine_client
+
+    seen = []
+
+    class FakeRemote:
+        def __init__(self, url, token):
+            seen.append((url, token))
+
+        def connect(self):
+            return self
+
+    monkeypatch.setattr(engine_client, "RemoteModel", FakeRemote)
+    client = engine_client.EngineClient(ls=None, scheduler=None)
+    client._load_blocking(Settings(model="http://127.0.0.1:8765", backend_token="tok"))
+    assert seen == [("http://127.0.0.1:8765", "tok")]

@@ -4,6 +4,7 @@
 /** Every setting the server reads (camelCase, the `diffucoder` section); mirrors server/settings.py. */
 export const SERVER_KEYS = [
   "model",
+  "backendToken",
   "device",
   "dtype",
   "quant",
@@ -53,7 +54,7 @@ export function serverSettings(config: ConfigReader, initial: boolean): Record<s
   const out: Record<string, unknown> = {};
   for (const key of SERVER_KEYS) {
     let value = config.get<unknown>(key);
-    if (typeof value === "string" && value.trim() === "" && key === "model") value = null;
+    if (typeof value === "string" && value.trim() === "" && (key === "model" || key === "backendToken")) value = null;
     if (value === undefined || (value === null && initial)) continue;
     out[key] = value;
   }

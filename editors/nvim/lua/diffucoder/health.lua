@@ -49,7 +49,7 @@ end
 
 -- The settings the server reads (camelCase); a typo would otherwise only show as a server warning.
 local KNOWN = {
-  "model", "device", "dtype", "quant", "steps", "tokensPerStep", "temperature", "topP", "alg", "eosPenalty",
+  "model", "backendToken", "device", "dtype", "quant", "steps", "tokensPerStep", "temperature", "topP", "alg", "eosPenalty",
   "seed", "threshold", "entropyBound", "blockSize", "endEarly", "contextCache", "cacheRefreshEvery",
   "contextReuse", "warmContext", "speculate", "maxTokens", "maxTokensSingleLine", "minConfidence",
   "contextTokens", "prefixShare", "debounceMs", "enabledLanguages", "maxDocumentChars", "cacheSize",
