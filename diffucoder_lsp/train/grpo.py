@@ -441,13 +441,20 @@ class GRPOTrainer:
         }
 
     @torch.no_grad()
-    def mean_reward(self, rounds: int = 2, seed: int = 12345) -> float:
-        """Mean reward of fresh rollouts on fixed tasks and seeds: a before/after number free of training noise."""
+    def mean_reward(self, rounds: int = 2, seed: int = 12345, progress: bool = False, tag: str = "") -> float:
+        """Mean reward of fresh rollouts on fixed tasks and seeds: a before/after number free of training noise.
+        ``progress``: a bar per rollout round (each is minutes on a CPU: no silent minutes before training)."""
         vals = []
+        bar = progress_bar(rounds, 0, progress and self.is_main, f"grpo eval {tag}".strip())
         for k in range(rounds):
             tasks = self.tasks[: self.args.prompts_per_step] if k == 0 else self.pick_tasks(10_000_000 + k)
             _, _, _, ids, texts = self.rollout(tasks, seed=seed + k)
             vals.extend(self.rewards([t for t in tasks for _ in range(self.args.group)], ids, texts)[0])
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(reward=f"{np.mean(vals):.3f}", refresh=True)
+        if bar is not None:
+            bar.close()
         return float(np.mean(vals))
 
     def save(self) -> None:
@@ -462,7 +469,7 @@ class GRPOTrainer:
 
     def fit(self, progress: bool = True, eval_rounds: int = 2) -> dict:
         a = self.args
-        before = self.mean_reward(eval_rounds) if eval_rounds else None
+        before = self.mean_reward(eval_rounds, progress=progress, tag="before") if eval_rounds else None
         self.metrics.write(
             {
                 "event": "start",
@@ -500,7 +507,7 @@ class GRPOTrainer:
         if bar is not None:
             bar.close()
         self.save()
-        after = self.mean_reward(eval_rounds) if eval_rounds else None
+        after = self.mean_reward(eval_rounds, progress=progress, tag="after") if eval_rounds else None
         plot = self.plot()
         exported = self.export()
         summary = {

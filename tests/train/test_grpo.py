@@ -565,3 +565,15 @@ def test_the_hole_takes_the_prompts_last_newline():
     assert hole_prefix(Task("m", "jsonl", "x = ", tests=["assert x"])) == "x = "
     chat = Task("c", "jsonl", "<|im_start|>user\nq\n", tests=["assert 1"], chat=True)
     assert hole_prefix(chat) == chat.prefix  # a chat answer is read out of its code block, not spliced
+
+
+def test_the_evaluations_before_and_after_show_progress(tiny_ckpt_fp32, tmp_path, capsys):
+    """No silent minutes: each fixed-seed rollout round of the before/after evaluation ticks a bar on stderr."""
+    tr = GRPOTrainer(
+        _toy_args(tiny_ckpt_fp32, tmp_path / "p", plot=False), TOY_TASKS, lambda r, i, t: [0.5] * len(r)
+    )
+    assert tr.mean_reward(2, progress=True, tag="before") == 0.5
+    err = capsys.readouterr().err
+    assert "grpo eval before" in err and "2/2" in err and "reward=0.500" in err
+    tr.mean_reward(1)
+    assert "grpo eval" not in capsys.readouterr().err  # quiet unless asked
