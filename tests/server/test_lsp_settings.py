@@ -59,7 +59,7 @@ async def test_invalid_initialization_options_show_one_message_and_keep_the_defa
     assert msg.type == types.MessageType.Warning
     for key in ("temperature", "maxTokens", "enabledLanguages", "'colour'"):
         assert key in msg.message
-    assert "previous value (0.2)" in msg.message and "previous value (48)" in msg.message
+    assert "previous value (0.0)" in msg.message and "previous value (48)" in msg.message
     # enabledLanguages fell back to every language: a Python document gets completions.
     uri = "file:///work/settings.py"
     open_doc(client, uri, DOC)
