@@ -177,3 +177,14 @@ def test_heldout_files_are_written_for_eval_intrinsic(repo, tmp_path):
     docs = load_corpus(jsonl)
     assert [d["path"] for d in docs] == ["toymath/text.py"]
     assert docs[0]["text"] == (repo / "toymath" / "text.py").read_text()
+
+
+def test_heldout_lines_reach_the_limit_when_small_files_run_out():
+    from diffucoder_lsp.train.sft import heldout_lines
+
+    big = {"path": "big.py", "sha": "b", "text": "".join(f"x{i} = {i}\n" for i in range(300))}
+    small = [{"path": f"s{i}.py", "sha": f"s{i}", "text": "a = 1\nb = 2\n"} for i in range(4)]
+    lines = heldout_lines([big, *small], 200)
+    assert len(lines) == 200  # an equal share (40 each) would give 40 + 4 x 2 = 48
+    assert "big.py" in {s.path for s in lines} and len({s.path for s in lines}) >= 2
+    assert len(heldout_lines(small, 200)) == 8  # every eligible line, then it stops
