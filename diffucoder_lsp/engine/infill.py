@@ -20,21 +20,30 @@ from __future__ import annotations
 
 import time
 from collections.abc import Collection, Generator, Sequence
-from dataclasses import dataclass, field
 
 import torch
 
 from ..errors import BadInputError
+from .canvas import (
+    AUTO_LENGTH,
+    DEFAULT_MARKER,
+    MAX_HOLE_TOKENS,  # noqa: F401 (also imported from here)
+    HoleResult,
+    InfillCanvas,
+    InfillResult,
+    Length,
+    StepEvent,
+    hole_lengths,
+    split_holes,
+)
 from .denoiser import FullCanvasDenoiser
-from .healing import HoleLead, back_off, lead_constraint
-from .sampler import SamplingOptions, StepEvent, denoise
+from .healing import back_off, lead_constraint
+from .sampler import SamplingOptions, denoise
 
-DEFAULT_MARKER = "<|mask|>"
-AUTO_LENGTH = 48  # tokens given to an ``auto`` hole; trailing pads are trimmed
-MAX_HOLE_TOKENS = 1024
 DEFAULT_CONTEXT_TOKENS = 2048  # Dream's tested prompt+output limit; real configs advertise far more
-Length = int | str
 
+# The canvas, result types and hole syntax live in the torch-free :mod:`.canvas` (a backend's clients build
+# them without the model stack); they are exported from here too, where a fill's callers have always found them.
 __all__ = [
     "AUTO_LENGTH",
     "DEFAULT_MARKER",
@@ -45,102 +54,8 @@ __all__ = [
     "infill",
     "infill_stream",
     "prepare_infill",
+    "split_holes",
 ]
-
-
-@dataclass(frozen=True)
-class HoleResult:
-    """One filled hole. ``token_ids``, ``reveal_step`` and ``confidence`` are aligned, one entry per position
-    of the hole (trailing stop tokens cut for ``auto`` holes), the lead's positions included: with token
-    healing the first token's text starts with ``lead`` (or the first tokens spell it). ``text`` is their
-    decoded text with the lead taken off its start, i.e. what goes where the marker was; a caller that
-    decodes ``token_ids`` itself must drop ``lead`` from the start of the result."""
-
-    text: str
-    token_ids: list[int]
-    reveal_step: list[int]
-    confidence: list[float]
-    lead: str = ""  # the text before the hole that the hole's first tokens re-spelled ("" when not healed)
-
-
-@dataclass(frozen=True)
-class InfillResult:
-    text: str
-    holes: list[HoleResult]
-    steps: int
-    elapsed_ms: float
-    forward_passes: int = 0
-
-    def to_json(self) -> dict:
-        return {
-            "text": self.text,
-            "holes": [
-                {
-                    "text": h.text,
-                    "token_ids": h.token_ids,
-                    "reveal_step": h.reveal_step,
-                    "confidence": [round(c, 6) for c in h.confidence],
-                    "lead": h.lead,
-                }
-                for h in self.holes
-            ],
-            "steps": self.steps,
-            "forward_passes": self.forward_passes,
-            "elapsed_ms": round(self.elapsed_ms, 3),
-        }
-
-
-@dataclass
-class InfillCanvas:
-    """A text with holes laid out as token ids. ``hole_spans[j]`` is hole j's [start, end) in ``ids``.
-
-    With token healing, ``segments[j]`` ends without ``leads[j]``, the text that hole j's first position(s)
-    must spell (they are inside ``hole_spans[j]``): the text before hole j is ``segments[j] + leads[j]``, and a
-    view that shows the segments and the hole's tokens as they are revealed shows every character once."""
-
-    ids: list[int]
-    hole_spans: list[tuple[int, int]]
-    auto: list[bool]
-    kept_prefix: str  # the text before the first hole that was cut off (not seen by the model)
-    kept_suffix: str  # the text after the last hole that was cut off
-    segments: list[str]  # the text between holes as the model sees it: first/last cut, leads taken off
-    leads: list[str] = field(default_factory=list)  # per hole; empty (or "") where nothing was backed off
-
-    @property
-    def num_holes(self) -> int:
-        return len(self.hole_spans)
-
-    def lead(self, j: int) -> str:
-        return self.leads[j] if j < len(self.leads) else ""
-
-    def hole_leads(self, row: int = 0) -> list[HoleLead]:
-        """The healed holes, for :func:`~diffucoder_lsp.engine.healing.lead_constraint` (canvas row ``row``)."""
-        return [HoleLead(row, a, b, self.lead(j)) for j, (a, b) in enumerate(self.hole_spans) if self.lead(j)]
-
-
-def split_holes(text: str, marker: str = DEFAULT_MARKER) -> list[str]:
-    if not marker:
-        raise BadInputError("the hole marker must not be empty")
-    parts = text.split(marker)
-    if len(parts) < 2:
-        raise BadInputError(f"no holes: the text contains no {marker!r} marker")
-    return parts
-
-
-def _lengths(length: Length | Sequence[Length], holes: int) -> list[Length]:
-    if isinstance(length, (int, str)):
-        lengths = [length] * holes
-    else:
-        lengths = list(length)
-        if len(lengths) != holes:
-            raise BadInputError(f"{len(lengths)} lengths given for {holes} holes")
-    for n in lengths:
-        if isinstance(n, str):
-            if n != "auto":
-                raise BadInputError(f"length must be a number of tokens or 'auto', got {n!r}")
-        elif not 1 <= n <= MAX_HOLE_TOKENS:
-            raise BadInputError(f"hole length must be between 1 and {MAX_HOLE_TOKENS} tokens, got {n}")
-    return lengths
 
 
 def _cut_lines(text: str, budget: int, encode, keep_end: bool) -> tuple[str, str]:
@@ -191,7 +106,7 @@ def prepare_infill(
     :func:`infill_stream` does both."""
     parts = split_holes(text, marker)
     holes = len(parts) - 1
-    lengths = _lengths(length, holes)
+    lengths = hole_lengths(length, holes)
     sizes = [auto_length if n == "auto" else int(n) for n in lengths]
     middle = [tokenizer.encode(p) for p in parts[1:-1]]
     fixed = sum(sizes) + sum(len(m) for m in middle)

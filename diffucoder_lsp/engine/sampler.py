@@ -40,40 +40,14 @@ completion) stops being denoised past a revealed stop token; see :func:`denoise`
 from __future__ import annotations
 
 from collections.abc import Collection, Generator, Sequence
-from dataclasses import dataclass, field
 
 import torch
 
+from .canvas import StepEvent  # defined in the torch-free canvas module, which a backend client imports
 from .choice import pick_tokens
 from .options import ALGORITHMS, SamplingOptions  # noqa: F401 (also imported from here)
 
 EPS = 1e-3
-
-
-@dataclass
-class StepEvent:
-    """What one denoising step revealed. Tensors are on the canvas's device; ``rows``/``cols`` index the canvas."""
-
-    step: int
-    total_steps: int
-    rows: torch.Tensor
-    cols: torch.Tensor
-    tokens: torch.Tensor
-    confidence: torch.Tensor
-    remaining: int = field(default=0)  # masked positions left after this step, all rows together
-
-    def per_row(self, batch: int) -> list[list[tuple[int, int, float]]]:
-        """(position, token, confidence) triples grouped by row, in host memory."""
-        out: list[list[tuple[int, int, float]]] = [[] for _ in range(batch)]
-        for r, c, t, p in zip(
-            self.rows.tolist(),
-            self.cols.tolist(),
-            self.tokens.tolist(),
-            self.confidence.tolist(),
-            strict=True,
-        ):
-            out[r].append((c, t, p))
-        return out
 
 
 # --- pure pieces -------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from textual.message import Message
 
-from ..engine.infill import InfillCanvas, InfillResult
+from ..engine.canvas import InfillCanvas, InfillResult
 from ..errors import BadInputError
 from .history import StepRecord
 from .runner import DemoSettings, FillRunner, RunnerInfo

@@ -1,6 +1,6 @@
 """The record of one fill run, step by step, so the demo can show any moment of it again (replay).
 
-The worker turns each sampler :class:`~diffucoder_lsp.engine.sampler.StepEvent` into a plain
+The worker turns each sampler :class:`~diffucoder_lsp.engine.canvas.StepEvent` into a plain
 :class:`StepRecord` (host lists, no tensors: it crosses threads and outlives the run), and the screen appends it
 to a :class:`FillHistory`. Because a position is revealed exactly once, the whole history fits in three arrays
 over the canvas (token, reveal step, confidence): the state "after ``view`` steps" is every position whose
@@ -15,7 +15,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from ..analysis import ArCount, global_ar_count, local_ar_count
-from ..engine.infill import InfillCanvas
+from ..engine.canvas import InfillCanvas
 
 
 @dataclass(frozen=True)

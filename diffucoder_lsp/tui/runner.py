@@ -6,6 +6,10 @@ app appears at once) and streams :func:`diffucoder_lsp.engine.infill.infill_stre
 streams the same fill from a backend (``--model http://host:port``), one server-sent event per step. Tests pass
 a scripted runner instead, which is how they check the UI shows tokens in the order the sampler revealed them without a
 model in the loop.
+
+The demo imports the engine's torch-free modules only (:mod:`~diffucoder_lsp.engine.canvas`, ``options``,
+``remote``); :class:`EngineRunner` imports the model stack when it loads or fills, so the demo against a backend
+runs on a machine without torch.
 """
 
 from __future__ import annotations
@@ -18,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from ..engine.infill import AUTO_LENGTH, HoleResult, InfillCanvas, InfillResult
-from ..engine.sampler import SamplingOptions, StepEvent
+from ..engine.canvas import AUTO_LENGTH, HoleResult, InfillCanvas, InfillResult, StepEvent
+from ..engine.options import SamplingOptions
 from .history import StepRecord
 from .render import STOP_GLYPH
 

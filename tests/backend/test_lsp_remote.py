@@ -1,9 +1,11 @@
 """Language servers with a backend's URL as their ``model``: two of them share one backend and both complete;
-and a Python without torch (or any of the model stack) runs the language server and ``fill`` against it."""
+and a Python without torch (or any of the model stack) runs the language server, ``fill`` and the demo against
+it."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -13,6 +15,7 @@ from lsp_helpers import SERVER_CMD, initialize, inline_params, items_of, make_cl
 
 # the packages of the in-process model: a client of a backend must not import any of them
 MODEL_STACK = ("torch", "safetensors", "tokenizers", "numpy", "huggingface_hub", "gguf")
+# a script that runs BODY with the model stack's imports failing, then fails unless none of it was imported
 BLOCKER = """
 import sys
 BLOCKED = {blocked!r}
@@ -24,12 +27,65 @@ class Blocker:
         return None
 
 sys.meta_path.insert(0, Blocker())
-from diffucoder_lsp.cli import main
-code = main(sys.argv[1:])
+{body}
 loaded = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
 assert not loaded, loaded
 sys.exit(code)
 """
+CLI = """
+from diffucoder_lsp.cli import main
+code = main(sys.argv[1:])
+"""
+# the demo as `diffucoder demo FILE --model URL ...` builds it, run headless: f fills (it waits for the model's
+# info), and the script prints what the screen and the runner ended with
+DEMO = """
+import asyncio
+import json
+import time
+
+from diffucoder_lsp.cli import build_parser
+from diffucoder_lsp.commands.demo import build_app
+from diffucoder_lsp.tui.widgets import CodeView
+
+
+async def drive(argv):
+    app = build_app(build_parser().parse_args(argv))
+    runner, results = app.runner, []
+    stream = runner.stream
+
+    def keep_result(text, settings):  # the stream the worker drains, keeping what it returns
+        results.append((yield from stream(text, settings)))
+        return results[-1]
+
+    runner.stream = keep_result
+    async with app.run_test(size=(100, 28)) as pilot:
+        await pilot.press("f")
+        deadline = time.monotonic() + 60
+        while app.demo.history is None or app.demo.history.status == "running":
+            assert time.monotonic() < deadline, "the fill did not end"
+            await pilot.pause(0.02)
+        history = app.demo.history
+        (a, b), = history.canvas.hole_spans
+        return {
+            "runner": type(runner).__name__,
+            "model": app.demo.info.name,
+            "status": history.status,
+            "line": app.demo.query_one(CodeView).plain_lines[0],
+            "revealed": history.tokens[a:b],
+            "token_ids": results[0].holes[0].token_ids,
+            "text": results[0].text,
+        }
+
+
+print(json.dumps(asyncio.run(drive(sys.argv[1:]))))
+code = 0
+"""
+
+
+def blocker_script(path, body: str):
+    """Write a script that runs ``body`` (Python that sets ``code``) with the model stack blocked."""
+    path.write_text(BLOCKER.format(blocked=set(MODEL_STACK), body=body))
+    return path
 
 
 async def complete_in(client, uri: str, text: str, line: int, character: int):
@@ -88,8 +144,7 @@ async def test_an_unreachable_backend_is_an_error_state_not_a_crash():
 
 
 async def test_without_the_model_stack_the_server_and_fill_use_the_backend(backend, tmp_path):
-    script = tmp_path / "no_torch.py"
-    script.write_text(BLOCKER.format(blocked=set(MODEL_STACK)))
+    script = blocker_script(tmp_path / "no_torch.py", CLI)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     proc = subprocess.run(
         [sys.executable, str(script), "fill", "-", "--model", backend.url, "--length", "6"],
@@ -113,3 +168,26 @@ async def test_without_the_model_stack_the_server_and_fill_use_the_backend(backe
     # nothing of the model stack was imported, or the blocker's assertion made the exit code non-zero
     assert client._server.returncode == 0
     assert httpx.get(backend.url + "/health").json()["status"] == "ok"
+
+
+def test_without_the_model_stack_the_demo_fills_from_the_backend(backend, tmp_path):
+    from diffucoder_lsp.tui.render import PLACEHOLDER
+
+    script = blocker_script(tmp_path / "no_torch_demo.py", DEMO)
+    source = tmp_path / "x.py"
+    source.write_text("x = <|mask|>\n")
+    proc = subprocess.run(
+        [sys.executable, str(script), "demo", str(source), "--model", backend.url, "--length", "6"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    # a non-zero exit: an import of the model stack failed, or the blocker found one of its modules loaded
+    assert proc.returncode == 0, proc.stderr
+    seen = json.loads(proc.stdout.splitlines()[-1])
+    assert (seen["runner"], seen["model"], seen["status"]) == ("RemoteRunner", "tiny", "done")
+    assert seen["text"].startswith("x = ") and seen["text"].endswith("\n")
+    # every position of the hole was revealed on screen, with the tokens of the backend's result
+    assert seen["revealed"] == seen["token_ids"] and len(seen["token_ids"]) == 6
+    assert seen["line"].startswith("x = ") and PLACEHOLDER not in seen["line"]

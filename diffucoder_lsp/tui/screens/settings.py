@@ -17,8 +17,8 @@ from textual.containers import Grid, Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Select
 
-from ...engine.infill import MAX_HOLE_TOKENS
-from ...engine.sampler import ALGORITHMS
+from ...engine.canvas import MAX_HOLE_TOKENS
+from ...engine.options import ALGORITHMS
 from ...errors import BadInputError
 from ..runner import DemoSettings
 
