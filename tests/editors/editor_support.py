@@ -23,8 +23,12 @@ def nvim_binary() -> str:
 
 
 def isolated_env(home: Path, **extra: str) -> dict[str, str]:
-    """The current environment with HOME and the XDG folders moved under ``home``."""
+    """The current environment with HOME and the XDG folders moved under ``home``; the model cache stays the
+    user's (the bundled model, ``DC_E2E_MODEL=default``, is built there once and only read by the tests)."""
+    from diffucoder_lsp.model.cache import cache_root
+
     env = dict(os.environ)
+    env["DIFFUCODER_CACHE"] = str(cache_root())
     env["HOME"] = str(home)
     for name in ("XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME", "XDG_CACHE_HOME"):
         env[name] = str(home / name.lower())
