@@ -232,3 +232,40 @@ def test_auto_holes_are_cut_as_the_editor_cuts_a_completion():
         ["def f():\n    a = ", "\n    b = ", "\n    return b\n"], ["1", "a + 1\n\n\ndef g():\n    pass"]
     )
     assert text == "def f():\n    a = 1\n    b = a + 1\n    return b\n" and shown == ["1", "a + 1"]
+
+
+def test_one_auto_hole_stops_once_its_cut_is_decided(tiny_ckpt, tmp_path, capsys, monkeypatch):
+    """One auto hole is asked, as it is written, whether its cut is decided (engine/test_settle.py: it then
+    stops); the printed text is what decoding every position gives."""
+    from diffucoder_lsp.commands import fill as fill_cmd
+
+    src = tmp_path / "a.py"
+    src.write_text(f"def f(x):\n    return {M}\n\nprint(f(1))\n", encoding="utf-8")
+    argv = ["fill", str(src), "--model", str(tiny_ckpt), "--json", "--temperature", "0", "--no-end-early"]
+    asked: list[str] = []
+    real = fill_cmd.settle_tests
+
+    def spy(text, args):
+        tests = real(text, args)
+        return [lambda w: asked.append(w) or tests[0](w)]
+
+    monkeypatch.setattr(fill_cmd, "settle_tests", spy)
+    rc, out, err = run(argv, capsys)
+    assert rc == 0, err
+    settled = json.loads(out)
+    monkeypatch.setattr(fill_cmd, "settle_tests", lambda text, args: None)
+    rc, out, err = run(argv, capsys)
+    whole = json.loads(out)
+    assert asked and all(whole["holes"][0]["text"].startswith(w) for w in asked)
+    assert settled["text"] == whole["text"]
+    assert settled["holes"][0]["shown"] == whole["holes"][0]["shown"]
+    assert whole["holes"][0]["text"].startswith(settled["holes"][0]["text"])
+    assert settled["steps"] <= whole["steps"]
+    # several holes, --raw and the reference decoder decode every position
+    from argparse import Namespace
+
+    plain = dict(marker=M, length="auto", raw=False, exact=False)
+    assert real(src.read_text(), Namespace(**plain)) is not None
+    for change in ({"raw": True}, {"exact": True}, {"length": "8"}):
+        assert real(src.read_text(), Namespace(**{**plain, **change})) is None
+    assert real(f"a = {M}\nb = {M}\n", Namespace(**plain)) is None

@@ -252,6 +252,7 @@ def run(args: argparse.Namespace) -> int:
         max_context_tokens=args.context_tokens,
         denoiser=denoiser,
         end_early=None if args.end_early else False,
+        settle=settle_tests(text, args),
     )
     text, shown = result.text, None
     if args.length == "auto" and not args.raw:
@@ -268,6 +269,20 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(text)
     sys.stdout.flush()
     return 0
+
+
+def settle_tests(text: str, args: argparse.Namespace):
+    """One hole printed as the editor cuts it: stop denoising once what is written decides the cut (a block
+    that left its scope, a mid-line hole that reached its line's end). Several holes' cuts depend on each
+    other's fills, the raw fills and the reference decoder are printed whole: those decode every position."""
+    from ..engine.infill import split_holes
+    from ..server.postprocess import settled
+
+    parts = split_holes(text, args.marker)
+    if len(parts) != 2 or args.length != "auto" or args.raw or args.exact:
+        return None
+    prefix, suffix = parts
+    return [lambda written: settled(written, prefix, suffix)]
 
 
 def remote_body(args: argparse.Namespace, text: str, use_cache: bool) -> dict:

@@ -19,7 +19,7 @@ replaced by its ``text``.
 from __future__ import annotations
 
 import time
-from collections.abc import Collection, Generator, Sequence
+from collections.abc import Callable, Collection, Generator, Sequence
 
 import torch
 
@@ -186,6 +186,7 @@ def infill_stream(
     end_early: bool | None = None,
     heal: bool | None = None,
     end_ids: Collection[int] | None = None,
+    settle: Sequence[Callable[[str], bool] | None] | None = None,
 ) -> Generator[tuple[InfillCanvas, StepEvent], None, InfillResult]:
     """Fill every hole of ``text``; yields ``(canvas, event)`` per denoising step, returns the result.
 
@@ -200,6 +201,11 @@ def infill_stream(
     ``heal``: token healing at the holes (:mod:`.healing`); None means on unless ``options.exact`` (the
     reference decoder stays token-for-token the reference). The canvas yielded has the leads taken off its
     segments (see :class:`InfillCanvas`); the result's texts are the caller's text, filled.
+
+    ``settle``: per hole, None or a test of the hole's text written so far (from its start to its first masked
+    position, lead taken off) that says the caller's cut of it is decided; the hole's other masked positions
+    then end as at a stop token (an editor's block that left the cursor's scope, see
+    :func:`~diffucoder_lsp.server.postprocess.settled`). Its result is then the text up to that point.
 
     Closing the generator between steps cancels the run (the model is not called again).
     """
@@ -223,6 +229,7 @@ def infill_stream(
         None,
         end_spans=ending_spans(canvas, 0, options, end_early),
         constraint=lead_constraint(tok, canvas.hole_leads()),
+        settle=settle_check(tok, canvas, settle) if settle and any(settle) else None,
         **sampler_args(lm, options, end_ids),
     )
     reveal_step = [-1] * len(canvas.ids)
@@ -249,6 +256,41 @@ def infill_stream(
         elapsed_ms=(time.perf_counter() - start) * 1000,
         forward_passes=getattr(denoiser, "forward_passes", 0),
     )
+
+
+def settle_check(tok, canvas: InfillCanvas, tests: Sequence[Callable[[str], bool] | None]):
+    """The sampler's ``settle`` for one canvas (row 0): each hole with a test is asked again whenever the text
+    from its start to its first masked position grew; once the test says yes, its masked positions end."""
+    if len(tests) != len(canvas.hole_spans):
+        raise ValueError(f"settle has {len(tests)} tests for {len(canvas.hole_spans)} holes")
+    pending = {j: 0 for j, test in enumerate(tests) if test is not None}  # hole -> written tokens last asked
+    stops = tok.stop_ids
+
+    def check(x: torch.Tensor, _masked: torch.Tensor) -> list[tuple[int, int, int]]:
+        out = []
+        for j in list(pending):
+            a, b = canvas.hole_spans[j]
+            still = (x[0, a:b] == tok.mask_id).nonzero()  # ended positions stay masks in x
+            first = int(still[0]) if still.numel() else b - a
+            if first == b - a:
+                del pending[j]  # nothing left to end
+                continue
+            if first == pending[j]:
+                continue
+            pending[j] = first
+            ids = x[0, a : a + first].tolist()
+            if any(t in stops for t in ids):
+                del pending[j]  # a stop token ended it already
+                continue
+            text, lead = tok.decode(ids), canvas.lead(j)
+            if lead and text.startswith(lead):
+                text = text[len(lead) :]
+            if tests[j](text):
+                out.append((0, a + first, b))
+                del pending[j]
+        return out
+
+    return check
 
 
 def layout(

@@ -39,7 +39,7 @@ completion) stops being denoised past a revealed stop token; see :func:`denoise`
 
 from __future__ import annotations
 
-from collections.abc import Collection, Generator, Sequence
+from collections.abc import Callable, Collection, Generator, Sequence
 
 import torch
 
@@ -120,6 +120,7 @@ def denoise(
     end_spans: Sequence[tuple[int, int, int]] = (),
     constraint=None,
     end_ids: tuple[int, ...] | None = None,
+    settle: Callable[[torch.Tensor, torch.Tensor], Sequence[tuple[int, int, int]]] | None = None,
 ) -> Generator[StepEvent, Collection[int] | None, torch.Tensor]:
     """Denoise ``x`` in place step by step; yields one :class:`StepEvent` per step, returns the final canvas.
 
@@ -138,6 +139,12 @@ def denoise(
     masks the logits of its positions and calls ``pick``. It works on the logits whatever the denoiser (full
     canvas, context cache, reuse) and before every reveal rule (schedule, threshold, entropy bound, blocks).
     None leaves every step as it was: one attribute test per step.
+
+    ``settle``: called after each step's reveals with the canvas and what is still masked; returns (row, start,
+    end) spans whose still-masked positions end now, as a revealed stop token ends them (reported in the same
+    step's event with confidence 0, a stop token in the returned canvas). A caller that cuts what the model
+    writes (an editor's block ends where it leaves the cursor's scope) ends a hole once the text revealed so far
+    already decides the cut: the steps after it would only write what is cut.
 
     Retiring rows: ``gen.send(rows)`` (a collection of row indices) instead of ``next(gen)`` takes those rows out
     of the run after the step just yielded: they are never eligible again, so no later event reports them, a
@@ -162,8 +169,10 @@ def denoise(
     generator = torch.Generator(device=x.device).manual_seed(options.seed)
     ends = stop_ids if end_ids is None else end_ids
     stop_tensor = torch.tensor(ends, dtype=x.dtype, device=x.device) if end_spans and ends else None
-    ended = torch.zeros_like(masked) if stop_tensor is not None else None  # see _end_spans_at_stops
-    ended_tokens = torch.full_like(x, mask_id) if ended is not None else None
+    tracks_ends = stop_tensor is not None or settle is not None
+    ended = torch.zeros_like(masked) if tracks_ends else None  # see _end_spans_at_stops
+    ended_tokens = torch.full_like(x, mask_id) if tracks_ends else None
+    settle_token = (stop_ids or ends or (mask_id,))[0]
     bounded = options.entropy_bound is not None
     ts = torch.linspace(1, EPS, steps + 1).tolist()
     for i in range(steps):
@@ -233,6 +242,13 @@ def denoise(
             ended |= now
             ended_tokens[now] = full_tokens[now]
             take = take | now  # done and reported, but still masks in x until the end
+        if settle is not None:
+            now = _end_settled(
+                settle(x, masked & ~take), masked & ~take, full_tokens, full_conf, settle_token
+            )
+            ended |= now
+            ended_tokens[now] = settle_token
+            take = take | now
         masked &= ~take
         rows, cols = take.nonzero(as_tuple=True)
         retire = yield StepEvent(
@@ -249,6 +265,17 @@ def denoise(
     if ended is not None:
         x[ended] = ended_tokens[ended]
     return x
+
+
+def _end_settled(spans, still, full_tokens, full_conf, token: int) -> torch.Tensor:
+    """The still-masked positions of the ``settle`` spans, ended with ``token`` (confidence 0)."""
+    ended = torch.zeros_like(still)
+    for r, a, b in spans:
+        ended[r, a:b] = still[r, a:b]
+    if bool(ended.any()):
+        full_tokens[ended] = token
+        full_conf[ended] = 0.0
+    return ended
 
 
 def _end_spans_at_stops(masked, take, full_tokens, full_conf, spans, stops) -> torch.Tensor:

@@ -23,6 +23,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import itertools
 import logging
@@ -35,7 +36,7 @@ from lsprotocol import types
 from ..engine.confidence import DEFAULT_STATISTIC, Calibration, read_calibration, statistic, suggestion_tokens
 from ..engine.remote import is_url
 from .context import build_context
-from .postprocess import SINGLE, decide_mode, split_at_cursor
+from .postprocess import SINGLE, decide_mode, settled, split_at_cursor, trim_settled
 from .remote_engine import RemoteModel
 from .results import Fill, WithheldText
 from .scheduler import Cancelled, Scheduler
@@ -351,6 +352,12 @@ class EngineClient:
         # shown up to its first line break, so a newline token ends it; not at the start of a line, where token
         # healing has the first token re-write the newline before the cursor
         single = decide_mode(line_prefix, line_suffix) == SINGLE and line_prefix.strip() != ""
+        # a block ends once what is written decides where the editor cuts it (it left the cursor's scope)
+        block = decide_mode(line_prefix, line_suffix) != SINGLE
+
+        def decided(written: str) -> bool:
+            return settled(written, prefix, suffix)
+
         fill = self.infill(
             text,
             [max_tokens],
@@ -359,7 +366,12 @@ class EngineClient:
             window=window,
             stream=stream,
             end_at_newline=single,
+            settle=[decided] if block else None,
         )
+        if block and isinstance(fill.texts[0], str) and decided(fill.texts[0]):
+            # the unfinished line that decided the cut is not part of the completion, nor of what the cache
+            # offers again after the user types part of it
+            fill = dataclasses.replace(fill, texts=[trim_settled(fill.texts[0])])
         name, threshold = self.gate(settings)
         score = fill.confidence  # a backend scored it already
         if score is None and fill.tokens:
@@ -431,10 +443,12 @@ class EngineClient:
         window: int | None = None,
         stream: str | None = None,
         end_at_newline: bool = False,
+        settle: Sequence[Callable[[str], bool] | None] | None = None,
     ) -> Fill:
         """THE engine call: fill every ``MARKER`` hole of ``text`` jointly; stops between steps when asked.
         ``end_at_newline``: a hole also ends at its first newline token (a single-line completion is cut there:
-        the steps after it would be wasted)."""
+        the steps after it would be wasted). ``settle``: per hole, a test that the text written so far already
+        decides the editor's cut (``infill_stream``'s ``settle``; not sent to a backend)."""
         lm = self.lm
         if lm is None:
             raise Cancelled("no model loaded")
@@ -454,6 +468,7 @@ class EngineClient:
             denoiser=make_denoiser(lm, settings, self.store_for(stream), between_layers=should_stop),
             end_early=settings.end_early,  # every completion is cut at its first stop token below
             end_ids=(lm.tokenizer.stop_ids | lm.tokenizer.newline_ids) if end_at_newline else None,
+            settle=settle,
         )
         try:
             while True:

@@ -76,6 +76,54 @@ def postprocess(fill: str, prefix: str, suffix: str, mode: str | None = None) ->
     return Completion(text=text, replace=replace)
 
 
+def settled(fill: str, prefix: str, suffix: str) -> bool:
+    """True when :func:`postprocess` would cut ``fill`` inside what is already written, whatever follows it:
+    a single-line completion that reached a line break, a block that left the cursor's scope (a dedent whose
+    first word is written) or repeated the document's next line. The engine stops denoising such a hole: the
+    steps after it would only write text the editor cuts (``a + b`` then a dedented ``def`` ends a
+    ``return`` block after a few steps instead of 48).
+
+    The text :func:`postprocess` then gets is ``fill`` (what was revealed up to the first masked position), and
+    its cut is the same as for any longer text that starts with ``fill``: the lines before the cut are complete
+    and the deciding line's first word is written (``el`` could still become ``elif``, which continues a block).
+    """
+    fill = fill.replace("\r\n", "\n").replace("\r", "\n")
+    prefix = prefix.replace("\r\n", "\n")
+    suffix = suffix.replace("\r\n", "\n")
+    line_prefix, line_suffix, rest = split_at_cursor(prefix, suffix)
+    if decide_mode(line_prefix, line_suffix) == SINGLE:
+        return "\n" in fill
+    lines = fill.split("\n")
+    if len(lines) < 2:
+        return False
+    if not _first_word_written(lines[-1]):
+        lines[-1] = ""  # not yet a deciding line
+    text = fix_indent_style("\n".join(lines), prefix[-4000:] + suffix[:4000])
+    text = fix_first_line_indent(text, line_prefix, prefix[: len(prefix) - len(line_prefix)])
+    whole = text.rfind("\n")  # text[:whole] is complete lines
+    if len(limit_scope(text, line_prefix)) <= whole:
+        return True
+    return len(drop_suffix_duplicate(text[:whole], line_prefix, rest)) < whole
+
+
+def trim_settled(fill: str) -> str:
+    """A settled fill without its last, unfinished line (the one whose first word decided the cut): what a
+    completion cache may offer again after the user types part of it, with the same edit at the cursor."""
+    end = max(fill.rfind("\n"), fill.rfind("\r"))
+    return fill if end < 0 else fill[: end + 1]
+
+
+def _first_word_written(line: str) -> bool:
+    """The line's first word is complete: something that is not part of it follows (``def `` yes, ``el`` no),
+    or it starts with a symbol (``)``)."""
+    body = line.lstrip(" \t")
+    if not body:
+        return False
+    if not (body[0].isalnum() or body[0] == "_"):
+        return True
+    return any(not (ch.isalnum() or ch == "_") for ch in body)
+
+
 # --- one line -------------------------------------------------------------------------------------------------
 
 
