@@ -208,6 +208,8 @@ def _length(f: Fields, holes: int) -> Length | tuple[Length, ...]:
 def _options(f: Fields, limits: Limits) -> tuple[SamplingOptions, Decoding]:
     alg = f.string("alg", "entropy")
     block_size = f.integer("block_size", None, 0, MAX_HOLE_TOKENS, optional=True)
+    threshold = f.number("threshold", None, 0.0, 1.0, optional=True)
+    entropy_bound = f.number("entropy_bound", None, 0.0, 100.0, optional=True)
     decoding = resolve_decoding(
         f.string("decoding", None, optional=True),
         exact=f.flag("exact", False),
@@ -215,6 +217,7 @@ def _options(f: Fields, limits: Limits) -> tuple[SamplingOptions, Decoding]:
         tokens_per_step=f.integer("tokens_per_step", None, 1, 256, optional=True),
         block_size=block_size,
         alg=alg,
+        adaptive=threshold is not None or entropy_bound is not None,
         fast=fast_decoding(),
     )
     options = SamplingOptions(
@@ -228,8 +231,8 @@ def _options(f: Fields, limits: Limits) -> tuple[SamplingOptions, Decoding]:
         seed=f.integer("seed", 0, 0, MAX_SEED),
         exact=decoding.exact,
         eos_penalty=f.number("eos_penalty", 0.0, 0.0, 100.0),
-        threshold=f.number("threshold", None, 0.0, 1.0, optional=True),
-        entropy_bound=f.number("entropy_bound", None, 0.0, 100.0, optional=True),
+        threshold=threshold,
+        entropy_bound=entropy_bound,
         block_size=decoding.block_size or None,  # 0: every hole at once
     )
     return options, decoding

@@ -32,6 +32,8 @@ from .fill import (
     sampling_options,
 )
 
+DEMO_BLOCK_SIZE = 32  # the demo shows the order a model reveals tokens in: a block wide enough to see it
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -47,7 +49,8 @@ def register(sub) -> None:
         "--decoding",
         choices=DECODINGS,
         default=None,
-        help="fast (default): fill's and the editor's decoding (context cache, blocks, ending at the end token), "
+        help="fast (default): fill's and the editor's decoding (context cache, ending at the end token) in blocks "
+        "of 32 (the editor's are 1 token wide: the order would be left to right), "
         "a first fill in seconds; plain: a full-canvas pass per step, every hole at once (slower, the textbook "
         "loop); exact: the reference decoder. Explicit flags override the mode's values",
     )
@@ -73,6 +76,13 @@ def build_app(args: argparse.Namespace):
     if args.file == "-":
         raise BadInputError("the demo is interactive: pass a file path, not standard input")
     source = read_input(args.file) if args.file else None
+    if (
+        args.block_size is None
+        and args.decoding in (None, "fast")
+        and not args.exact
+        and args.alg != "origin"
+    ):
+        args.block_size = DEMO_BLOCK_SIZE  # the editor's blocks of 1 would hide the order the demo is for
     use_cache = resolve_decoding(args)
     settings = DemoSettings(options=sampling_options(args), length=args.length)
     from ..engine.remote import is_url

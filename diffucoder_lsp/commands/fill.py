@@ -192,6 +192,7 @@ def resolve_decoding(args: argparse.Namespace) -> bool:
         tokens_per_step=args.tokens_per_step,
         block_size=args.block_size,
         alg=args.alg,
+        adaptive=args.threshold is not None or args.entropy_bound is not None,
         fast=fast_decoding(),
     )
     args.exact = decoding.exact

@@ -13,6 +13,22 @@ from dataclasses import dataclass
 from ..errors import BadInputError
 
 ALGORITHMS = ("entropy", "maskgit_plus", "topk_margin", "origin")
+# The editor's block size (the language server's ``blockSize`` default, so ``fill``'s and SFT's held-out
+# evaluation's too): one position at a time, from the left. Measured with the bundled model (greedy, 1 token per
+# step): HumanEval-Infilling single-line first 200 oracle 6.0 % at 1, 5.0 % at 4, 5.5 % at 32; 16 one-line
+# idioms 9 / 8 / 8 right; and a hole that is written from its start can stop as soon as its cut is decided
+# (README example: 7 steps at 1, 29 at 32). Models that read ahead further may prefer wider blocks (32: Fast-dLLM).
+EDITOR_BLOCK_SIZE = 1
+PARALLEL_BLOCK_SIZE = 32  # what a one-position block widens to when several tokens a step are asked for
+
+
+def block_for_pace(block_size: int | None, tokens_per_step: int, adaptive: bool) -> int | None:
+    """A block of one position leaves nothing to reveal in parallel: with several tokens a step, a threshold or
+    an entropy bound it widens to :data:`PARALLEL_BLOCK_SIZE` (Fast-dLLM's block), so those options keep
+    doing what they say whatever the block default."""
+    if block_size == 1 and (tokens_per_step > 1 or adaptive):
+        return PARALLEL_BLOCK_SIZE
+    return block_size
 
 
 @dataclass(frozen=True)
@@ -123,11 +139,14 @@ def resolve_decoding(
     tokens_per_step: int | None = None,
     block_size: int | None = None,
     alg: str = "entropy",
+    adaptive: bool = False,
     fast: Decoding,
 ) -> Decoding:
     """Fill in what ``mode`` (None: ``exact`` when ``exact``, else ``fast``) decides and the caller left unset.
     ``fast``: the language server's defaults (its ``Settings``), passed in so that this room never reads the
-    server's. Raises :class:`BadInputError` for contradictions (``exact`` with another mode or with the cache)."""
+    server's. ``adaptive``: a threshold or an entropy bound was asked for (a one-position block widens then, see
+    :func:`block_for_pace`). Raises :class:`BadInputError` for contradictions (``exact`` with another mode or
+    with the cache)."""
     if mode is not None and mode not in DECODINGS:
         raise BadInputError(f"unknown decoding {mode!r}; choose one of {', '.join(DECODINGS)}")
     mode = mode or ("exact" if exact else "fast")
@@ -141,10 +160,11 @@ def resolve_decoding(
     if mode == "fast":
         if block_size is None and fast.block_size and alg != "origin":  # origin has no order
             block_size = fast.block_size
+        tokens_per_step = fast.tokens_per_step if tokens_per_step is None else tokens_per_step
         return Decoding(
             exact=False,
-            tokens_per_step=fast.tokens_per_step if tokens_per_step is None else tokens_per_step,
-            block_size=block_size,
+            tokens_per_step=tokens_per_step,
+            block_size=block_for_pace(block_size, tokens_per_step, adaptive),
             cache=fast.cache if cache is None else cache,
         )
     return Decoding(

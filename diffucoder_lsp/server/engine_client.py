@@ -58,8 +58,11 @@ def completion_span(prefix: str, suffix: str, s: Settings) -> tuple[str, int]:
 
 
 def sampling_options(s: Settings):
+    from ..engine.options import block_for_pace
     from ..engine.sampler import SamplingOptions
 
+    adaptive = s.threshold is not None or s.entropy_bound is not None
+    block = block_for_pace(s.block_size, s.tokens_per_step, adaptive) if s.alg != "origin" else None
     return SamplingOptions(
         steps=s.steps,
         tokens_per_step=s.tokens_per_step,
@@ -70,7 +73,7 @@ def sampling_options(s: Settings):
         eos_penalty=s.eos_penalty,
         threshold=s.threshold,
         entropy_bound=s.entropy_bound,
-        block_size=s.block_size if s.block_size and s.alg != "origin" else None,  # origin has no order
+        block_size=block or None,  # origin has no order
     )
 
 

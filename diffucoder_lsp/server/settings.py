@@ -22,6 +22,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from ..engine.options import EDITOR_BLOCK_SIZE
 from ..engine.remote import check_url, is_url
 from ..errors import BadInputError, short_repr
 
@@ -58,7 +59,9 @@ class Settings:
     seed: int = 0
     threshold: float | None = None  # parallel unmasking: reveal every position at least this sure
     entropy_bound: float | None = None  # entropy-bounded unmasking (nats); an alternative to threshold
-    block_size: int = 32  # block decoding: fill the masks in order, this many at a time; 0 = all at once
+    block_size: int = (
+        EDITOR_BLOCK_SIZE  # block decoding: fill the masks in order, this many at a time; 0 = all at once
+    )
     end_early: bool = True  # stop denoising what follows a completion's first revealed end (stop) token
     context_cache: bool = True  # keys/values of the context computed once (refreshed every cacheRefreshEvery)
     cache_refresh_every: int = 0  # 0: never (one full pass per completion), as the engine bench defaults

@@ -200,18 +200,17 @@ class SFTTrainer:
 
     def evaluate(self, tag: str, progress: bool = False) -> dict:
         """Held-out loss, intrinsic exact match on held-out lines, HumanEval-Infilling when asked."""
-        from ..engine.sampler import SamplingOptions
+        from ..engine.options import EDITOR_BLOCK_SIZE, SamplingOptions
         from ..eval.intrinsic import evaluate_lines, records_as_dicts, summarize_lines
         from ..eval.runner import model_fill_fn, token_counter
 
         res: dict = {"tag": tag, "step": self.step, **self.heldout_loss()}
         self.core.eval()
         view = eval_view(self.lm, self.core)
-        # decoded as the editor decodes (context cache, blocks of 32, greedy) and cut at the line's end as an
+        # decoded as the editor decodes (context cache, its blocks, greedy) and cut at the line's end as an
         # editor shows a one-line suggestion: 200 lines in minutes, not a quarter of an hour, on a CPU
-        fill = model_fill_fn(
-            view, SamplingOptions(temperature=0.0, seed=0, block_size=32), cache=True, single_line=True
-        )
+        options = SamplingOptions(temperature=0.0, seed=0, block_size=EDITOR_BLOCK_SIZE)
+        fill = model_fill_fn(view, options, cache=True, single_line=True)
         if self.args.eval_lines and self.heldout_files:
             docs = [f.as_doc() for f in self.heldout_files]
             samples = heldout_lines(docs, self.args.eval_lines)

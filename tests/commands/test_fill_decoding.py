@@ -49,15 +49,17 @@ def src(tmp_path):
 
 def test_the_default_is_the_servers_fast_decoding(tiny_ckpt, src, capsys, cached_denoisers):
     server = Settings()
-    assert server.context_cache and server.tokens_per_step == 1 and server.block_size == 32
+    assert server.context_cache and server.tokens_per_step == 1 and server.block_size == 1
     record = fill_json(capsys, src, "--model", str(tiny_ckpt), "--length", "12")
     assert len(cached_denoisers) == 1  # the context cache
     assert record["steps"] == 12 and record["forward_passes"] == 12  # one token a step
-    # the pace still follows --tokens-per-step: 3 a step, fewer forward passes than tokens
+    assert record["holes"][0]["reveal_step"] == list(range(12))  # blocks of 1: left to right
+    # the pace still follows --tokens-per-step: 3 a step (the one-position block widens to 32), fewer forward
+    # passes than tokens
     record = fill_json(capsys, src, "--model", str(tiny_ckpt), "--length", "12", "--tokens-per-step", "3")
     assert record["steps"] == 4 and record["forward_passes"] == 4
-    # blocks of 32: a 40-token hole is decoded as 32 + 8 tokens
-    record = fill_json(capsys, src, "--model", str(tiny_ckpt), "--length", "40")
+    # and so do the blocks: --block-size 32 decodes a 40-token hole as 32 + 8 tokens
+    record = fill_json(capsys, src, "--model", str(tiny_ckpt), "--length", "40", "--block-size", "32")
     assert record["steps"] == 40
     steps = record["holes"][0]["reveal_step"]
     assert max(steps[:32]) < min(steps[32:])

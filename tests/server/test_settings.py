@@ -67,7 +67,9 @@ def test_engine_speed_settings():
 
 
 def test_block_size_setting_and_the_origin_conflict():
-    assert Settings().block_size == 32  # Fast-dLLM's block: a 48-token completion runs as 32 + 16
+    assert (
+        Settings().block_size == 1
+    )  # left to right: a hole stops once its cut is decided (engine/options.py)
     s, problems = parse_settings({"blockSize": 0})
     assert s.block_size == 0 and problems == []
     assert Settings(block_size=16).sampling_key() != Settings().sampling_key()
@@ -85,7 +87,12 @@ def test_block_size_setting_and_the_origin_conflict():
 def test_block_size_reaches_the_sampler():
     from diffucoder_lsp.server.engine_client import sampling_options
 
-    assert sampling_options(Settings()).block_size == 32
+    assert sampling_options(Settings()).block_size == 1
+    # one position a block leaves nothing to reveal in parallel: parallel settings widen it, wider ones stay
+    assert sampling_options(Settings(tokens_per_step=3)).block_size == 32
+    assert sampling_options(Settings(threshold=0.9)).block_size == 32
+    assert sampling_options(Settings(entropy_bound=0.5)).block_size == 32
+    assert sampling_options(Settings(tokens_per_step=3, block_size=8)).block_size == 8
     assert sampling_options(Settings(block_size=0)).block_size is None
     assert sampling_options(Settings(alg="origin")).block_size is None  # would be bad input otherwise
     assert sampling_options(Settings(entropy_bound=0.5)).entropy_bound == 0.5

@@ -114,13 +114,15 @@ def test_logs_are_held_back_while_the_app_owns_the_terminal(capsys):
 
 
 def test_demo_decodes_as_fill_does_by_default_and_plain_on_request():
-    """The first fill a visitor waits for uses fill's fast decoding (context cache, blocks); the textbook
-    full-canvas loop is one flag away."""
+    """The first fill a visitor waits for uses fill's fast decoding (context cache), in blocks wide enough to
+    show the reveal order (the editor's are one position); the textbook full-canvas loop is one flag away."""
+    from diffucoder_lsp.commands.demo import DEMO_BLOCK_SIZE
     from diffucoder_lsp.server.settings import Settings
 
     fast = build_app(parse())
     assert fast.runner.cache is True
-    assert fast.settings.options.block_size == Settings().block_size
+    assert fast.settings.options.block_size == DEMO_BLOCK_SIZE > Settings().block_size
+    assert build_app(parse("--block-size", "4")).settings.options.block_size == 4
     assert fast.settings.options.tokens_per_step == Settings().tokens_per_step
     plain = build_app(parse("--decoding", "plain"))
     assert plain.runner.cache is False and plain.settings.options.block_size is None
