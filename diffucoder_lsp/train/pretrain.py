@@ -437,6 +437,10 @@ class Trainer:
                     "args": asdict(args),
                 }
             )
+            if (
+                args.eval_every and args.eval_batches
+            ):  # where the run starts: an adaptation's base is no random init
+                self._log({"step": 0, **self.evaluate(), "tokens_seen": 0})
         reason = "steps" if args.stop_at is None or args.stop_at >= args.steps else "stop_at"
         window_tokens, window_start = 0, time.monotonic()
         last_step = args.steps if args.stop_at is None else min(args.steps, args.stop_at)

@@ -103,16 +103,19 @@ def test_prefetched_batches_train_exactly_as_inline_ones(corpus, tmp_path):
 
 def test_time_limit_stops_saves_and_resume_completes(corpus, tmp_path):
     out = tmp_path / "run"
-    summary = Trainer(_args(corpus, out, time_limit=1e-9)).fit(progress=False)
+    summary = Trainer(_args(corpus, out, time_limit=1e-9, eval_every=3)).fit(progress=False)
     assert summary["reason"] == "time_limit" and summary["step"] == 1
     state = torch.load(out / "last.pt", map_location="cpu", weights_only=False)
     assert state["step"] == 1 and state["data_position"] == 1 and state["tokens_seen"] > 0
     assert not list(out.glob("*.tmp"))  # atomic write left no temp file
-    done = Trainer(_args(corpus, out, resume=True)).fit(progress=False)
+    done = Trainer(_args(corpus, out, resume=True, eval_every=3)).fit(progress=False)
     assert done["reason"] == "steps" and done["step"] == 5
     assert "val_loss" in done and done["val_loss"] > 0
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert lines[0]["event"] == "start" and lines[-1]["event"] == "end"
+    # where the run started: the model before any step, on the same fixed validation batches (logged once)
+    start = [r for r in lines if r.get("step") == 0]
+    assert len(start) == 1 and start[0]["val_loss"] > 0 and start[0]["tokens_seen"] == 0
 
 
 def test_lr_schedule_warmup_then_cosine_to_floor():
