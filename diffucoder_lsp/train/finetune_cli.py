@@ -105,8 +105,15 @@ def register(sub) -> None:
     g.add_argument(
         "--block-size",
         type=int,
-        default=32,
-        help="rollouts reveal the hole in blocks of this many positions, in order, as fill does (0: all at once)",
+        default=1,
+        help="rollouts reveal the hole in blocks of this many positions, in order, as fill does (0: all at once; "
+        "1: left to right, so a rollout stops where its function ends)",
+    )
+    g.add_argument(
+        "--rollout-cache",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="context key/value cache in rollouts, as fill decodes (--no-rollout-cache: full-canvas passes)",
     )
     g.add_argument("--estimator", choices=["coupled", "decoupled"], default="coupled")
     g.add_argument("--beta", type=float, default=0.01, help="k3-KL weight")
@@ -269,6 +276,7 @@ def _grpo(args: argparse.Namespace) -> int:
         sampling_steps=args.sampling_steps,
         temperature=args.temperature,
         block_size=args.block_size or None,
+        rollout_cache=args.rollout_cache,
         estimator=args.estimator,
         beta=args.beta,
         clip_eps=args.clip_eps,

@@ -5,8 +5,9 @@ One step:
 1. take ``prompts_per_step`` tasks (a pure function of seed and step, so a resumed run continues the same
    sequence); lay each out with the engine's infill canvas (``prefix + hole + suffix``, context cut to fit);
 2. **rollouts**: ``group`` copies of every canvas in one padded batch, denoised by the engine's sampler
-   (:func:`engine.sampler.denoise` with :class:`FullCanvasDenoiser`) at temperature ~1.0-1.2, entropy order;
-   every hole token (code, then eos/pad) is part of the completion, as in the paper;
+   (:func:`engine.sampler.denoise`, with the context cache as fill decodes) one position at a time from the
+   left; a row stops once it has left its function (:func:`scope_settle`); every hole token (code, then
+   eos/pad) is part of the completion, as in the paper;
 3. **rewards** in the sandbox, in parallel (:mod:`rewards`); a failure gives 0 tests passed, never an error;
 4. leave-one-out advantages inside each group;
 5. per-token log-prob estimates with the coupled masks (or the single-mask baseline) drawn from per-row seeds
@@ -33,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..engine.cache import CachedContextDenoiser
 from ..engine.denoiser import FullCanvasDenoiser
 from ..engine.infill import DEFAULT_MARKER, prepare_infill
 from ..engine.sampler import SamplingOptions, denoise, run_to_end
@@ -74,9 +76,12 @@ class GRPOArgs:
     sampling_steps: int | None = None  # default: the hole's length (one token per step, as fill decodes)
     temperature: float = 0.8
     # blocks of masked positions revealed in order, as fill and the editor decode: without them the sampler's
-    # most confident positions are the end pads of a hole with nothing after it, and every rollout came out empty
-    block_size: int | None = 32
+    # most confident positions are the end pads of a hole with nothing after it, and every rollout came out
+    # empty. One position at a time (the editor's default) lets a rollout stop where its function ends
+    # (:func:`scope_settle`): the steps after it would only write what the scoring cuts
+    block_size: int | None = 1
     top_p: float | None = None
+    rollout_cache: bool = True  # context key/value cache in rollouts (False: a full-canvas pass per step)
     alg: str = "entropy"
     max_context_tokens: int = 1024
     estimator: str = "coupled"  # coupled | decoupled
@@ -182,6 +187,43 @@ def scope_cut(prefix: str, completion: str) -> str:
     return completion
 
 
+def scope_settled(prefix: str, written: str) -> bool:
+    """True when :func:`scope_cut` cuts ``written`` inside it, as it cuts every text that starts with it."""
+    return len(scope_cut(prefix, written)) < len(written.rstrip(" \t"))
+
+
+def scope_settle(tok, rows: list[tuple[int, int, str] | None], mask_id: int):
+    """The sampler's ``settle`` for a rollout batch: ``rows[r]`` is (hole start, hole end, the prompt's text
+    before the hole) for a row cut by :func:`scope_cut`, else None. A row ends once the text written from its
+    hole's start holds a line back at the function's indentation: :func:`scope_cut` of every longer text cuts
+    there too (the lines before it are complete and the deciding line's indentation is written), so the
+    completion and its reward are those of denoising every position, in fewer steps."""
+    asked = dict.fromkeys((r for r, row in enumerate(rows) if row is not None), 0)
+    stops = tok.stop_ids
+
+    def check(x, _masked):
+        out = []
+        for r in list(asked):
+            s, e, prefix = rows[r]
+            still = (x[r, s:e] == mask_id).nonzero()
+            first = int(still[0]) if still.numel() else e - s
+            if first == e - s or first == asked[r]:
+                if first == e - s:
+                    del asked[r]
+                continue
+            asked[r] = first
+            ids = x[r, s : s + first].tolist()
+            if any(t in stops for t in ids):
+                del asked[r]
+                continue
+            if scope_settled(prefix, tok.decode(ids)):
+                out.append((r, s + first, e))
+                del asked[r]
+        return out
+
+    return check
+
+
 def _row_seed(*parts) -> int:
     return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:7], "little")
 
@@ -280,15 +322,24 @@ class GRPOTrainer:
             seed=seed,
             block_size=a.block_size,
         )
+        cut = [
+            (*c.hole_spans[0], hole_prefix(t)) if t.kind == "jsonl" and not t.chat else None
+            for c, t in zip(rows, rows_tasks, strict=True)
+        ]
         self.core.eval()
+        # the prompt's keys/values computed once, as fill and the editor decode: a step then runs the block being
+        # written, not the whole canvas (rollouts were 80 % of a CPU step; their log-probabilities are never
+        # used, the loss recomputes them on full canvases)
+        denoiser = CachedContextDenoiser(self.core) if a.rollout_cache else FullCanvasDenoiser(self.core)
         gen = denoise(
-            FullCanvasDenoiser(self.core),
+            denoiser,
             x,
             valid,
             mask_id=tok.mask_id,
             options=opts,
             allowed_vocab=min(tok.vocab_size, self.lm.config.vocab_size),
             stop_ids=tuple(sorted(tok.stop_ids)),
+            settle=scope_settle(tok, cut, tok.mask_id) if any(cut) else None,
         )
         _, final = run_to_end(gen)
         self.core.train()

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from diffucoder_lsp.cli import main
 from diffucoder_lsp.errors import BadInputError
@@ -327,6 +329,55 @@ def test_scope_cut_keeps_the_body_and_drops_what_follows_it():
     # a hole in the middle of a line keeps that line whatever its indentation; no def: unchanged
     assert scope_cut("def f():\n    return ", "1\nx = 2\n") == "1\n"
     assert scope_cut("x = ", "1\ny = 2\n") == "1\ny = 2\n"
+
+
+PIECES = ["    ", "return a + b", "\n", "\n\n", "def sub(a, b):", "        ", "if a:", "x", " ", "\t", "\r\n", "print("]
+PROMPTS = ['def add(a, b):\n    """Sum."""\n', "class P:\n    def area(self):\n", "def f():\n    return ", "x = "]
+
+
+@settings(max_examples=600, deadline=None)
+@given(prefix=st.sampled_from(PROMPTS), pieces=st.lists(st.sampled_from(PIECES), min_size=1, max_size=10))
+def test_a_rollout_settles_only_where_every_longer_text_is_cut_the_same(prefix, pieces):
+    from diffucoder_lsp.train.grpo import scope_cut, scope_settled
+
+    text = "".join(pieces)
+    for k in range(1, len(text) + 1):
+        if scope_settled(prefix, text[:k]):
+            assert scope_cut(prefix, text[:k]) == scope_cut(prefix, text), (text[:k], text)
+            break
+
+
+def test_rollouts_stop_where_the_function_ends(tiny_ckpt, tmp_path, monkeypatch):
+    """A rollout row ends once the text written from its hole's start leaves the function: its text, and so its
+    reward, is the one denoising every position gives, in fewer steps."""
+    import diffucoder_lsp.train.grpo as grpo
+
+    tasks = [Task(task_id="t", prefix="def f(x):\n", suffix="", tests=["assert f(1) == 1"], kind="jsonl")]
+    args = GRPOArgs(out=str(tmp_path / "g"), model=str(tiny_ckpt), group=2, completion_len=12, lora=False)
+    trainer = GRPOTrainer(args, tasks, reward_fn=lambda *a: [0.0, 0.0])
+    whole = trainer.rollout(tasks, seed=3)
+    # the tiny random model never dedents on its own: settle each row after its third written token
+    calls = []
+
+    def settle_after_three(tok, rows, mask_id):
+        def check(x, masked):
+            calls.append(1)
+            out = []
+            for r, row in enumerate(rows):
+                s, e, _ = row
+                first = int((x[r, s:e] == mask_id).nonzero()[0]) if (x[r, s:e] == mask_id).any() else e - s
+                if first == 3 and bool(masked[r, s + 3 : e].any()):
+                    out.append((r, s + 3, e))
+            return out
+
+        return check
+
+    monkeypatch.setattr(grpo, "scope_settle", settle_after_three)
+    part = trainer.rollout(tasks, seed=3)
+    stops = trainer.tok.stop_ids
+    for ids_whole, ids_part in zip(whole[3], part[3], strict=True):
+        assert ids_part[:3] == ids_whole[:3] and all(t in stops for t in ids_part[3:])
+    assert calls and all(t.startswith(p) for t, p in zip(whole[4], part[4], strict=True))
 
 
 # ------------------------------------------------------------------------- repositories of ordinary layouts
