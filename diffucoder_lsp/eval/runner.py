@@ -229,7 +229,8 @@ def model_fill_fn(
     ``cache``: decode through the context key/value cache, as ``fill``'s fast decoding and the server do.
     ``single_line``: the fill is cut at its first line break, the rule :func:`ar_fill_fn` applies to the AR
     baseline on the single-line split. (Its holes start a line, so the healed first token re-writes the newline
-    before them: a newline token cannot end such a hole early.)
+    before them: a newline token cannot end such a hole, but the hole stops once a written line follows that
+    newline: :func:`first_line_settled`.)
     """
     from ..engine.infill import SamplingOptions, infill
 
@@ -249,6 +250,7 @@ def model_fill_fn(
             marker=marker,
             max_context_tokens=max_context_tokens,
             denoiser=denoiser,
+            settle=[first_line_settled] if single_line else None,
         )
         text = result.holes[0].text
         if single_line and text.strip():
@@ -256,6 +258,13 @@ def model_fill_fn(
         return text
 
     return fill
+
+
+def first_line_settled(written: str) -> bool:
+    """The single-line cut (the first line after any leading newlines) of ``written`` is that of every longer
+    text: a line with code in it is complete."""
+    rest = written.lstrip("\n")
+    return "\n" in rest and rest.split("\n", 1)[0].strip() != ""
 
 
 def ar_fill_fn(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from diffucoder_lsp.cli import main
 from diffucoder_lsp.eval.humaneval_infill import build_tasks
@@ -314,3 +316,20 @@ def test_model_filler_on_the_single_line_split_keeps_one_line(tiny_ckpt):
     assert "\n" not in one
     if raw.strip():
         assert one == raw.lstrip("\n").split("\n", 1)[0]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.sampled_from(["\n", "    ", "return x", " + 1", "y", "\n\n", "  "]), min_size=1, max_size=8)
+)
+def test_a_single_line_hole_settles_where_every_longer_text_has_the_same_first_line(pieces):
+    from diffucoder_lsp.eval.runner import first_line_settled
+
+    def cut(text: str) -> str:
+        return text.lstrip("\n").split("\n", 1)[0] if text.strip() else text
+
+    text = "".join(pieces)
+    for k in range(1, len(text) + 1):
+        if first_line_settled(text[:k]):
+            assert cut(text[:k]) == cut(text), (text[:k], text)
+            break
