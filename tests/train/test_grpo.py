@@ -331,8 +331,26 @@ def test_scope_cut_keeps_the_body_and_drops_what_follows_it():
     assert scope_cut("x = ", "1\ny = 2\n") == "1\ny = 2\n"
 
 
-PIECES = ["    ", "return a + b", "\n", "\n\n", "def sub(a, b):", "        ", "if a:", "x", " ", "\t", "\r\n", "print("]
-PROMPTS = ['def add(a, b):\n    """Sum."""\n', "class P:\n    def area(self):\n", "def f():\n    return ", "x = "]
+PIECES = [
+    "    ",
+    "return a + b",
+    "\n",
+    "\n\n",
+    "def sub(a, b):",
+    "        ",
+    "if a:",
+    "x",
+    " ",
+    "\t",
+    "\r\n",
+    "print(",
+]
+PROMPTS = [
+    'def add(a, b):\n    """Sum."""\n',
+    "class P:\n    def area(self):\n",
+    "def f():\n    return ",
+    "x = ",
+]
 
 
 @settings(max_examples=600, deadline=None)
