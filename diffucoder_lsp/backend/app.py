@@ -225,6 +225,7 @@ class Backend:
                 refresh_every=spec.refresh_every,
                 end_early=spec.end_early,
                 end_at_newline=spec.end_at_newline,
+                settle=_settle_tests(spec),
                 want_steps=spec.stream,
             )
             self.submit([job])
@@ -448,3 +449,14 @@ async def _wait_disconnect(request: Request) -> None:
         message = await request.receive()
         if message["type"] == "http.disconnect":
             return
+
+
+def _settle_tests(spec) -> tuple | None:
+    """``settle``: the hole stops once what it wrote decides the editor's cut, as the language server's local
+    completions do (the text around the hole is what the request sent: the client's context window)."""
+    if not spec.settle:
+        return None
+    from ..server.postprocess import settled
+
+    prefix, suffix = spec.text.split(spec.marker)
+    return (lambda written: settled(written, prefix, suffix),)

@@ -62,6 +62,7 @@ class Job:
         refresh_every: int = 0,
         end_early: bool | None = None,
         end_at_newline: bool = False,
+        settle: tuple | None = None,
         deliver: Deliver,
         group: str | None = None,
         want_steps: bool = False,
@@ -73,6 +74,7 @@ class Job:
         self.refresh_every = refresh_every
         self.end_early = end_early
         self.end_at_newline = end_at_newline
+        self.settle = settle  # per hole, as BatchRow takes it
         self.deliver = deliver
         self.group = group
         self.want_steps = want_steps
@@ -234,7 +236,7 @@ class Batcher:
         try:
             gen = infill_batch(
                 self.lm,
-                [BatchRow(j.canvas, j.end_early) for j in jobs],
+                [BatchRow(j.canvas, j.end_early, j.settle) for j in jobs],
                 options=head.options,
                 denoiser=self.make_denoiser(head),
                 end_ids=self._newline_ends if head.end_at_newline else None,

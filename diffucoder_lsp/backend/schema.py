@@ -120,6 +120,9 @@ class InfillSpec:
     cut_at_stop: bool
     confidence_statistic: str | None
     stream: bool
+    settle: bool = (
+        False  # one hole: stop once the editor's cut of it is decided (``server.postprocess.settled``)
+    )
 
     def batch_key(self) -> tuple:
         """What requests must share to be denoised in one batch (the sampler takes one set of options)."""
@@ -181,7 +184,12 @@ def parse_infill(body: dict, limits: Limits, model_window: int) -> InfillSpec:
         cut_at_stop=f.flag("cut_at_stop", False),
         confidence_statistic=statistic,
         stream=f.flag("stream", False),
+        settle=f.flag("settle", False),
     )
+    if spec.settle and holes != 1:
+        raise BadInputError(
+            f"settle applies to one hole (the editor's cut of one completion); this text has {holes}"
+        )
     unknown = f.unknown()
     if unknown:
         raise BadInputError(

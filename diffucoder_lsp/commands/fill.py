@@ -276,7 +276,7 @@ def settle_tests(text: str, args: argparse.Namespace):
     """One hole printed as the editor cuts it: stop denoising once what is written decides the cut (a block
     that left its scope, a mid-line hole that reached its line's end). Several holes' cuts depend on each
     other's fills, the raw fills and the reference decoder are printed whole: those decode every position."""
-    from ..engine.infill import split_holes
+    from ..engine.canvas import split_holes  # torch-free: a backend's client calls this too
     from ..server.postprocess import settled
 
     parts = split_holes(text, args.marker)
@@ -312,6 +312,7 @@ def remote_body(args: argparse.Namespace, text: str, use_cache: bool) -> dict:
         "context_tokens": args.context_tokens,
         "raw": args.raw,
         "confidence_statistic": args.confidence_statistic,
+        "settle": settle_tests(text, args) is not None,
     }
 
 

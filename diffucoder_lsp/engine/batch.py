@@ -24,14 +24,14 @@ newer one); the sampler stops denoising them and the denoisers drop them from th
 from __future__ import annotations
 
 import time
-from collections.abc import Collection, Generator, Sequence
+from collections.abc import Callable, Collection, Generator, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from .denoiser import FullCanvasDenoiser
 from .healing import lead_constraint
-from .infill import InfillCanvas, InfillResult, assemble, ending_spans, sampler_args
+from .infill import InfillCanvas, InfillResult, assemble, ending_spans, sampler_args, settle_check
 from .options import SamplingOptions
 from .sampler import denoise
 
@@ -45,6 +45,7 @@ class BatchRow:
 
     canvas: InfillCanvas
     end_early: bool | None = None
+    settle: tuple[Callable[[str], bool] | None, ...] | None = None  # per hole, as ``infill_stream`` takes it
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,7 @@ def infill_batch(
         valid.to(lm.device),
         end_spans=[s for i, r in enumerate(rows) for s in ending_spans(r.canvas, i, options, r.end_early)],
         constraint=lead_constraint(tok, [lead for i, c in enumerate(canvases) for lead in c.hole_leads(i)]),
+        settle=_settle_rows(tok, rows),
         **sampler_args(lm, options, end_ids),
     )
     ids = [list(c.ids) for c in canvases]
@@ -160,6 +162,16 @@ def infill_batch(
     finally:
         gen.close()
     return results
+
+
+def _settle_rows(tok, rows: Sequence[BatchRow]):
+    """The sampler's ``settle`` over the rows that have tests, or None."""
+    checks = [
+        settle_check(tok, r.canvas, r.settle, i) for i, r in enumerate(rows) if r.settle and any(r.settle)
+    ]
+    if not checks:
+        return None
+    return lambda x, masked: [span for check in checks for span in check(x, masked)]
 
 
 def _finish(tok, canvas, ids, reveal, conf, steps: int, start: float, denoiser) -> InfillResult:

@@ -258,9 +258,10 @@ def infill_stream(
     )
 
 
-def settle_check(tok, canvas: InfillCanvas, tests: Sequence[Callable[[str], bool] | None]):
-    """The sampler's ``settle`` for one canvas (row 0): each hole with a test is asked again whenever the text
-    from its start to its first masked position grew; once the test says yes, its masked positions end."""
+def settle_check(tok, canvas: InfillCanvas, tests: Sequence[Callable[[str], bool] | None], row: int = 0):
+    """The sampler's ``settle`` for one canvas (batch row ``row``): each hole with a test is asked again whenever
+    the text from its start to its first masked position grew; once the test says yes, its masked positions
+    end."""
     if len(tests) != len(canvas.hole_spans):
         raise ValueError(f"settle has {len(tests)} tests for {len(canvas.hole_spans)} holes")
     pending = {j: 0 for j, test in enumerate(tests) if test is not None}  # hole -> written tokens last asked
@@ -270,7 +271,7 @@ def settle_check(tok, canvas: InfillCanvas, tests: Sequence[Callable[[str], bool
         out = []
         for j in list(pending):
             a, b = canvas.hole_spans[j]
-            still = (x[0, a:b] == tok.mask_id).nonzero()  # ended positions stay masks in x
+            still = (x[row, a:b] == tok.mask_id).nonzero()  # ended positions stay masks in x
             first = int(still[0]) if still.numel() else b - a
             if first == b - a:
                 del pending[j]  # nothing left to end
@@ -278,7 +279,7 @@ def settle_check(tok, canvas: InfillCanvas, tests: Sequence[Callable[[str], bool
             if first == pending[j]:
                 continue
             pending[j] = first
-            ids = x[0, a : a + first].tolist()
+            ids = x[row, a : a + first].tolist()
             if any(t in stops for t in ids):
                 del pending[j]  # a stop token ended it already
                 continue
@@ -286,7 +287,7 @@ def settle_check(tok, canvas: InfillCanvas, tests: Sequence[Callable[[str], bool
             if lead and text.startswith(lead):
                 text = text[len(lead) :]
             if tests[j](text):
-                out.append((0, a + first, b))
+                out.append((row, a + first, b))
                 del pending[j]
         return out
 

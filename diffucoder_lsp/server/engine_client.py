@@ -458,7 +458,7 @@ class EngineClient:
         if isinstance(lm, RemoteModel):  # the gate's statistic: the backend scores the fill under it
             window = window or settings.context_tokens + sum(lengths) + 64
             args = (settings, should_stop, window, stream, end_at_newline, self.gate(settings)[0])
-            return lm.infill(text, lengths, *args)
+            return lm.infill(text, lengths, *args, settle=bool(settle and any(settle)) and len(lengths) == 1)
         from ..engine.infill import infill_stream, text_to_stop
 
         gen = infill_stream(

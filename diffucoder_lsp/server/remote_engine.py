@@ -79,11 +79,12 @@ class RemoteModel:
         stream: str | None,
         end_at_newline: bool,
         statistic: str,
+        settle: bool = False,
     ) -> Fill:
         """Fill ``text`` (holes written as ``<|mask|>``): each hole's text cut at its first stop token, and the
         first hole's score under ``statistic``. :class:`Cancelled` when ``should_stop`` said stop first, or a
         newer request of the same document superseded this one."""
-        body = request_body(text, lengths, settings, window, end_at_newline, statistic)
+        body = request_body(text, lengths, settings, window, end_at_newline, statistic, settle)
         group = f"{self.group_prefix}:{stream}" if stream else None
         try:
             record = self.client.infill(body, should_stop=should_stop, group=group)
@@ -108,10 +109,21 @@ class RemoteModel:
 
 
 def request_body(
-    text: str, lengths: Sequence[int], s: Settings, window: int, end_at_newline: bool, statistic: str
+    text: str,
+    lengths: Sequence[int],
+    s: Settings,
+    window: int,
+    end_at_newline: bool,
+    statistic: str,
+    settle: bool = False,
 ) -> dict[str, Any]:
-    """The ``/v1/infill`` body that decodes as :meth:`EngineClient.infill` would in-process."""
-    return {
+    """The ``/v1/infill`` body that decodes as :meth:`EngineClient.infill` would in-process. ``settle``: the
+    one hole stops once the editor's cut of it is decided (a block completion)."""
+    from ..engine.options import block_for_pace
+
+    adaptive = s.threshold is not None or s.entropy_bound is not None
+    block = block_for_pace(s.block_size, s.tokens_per_step, adaptive) if s.alg != "origin" else 0
+    body = {
         "text": text,
         "length": list(lengths),
         "decoding": "plain",  # every option below is explicit: the settings, not a mode's defaults
@@ -124,7 +136,7 @@ def request_body(
         "eos_penalty": s.eos_penalty,
         "threshold": s.threshold,
         "entropy_bound": s.entropy_bound,
-        "block_size": s.block_size if s.block_size and s.alg != "origin" else 0,
+        "block_size": block or 0,
         "cache": s.context_cache,
         "refresh_every": s.cache_refresh_every,
         "end_early": "all" if s.end_early else False,
@@ -135,3 +147,6 @@ def request_body(
         "cut_at_stop": True,
         "confidence_statistic": statistic,
     }
+    if settle:
+        body["settle"] = True
+    return body

@@ -80,6 +80,7 @@ def test_stream_has_one_event_per_step_then_the_record(backend):
         (b'{"text": "a <|mask|>", "context_tokens": 1000000}', "context_tokens must be between"),
         (b'{"text": "' + b"<|mask|>" * 17 + b'"}', "at most 16"),
         (b'{"prefix": "a", "text": "b <|mask|>"}', "not both"),
+        (b'{"text": "a <|mask|> <|mask|>", "settle": true}', "settle applies to one hole"),
     ],
 )
 def test_bad_requests_get_a_one_line_400(backend, body, reason):

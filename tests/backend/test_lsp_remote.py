@@ -191,3 +191,21 @@ def test_without_the_model_stack_the_demo_fills_from_the_backend(backend, tmp_pa
     # every position of the hole was revealed on screen, with the tokens of the backend's result
     assert seen["revealed"] == seen["token_ids"] and len(seen["token_ids"]) == 6
     assert seen["line"].startswith("x = ") and PLACEHOLDER not in seen["line"]
+
+
+def test_the_request_body_decodes_as_the_server_would_in_process():
+    """Every decoding option is explicit (decoding "plain"), so the backend must get the block the server would
+    run (a block of 1 widens with several tokens a step) and, for a block completion, the settle stop."""
+    from diffucoder_lsp.backend.config import Limits
+    from diffucoder_lsp.backend.schema import parse_infill
+    from diffucoder_lsp.server.engine_client import sampling_options
+    from diffucoder_lsp.server.remote_engine import request_body
+    from diffucoder_lsp.server.settings import Settings
+
+    for s in (Settings(), Settings(tokens_per_step=3), Settings(threshold=0.9), Settings(block_size=0)):
+        body = request_body("x = <|mask|>\n", [8], s, 512, False, "first_line_min")
+        spec = parse_infill(body, Limits(), 2048)
+        assert spec.options.block_size == sampling_options(s).block_size, s
+        assert "settle" not in body and not spec.settle
+    body = request_body("x = <|mask|>\n", [8], Settings(), 512, False, "first_line_min", settle=True)
+    assert parse_infill(body, Limits(), 2048).settle

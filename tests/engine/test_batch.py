@@ -61,6 +61,29 @@ def test_a_batch_gives_every_row_what_it_gets_alone(lm, options, lengths, cache)
         assert result is results[row] and i == results[row].steps - 1
 
 
+def test_settled_rows_stop_as_they_do_alone(lm):
+    """A row's settle tests end its hole as ``infill_stream(settle=...)`` does alone; rows without tests run on."""
+    options = SamplingOptions(temperature=0.0, block_size=1)
+
+    def after(n):
+        return lambda written: len(lm.tokenizer.encode(written)) >= n
+
+    tests = [(after(3),), None, (after(2),), None]
+    lengths = [12, 10, 12, 4]
+    alone = [
+        infill(lm, t, length=n, options=options, end_early=False, settle=list(s) if s else None)
+        for t, n, s in zip(TEXTS, lengths, tests, strict=True)
+    ]
+    rows = [
+        BatchRow(layout(lm, t, length=n, options=options), False, s)
+        for t, n, s in zip(TEXTS, lengths, tests, strict=True)
+    ]
+    _, results = drain(infill_batch(lm, rows, options=options))
+    for a, b in zip(alone, results, strict=True):
+        assert [h.token_ids for h in b.holes] == [h.token_ids for h in a.holes] and b.steps == a.steps
+    assert results[0].steps < 12 and results[2].steps < 12  # the settled rows stopped early
+
+
 def test_a_retired_row_leaves_the_batch_at_the_next_step(lm):
     options = SamplingOptions(temperature=0.0, block_size=32)
     rows = [BatchRow(layout(lm, t, length=12, options=options)) for t in TEXTS]
