@@ -451,7 +451,8 @@ class EngineClient:
         """THE engine call: fill every ``MARKER`` hole of ``text`` jointly; stops between steps when asked.
         ``end_at_newline``: a hole also ends at its first newline token (a single-line completion is cut there:
         the steps after it would be wasted). ``settle``: per hole, a test that the text written so far already
-        decides the editor's cut (``infill_stream``'s ``settle``; not sent to a backend)."""
+        decides the editor's cut (``infill_stream``'s ``settle``; a backend is asked to apply the same test to a
+        single hole, with the text it is sent)."""
         lm = self.lm
         if lm is None:
             raise Cancelled("no model loaded")
