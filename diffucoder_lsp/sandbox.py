@@ -456,7 +456,20 @@ def _probe() -> tuple[_Mode | None, str]:
     modes = [_Mode(bwrap, True), _Mode(bwrap, False)] if os.geteuid() == 0 else [_Mode(bwrap, False)]
     problems = []
     for mode in modes:
-        r = _run("print('sandbox-probe-ok')", mode, timeout_s=30.0, memory_mb=512)
+        r = _run(
+            "print('sandbox-probe-ok')",
+            mode,
+            timeout_s=30.0,
+            memory_mb=512,
+            cpu_s=None,
+            files=None,
+            cwd_copy=None,
+            python=None,
+            total_memory_mb=None,
+            max_procs=DEFAULT_MAX_PROCS,
+            site_packages=None,
+            read_back=None,
+        )
         if r.passed and r.stdout_tail.strip() == "sandbox-probe-ok":
             if os.geteuid() == 0 and not mode.as_root:
                 log.warning(
@@ -779,18 +792,19 @@ def _run(
     code: str,
     mode: _Mode | None,
     *,
-    timeout_s: float = 5.0,
-    memory_mb: int | None = 512,
-    cpu_s: float | None = None,
-    files: Mapping[str, str | bytes] | None = None,
-    cwd_copy: str | Path | None = None,
-    python: str | None = None,
-    total_memory_mb: int | None = None,
-    max_procs: int | None = DEFAULT_MAX_PROCS,
-    site_packages: bool | None = None,
-    read_back: Sequence[str] | None = None,
+    timeout_s: float,
+    memory_mb: int | None,
+    cpu_s: float | None,
+    files: Mapping[str, str | bytes] | None,
+    cwd_copy: str | Path | None,
+    python: str | None,
+    total_memory_mb: int | None,
+    max_procs: int | None,
+    site_packages: bool | None,
+    read_back: Sequence[str] | None,
 ) -> SandboxResult:
-    """One run: inside bwrap with ``mode``, or the unsafe process-group runner with ``mode=None``."""
+    """One run: inside bwrap with ``mode``, or the unsafe process-group runner with ``mode=None``. Every limit is
+    explicit: the defaults live in :func:`run_python` only."""
     start = time.monotonic()
     isolated = mode is not None
     root: Path | None = None
