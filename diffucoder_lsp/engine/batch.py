@@ -31,7 +31,7 @@ import torch
 
 from .denoiser import FullCanvasDenoiser
 from .healing import lead_constraint
-from .infill import InfillCanvas, InfillResult, assemble, ending_spans, sampler_args, settle_check
+from .infill import InfillCanvas, InfillResult, assemble, ending_spans, sampler_args, settle_rows
 from .options import SamplingOptions
 from .sampler import denoise
 
@@ -104,7 +104,7 @@ def infill_batch(
         valid.to(lm.device),
         end_spans=[s for i, r in enumerate(rows) for s in ending_spans(r.canvas, i, options, r.end_early)],
         constraint=lead_constraint(tok, [lead for i, c in enumerate(canvases) for lead in c.hole_leads(i)]),
-        settle=_settle_rows(tok, rows),
+        settle=settle_rows(tok, canvases, [r.settle for r in rows]),
         **sampler_args(lm, options, end_ids),
     )
     ids = [list(c.ids) for c in canvases]
@@ -122,18 +122,10 @@ def infill_batch(
                 event = gen.send(retire)
             except StopIteration:
                 break
-            per_row: dict[int, list[tuple[int, int, float]]] = {}
-            for r, c, t, p in zip(
-                event.rows.tolist(),
-                event.cols.tolist(),
-                event.tokens.tolist(),
-                event.confidence.tolist(),
-                strict=True,
-            ):
-                per_row.setdefault(r, []).append((c, t, p))
+            per_row = event.per_row(len(rows))
             out = []
             for r in sorted(running):
-                revealed = per_row.get(r, [])
+                revealed = per_row[r]
                 for c, t, p in revealed:
                     ids[r][c], reveal[r][c], conf[r][c] = t, event.step, p
                 left[r] -= len(revealed)
@@ -162,16 +154,6 @@ def infill_batch(
     finally:
         gen.close()
     return results
-
-
-def _settle_rows(tok, rows: Sequence[BatchRow]):
-    """The sampler's ``settle`` over the rows that have tests, or None."""
-    checks = [
-        settle_check(tok, r.canvas, r.settle, i) for i, r in enumerate(rows) if r.settle and any(r.settle)
-    ]
-    if not checks:
-        return None
-    return lambda x, masked: [span for check in checks for span in check(x, masked)]
 
 
 def _finish(tok, canvas, ids, reveal, conf, steps: int, start: float, denoiser) -> InfillResult:

@@ -294,6 +294,21 @@ def settle_check(tok, canvas: InfillCanvas, tests: Sequence[Callable[[str], bool
     return check
 
 
+def settle_rows(
+    tok, canvases: Sequence[InfillCanvas], tests: Sequence[Sequence[Callable[[str], bool] | None] | None]
+):
+    """The sampler's ``settle`` over a batch: row i's canvas with its per-hole tests (None: none); None when no
+    row has a test."""
+    checks = [
+        settle_check(tok, c, t, i)
+        for i, (c, t) in enumerate(zip(canvases, tests, strict=True))
+        if t and any(t)
+    ]
+    if not checks:
+        return None
+    return lambda x, masked: [span for check in checks for span in check(x, masked)]
+
+
 def layout(
     lm,
     text: str,

@@ -243,9 +243,8 @@ def denoise(
             ended_tokens[now] = full_tokens[now]
             take = take | now  # done and reported, but still masks in x until the end
         if settle is not None:
-            now = _end_settled(
-                settle(x, masked & ~take), masked & ~take, full_tokens, full_conf, settle_token
-            )
+            still = masked & ~take
+            now = _end_settled(settle(x, still), still, full_tokens, full_conf, settle_token)
             ended |= now
             ended_tokens[now] = settle_token
             take = take | now

@@ -58,11 +58,8 @@ def completion_span(prefix: str, suffix: str, s: Settings) -> tuple[str, int]:
 
 
 def sampling_options(s: Settings):
-    from ..engine.options import block_for_pace
     from ..engine.sampler import SamplingOptions
 
-    adaptive = s.threshold is not None or s.entropy_bound is not None
-    block = block_for_pace(s.block_size, s.tokens_per_step, adaptive) if s.alg != "origin" else None
     return SamplingOptions(
         steps=s.steps,
         tokens_per_step=s.tokens_per_step,
@@ -73,7 +70,7 @@ def sampling_options(s: Settings):
         eos_penalty=s.eos_penalty,
         threshold=s.threshold,
         entropy_bound=s.entropy_bound,
-        block_size=block or None,  # origin has no order
+        block_size=s.decoding_block(),
     )
 
 
@@ -352,11 +349,11 @@ class EngineClient:
         ctx = self._context(prefix, suffix, settings)
         text, window = self._completion_text(ctx, max_tokens)
         line_prefix, line_suffix, _ = split_at_cursor(prefix, suffix)
+        block = decide_mode(line_prefix, line_suffix) != SINGLE
         # shown up to its first line break, so a newline token ends it; not at the start of a line, where token
         # healing has the first token re-write the newline before the cursor
-        single = decide_mode(line_prefix, line_suffix) == SINGLE and line_prefix.strip() != ""
+        single = not block and line_prefix.strip() != ""
         # a block ends once what is written decides where the editor cuts it (it left the cursor's scope)
-        block = decide_mode(line_prefix, line_suffix) != SINGLE
 
         def decided(written: str) -> bool:
             return settled(written, prefix, suffix)

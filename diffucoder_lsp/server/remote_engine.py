@@ -119,10 +119,6 @@ def request_body(
 ) -> dict[str, Any]:
     """The ``/v1/infill`` body that decodes as :meth:`EngineClient.infill` would in-process. ``settle``: the
     one hole stops once the editor's cut of it is decided (a block completion)."""
-    from ..engine.options import block_for_pace
-
-    adaptive = s.threshold is not None or s.entropy_bound is not None
-    block = block_for_pace(s.block_size, s.tokens_per_step, adaptive) if s.alg != "origin" else 0
     body = {
         "text": text,
         "length": list(lengths),
@@ -136,7 +132,7 @@ def request_body(
         "eos_penalty": s.eos_penalty,
         "threshold": s.threshold,
         "entropy_bound": s.entropy_bound,
-        "block_size": block or 0,
+        "block_size": s.decoding_block() or 0,
         "cache": s.context_cache,
         "refresh_every": s.cache_refresh_every,
         "end_early": "all" if s.end_early else False,

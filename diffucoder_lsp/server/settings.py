@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from ..engine.options import EDITOR_BLOCK_SIZE
+from ..engine.options import EDITOR_BLOCK_SIZE, block_for_pace
 from ..engine.remote import check_url, is_url
 from ..errors import BadInputError, short_repr
 
@@ -109,6 +109,15 @@ class Settings:
             self.context_tokens,
             self.prefix_share,
         )
+
+    def decoding_block(self) -> int | None:
+        """The block the sampler runs: ``blockSize`` widened for a parallel pace (a block of 1 leaves nothing to
+        reveal in parallel), None for all at once or for ``origin`` (which has no order). In-process and over a
+        backend alike."""
+        if self.alg == "origin":
+            return None
+        adaptive = self.threshold is not None or self.entropy_bound is not None
+        return block_for_pace(self.block_size, self.tokens_per_step, adaptive) or None
 
     def language_enabled(self, language_id: str) -> bool:
         langs = self.enabled_languages

@@ -24,6 +24,7 @@ the reward curve (skipped with a log line when matplotlib is missing).
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import logging
 import time
@@ -36,7 +37,7 @@ import torch
 
 from ..engine.cache import CachedContextDenoiser
 from ..engine.denoiser import FullCanvasDenoiser
-from ..engine.infill import DEFAULT_MARKER, prepare_infill
+from ..engine.infill import DEFAULT_MARKER, prepare_infill, settle_rows
 from ..engine.sampler import SamplingOptions, denoise, run_to_end
 from ..errors import BadInputError
 from .coupled import MaskedHead, estimate_logprobs, grpo_loss, leave_one_out, plan_masks
@@ -192,36 +193,15 @@ def scope_settled(prefix: str, written: str) -> bool:
     return len(scope_cut(prefix, written)) < len(written.rstrip(" \t"))
 
 
-def scope_settle(tok, rows: list[tuple[int, int, str] | None], mask_id: int):
-    """The sampler's ``settle`` for a rollout batch: ``rows[r]`` is (hole start, hole end, the prompt's text
-    before the hole) for a row cut by :func:`scope_cut`, else None. A row ends once the text written from its
-    hole's start holds a line back at the function's indentation: :func:`scope_cut` of every longer text cuts
-    there too (the lines before it are complete and the deciding line's indentation is written), so the
-    completion and its reward are those of denoising every position, in fewer steps."""
-    asked = dict.fromkeys((r for r, row in enumerate(rows) if row is not None), 0)
-    stops = tok.stop_ids
-
-    def check(x, _masked):
-        out = []
-        for r in list(asked):
-            s, e, prefix = rows[r]
-            still = (x[r, s:e] == mask_id).nonzero()
-            first = int(still[0]) if still.numel() else e - s
-            if first == e - s or first == asked[r]:
-                if first == e - s:
-                    del asked[r]
-                continue
-            asked[r] = first
-            ids = x[r, s : s + first].tolist()
-            if any(t in stops for t in ids):
-                del asked[r]
-                continue
-            if scope_settled(prefix, tok.decode(ids)):
-                out.append((r, s + first, e))
-                del asked[r]
-        return out
-
-    return check
+def scope_settle(tok, canvases: list, prefixes: list[str | None]):
+    """The sampler's ``settle`` for a rollout batch (:func:`~diffucoder_lsp.engine.infill.settle_rows`):
+    ``prefixes[r]`` is the prompt's text before row r's hole for a row cut by :func:`scope_cut`, else None. A row
+    ends once the text written from its hole's start holds a line back at the function's indentation:
+    :func:`scope_cut` of every longer text cuts there too (the lines before it are complete and the deciding
+    line's indentation is written), so the completion and its reward are those of denoising every position, in
+    fewer steps. None when no row is cut."""
+    tests = [None if p is None else (functools.partial(scope_settled, p),) for p in prefixes]
+    return settle_rows(tok, canvases, tests)
 
 
 def _row_seed(*parts) -> int:
@@ -322,10 +302,7 @@ class GRPOTrainer:
             seed=seed,
             block_size=a.block_size,
         )
-        cut = [
-            (*c.hole_spans[0], hole_prefix(t)) if t.kind == "jsonl" and not t.chat else None
-            for c, t in zip(rows, rows_tasks, strict=True)
-        ]
+        cut = [hole_prefix(t) if t.kind == "jsonl" and not t.chat else None for t in rows_tasks]
         self.core.eval()
         # the prompt's keys/values computed once, as fill and the editor decode: a step then runs the block being
         # written, not the whole canvas (rollouts were 80 % of a CPU step; their log-probabilities are never
@@ -339,7 +316,7 @@ class GRPOTrainer:
             options=opts,
             allowed_vocab=min(tok.vocab_size, self.lm.config.vocab_size),
             stop_ids=tuple(sorted(tok.stop_ids)),
-            settle=scope_settle(tok, cut, tok.mask_id) if any(cut) else None,
+            settle=scope_settle(tok, rows, cut),
         )
         _, final = run_to_end(gen)
         self.core.train()

@@ -377,12 +377,14 @@ def test_rollouts_stop_where_the_function_ends(tiny_ckpt, tmp_path, monkeypatch)
     # the tiny random model never dedents on its own: settle each row after its third written token
     calls = []
 
-    def settle_after_three(tok, rows, mask_id):
+    def settle_after_three(tok, canvases, prefixes):
+        mask_id = tok.mask_id
+
         def check(x, masked):
             calls.append(1)
             out = []
-            for r, row in enumerate(rows):
-                s, e, _ = row
+            for r, canvas in enumerate(canvases):
+                s, e = canvas.hole_spans[0]
                 first = int((x[r, s:e] == mask_id).nonzero()[0]) if (x[r, s:e] == mask_id).any() else e - s
                 if first == 3 and bool(masked[r, s + 3 : e].any()):
                     out.append((r, s + 3, e))
