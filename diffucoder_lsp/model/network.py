@@ -111,14 +111,29 @@ LOOKAHEAD_INIT = -12.0
 
 
 def lookahead_mask(
-    bias: torch.Tensor, future: torch.Tensor, mask: torch.Tensor | None, dtype: torch.dtype
+    bias: torch.Tensor,
+    future: torch.Tensor,
+    mask: torch.Tensor | None,
+    dtype: torch.dtype,
+    scratch: dict[tuple, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Additive (B, H, N, K) scores: ``bias[h]`` where the key is later than the query, -inf where ``mask``
-    (B, 1, N, K) forbids the pair, else 0."""
-    add = future.to(dtype) * bias.to(dtype).view(1, -1, 1, 1)
-    if mask is not None:
-        add = add.masked_fill(~mask, float("-inf"))
-    return add
+    (B, 1, N, K) forbids the pair, else 0.
+
+    ``scratch``: one forward pass's buffers, by shape, reused from layer to layer when no gradient is recorded
+    (a buffer saved for backward must not be overwritten). A 1k-token pass needs a 38 MB buffer per layer, and
+    a fresh allocation that size comes from the system zeroed, page by page: on a 2-core CPU that cost 25 ms a
+    layer, ~0.7 s of a 2.7 s context pass, against 3 ms for writing into memory already mapped."""
+    shape = (future.shape[0], bias.shape[0], future.shape[2], future.shape[3])
+    if scratch is None or torch.is_grad_enabled():
+        add = future.to(dtype) * bias.to(dtype).view(1, -1, 1, 1)
+        return add if mask is None else add.masked_fill(~mask, float("-inf"))
+    key = (shape, dtype, future.device)
+    out = scratch.get(key)
+    if out is None:
+        out = scratch[key] = torch.empty(shape, dtype=dtype, device=future.device)
+    torch.mul(future, bias.to(dtype).view(1, -1, 1, 1), out=out)
+    return out if mask is None else out.masked_fill_(~mask, float("-inf"))
 
 
 def grouped_attention(
@@ -168,6 +183,7 @@ class Attention(nn.Module):
         causal: bool = False,
         keep: torch.Tensor | None = None,
         future: torch.Tensor | None = None,
+        scratch: dict[tuple, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, KV]:
         """Attention output (B, N', H) and this call's own (k, v) (after RoPE) for every input position.
 
@@ -199,7 +215,7 @@ class Attention(nn.Module):
             k = torch.cat([extra_kv[0], k], dim=2)
             v = torch.cat([extra_kv[1], v], dim=2)
         if future is not None and not causal:
-            mask = lookahead_mask(self.lookahead_bias, future, mask, q.dtype)
+            mask = lookahead_mask(self.lookahead_bias, future, mask, q.dtype, scratch)
         if x.device.type == "cpu" and nq <= SHORT_QUERY_ATTENTION and not (causal and mask is None):
             out = grouped_attention(q, k, v, mask)
         elif x.device.type == "cpu":
@@ -244,8 +260,10 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
-    def forward(self, x, cos, sin, mask, extra_kv=None, causal=False, keep=None, future=None):
-        attn, kv = self.self_attn(self.input_layernorm(x), cos, sin, mask, extra_kv, causal, keep, future)
+    def forward(self, x, cos, sin, mask, extra_kv=None, causal=False, keep=None, future=None, scratch=None):
+        attn, kv = self.self_attn(
+            self.input_layernorm(x), cos, sin, mask, extra_kv, causal, keep, future, scratch
+        )
         if keep is not None:
             x = x.gather(1, keep[..., None].expand(-1, -1, x.shape[-1]))
         x = x + attn
@@ -347,12 +365,13 @@ class DreamModel(nn.Module):
                 key_pos = torch.cat([extra_positions, position_ids], dim=1)
             future = (key_pos[:, None, None, :] > position_ids[:, None, :, None]).contiguous()
         kvs: list[KV] = []
+        scratch: dict[tuple, torch.Tensor] = {}  # this pass's reusable buffers (see lookahead_mask)
         last = len(self.model.layers) - 1
         for i, layer in enumerate(self.model.layers):
             if should_stop is not None and should_stop():
                 return None
             extra = extra_kv[i] if extra_kv is not None else None
-            x, kv = layer(x, cos, sin, mask, extra, causal, keep if i == last else None, future)
+            x, kv = layer(x, cos, sin, mask, extra, causal, keep if i == last else None, future, scratch)
             if return_kv:
                 kvs.append(kv)
         x = self.model.norm(x)
