@@ -60,8 +60,9 @@ async def test_tokens_appear_live_in_the_scripted_order():
             await wait_for(
                 pilot, lambda s=step: app.demo.history is not None and app.demo.history.steps_done == s
             )
+            # the view follows a live run (redraws are spaced by LIVE_REDRAW_INTERVAL, so it may trail a step)
+            await wait_for(pilot, lambda s=step: app.demo.view_step == s, what=f"view at step {step}")
             assert hole_line(app) == text
-            assert app.demo.view_step == step  # the view follows a live run
             assert app.demo.running or step == len(expected)
             runner.gate.release()
         await wait_for(pilot, lambda: app.demo.history.status == "done")
@@ -272,3 +273,59 @@ async def test_quit_during_the_model_load_does_not_wait_for_it():
         await pilot.press("q")
     assert not app.is_running and time.monotonic() - start < 5
     runner.loaded.set()  # the daemon loader finishes later; posting to the closed app must not raise
+
+
+async def test_a_fast_live_run_is_redrawn_at_most_every_interval_and_ends_on_its_last_step(monkeypatch):
+    """Redrawing every step took the model's cores (~40 ms a redraw on 2 cores): steps that come faster than
+    LIVE_REDRAW_INTERVAL share one redraw, and the finished run still shows every token and replays each step."""
+    from diffucoder_lsp.tui.screens import demo
+
+    monkeypatch.setattr(demo, "LIVE_REDRAW_INTERVAL", 0.5)
+    script = [[(0, i, 1 + i % 8, -0.1 * i)] for i in range(8)]
+    runner = ScriptedRunner(script)
+    app = make_app(runner, length=8)
+    redraws = []
+    real = CodeView.set_lines
+
+    def counting(self, lines, mode):
+        if mode == "run":
+            redraws.append(app.demo.view_step)
+        return real(self, lines, mode)
+
+    monkeypatch.setattr(CodeView, "set_lines", counting)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("f")
+        await wait_for(pilot, lambda: app.demo.history is not None and app.demo.history.status == "done")
+        assert runner.computed == 8
+        assert app.demo.view_step == 8 and hole_line(app)[8:] == "ABCDEFGH"
+        assert len(set(redraws)) < 8  # not one redraw per step
+        await pilot.press("home", "right", "right")
+        assert hole_line(app)[8:] == "AB░░░░░░"  # replay still has every step
+
+
+async def test_code_view_repaints_only_the_lines_a_step_changed(monkeypatch):
+    """A live step changes a hole's lines: repainting every line per step took the model's CPU time."""
+    from rich.text import Text
+
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await run_to_end(app, pilot)
+        code = app.demo.query_one(CodeView)
+        lines = [Text(t) for t in code.plain_lines]
+        code.set_lines(lines, "run")
+        painted, whole = [], []
+        monkeypatch.setattr(type(code), "refresh_lines", lambda self, y, n=1: painted.append((y, n)))
+        real = type(code).refresh
+        monkeypatch.setattr(
+            type(code), "refresh", lambda self, *a, **k: whole.append(a) or real(self, *a, **k)
+        )
+        changed = list(lines)
+        changed[1] = Text("    y = ABCX")
+        code.set_lines(changed, "run")
+        assert painted == [(1, 1)] and whole == []
+        code.set_lines(changed, "run")  # nothing new: nothing repainted
+        assert painted == [(1, 1)] and whole == []
+        code.set_lines([*changed, Text("more")], "run")  # a line more: the whole view
+        assert whole
+        await pilot.pause()
+        assert code.plain_lines[1] == "    y = ABCX"

@@ -71,7 +71,10 @@ class SidePanel(Static):
 
     def show(self, state: PanelState) -> None:
         self.state = state
-        self.update(self._render_state(state))
+        # Its size is fixed by its CSS (a column 38 wide, the body's height), so new numbers need a repaint, not
+        # a layout pass: a layout pass redraws the whole screen, which during a live run on a 2-core CPU took
+        # time from the model's steps.
+        self.update(self._render_state(state), layout=False)
 
     @staticmethod
     def _render_state(s: PanelState) -> Group:
