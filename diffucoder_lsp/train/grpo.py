@@ -46,6 +46,7 @@ from .pretrain import fit_bar_to_time_limit
 from .repo_tasks import Task
 from .rewards import extract_code, jsonl_rewards, repo_rewards, reward_summary
 from .tuning import (
+    Horizon,
     MetricsLog,
     check_distributed,
     load_checkpoint,
@@ -245,7 +246,10 @@ class GRPOTrainer:
         if not args.lora and args.beta:
             self.ref = copy.deepcopy(self.core).eval().requires_grad_(False)
         lr = args.lr if args.lr is not None else (1e-5 if args.lora else 1e-6)
-        self.opt, self.sched = make_optimizer(self.core, lr, 0.0, args.warmup, args.steps * args.inner_steps)
+        self.horizon = Horizon(args.steps * args.inner_steps)  # in optimizer steps, as the schedule counts
+        self.opt, self.sched = make_optimizer(
+            self.core, lr, 0.0, args.warmup, args.steps * args.inner_steps, horizon=self.horizon
+        )
         self.step = 0
         self.metrics = MetricsLog(self.out, self.is_main)
         if args.resume and (self.out / "last.pt").is_file():
@@ -513,6 +517,12 @@ class GRPOTrainer:
         flat = FlatRewardWatch()
         while self.step < a.steps:
             m = self.train_step()
+            self.horizon.fit(
+                self.step * a.inner_steps,
+                m["step_s"] / a.inner_steps,
+                time.monotonic() - start,
+                (a.time_limit or 0) * 60,
+            )
             self.metrics.write(m)
             advice = flat.observe(m)
             if advice and self.is_main:

@@ -36,6 +36,7 @@ from .losses import apply_noise, masked_diffusion_loss, sample_t
 from .pretrain import fit_bar_to_time_limit
 from .repo_data import RepoExampleSampler, load_repo, read_instructions, split_summary, write_heldout
 from .tuning import (
+    Horizon,
     MetricsLog,
     check_distributed,
     eval_view,
@@ -166,7 +167,10 @@ class SFTTrainer:
             else None
         )
         lr = args.lr if args.lr is not None else (2e-4 if args.lora else 1e-5)
-        self.opt, self.sched = make_optimizer(self.core, lr, args.weight_decay, args.warmup, args.steps)
+        self.horizon = Horizon(args.steps)
+        self.opt, self.sched = make_optimizer(
+            self.core, lr, args.weight_decay, args.warmup, args.steps, horizon=self.horizon
+        )
         self.step = 0
         self.metrics = MetricsLog(self.out, self.is_main)
         if args.resume and (self.out / "last.pt").is_file():
@@ -319,7 +323,9 @@ class SFTTrainer:
         while self.step < a.steps:
             t0 = time.monotonic()
             m = self.train_step()
-            m["tok_s"] = round(m["tokens"] / max(1e-9, time.monotonic() - t0), 1)
+            step_s = time.monotonic() - t0
+            m["tok_s"] = round(m["tokens"] / max(1e-9, step_s), 1)
+            self.horizon.fit(self.step, step_s, time.monotonic() - start, (a.time_limit or 0) * 60)
             self.metrics.write(m)
             if bar is not None:
                 bar.update(1)

@@ -648,3 +648,26 @@ def test_the_evaluations_before_and_after_show_progress(tiny_ckpt_fp32, tmp_path
     assert "grpo eval before" in err and "2/2" in err and "reward=0.500" in err
     tr.mean_reward(1)
     assert "grpo eval" not in capsys.readouterr().err  # quiet unless asked
+
+
+def test_grpo_fits_its_schedule_to_the_time_limit(tiny_ckpt_fp32, tmp_path, monkeypatch):
+    """`--time-limit 15` on a CPU makes ~20 steps of the 200 planned: the cosine decays over those."""
+    from diffucoder_lsp.train import grpo
+
+    now = [0.0]
+
+    def clock() -> float:  # every reading is a second later
+        now[0] += 1.0
+        return now[0]
+
+    monkeypatch.setattr(grpo.time, "monotonic", clock)
+    tr = GRPOTrainer(
+        _toy_args(tiny_ckpt_fp32, tmp_path / "t", steps=200, plot=False, time_limit=0.5),
+        TOY_TASKS,
+        low_id_reward,
+    )
+    s = tr.fit(progress=False, eval_rounds=0)
+    assert s["reason"] == "time_limit" and s["step"] < 200
+    assert tr.horizon.total <= s["step"] + 2
+    lrs = [r["lr"] for r in tr.metrics.read() if "lr" in r and "event" not in r]
+    assert lrs[-1] < 0.3 * max(lrs)

@@ -191,3 +191,54 @@ def test_sharded_setups_are_refused_with_the_way_out():
     check_distributed(zero2, grad_accum=1)
     with pytest.raises(BadInputError, match="grad-accum 1"):
         check_distributed(zero2, grad_accum=2)
+
+
+def test_the_schedule_ends_where_the_time_limit_stops_the_run():
+    """A 10-minute CPU run of 200 planned steps makes ~40: the cosine must decay over those, not stay near peak."""
+    from diffucoder_lsp.train.tuning import Horizon, make_optimizer
+
+    assert Horizon(200).fit(1, 10.0, 10.0, None) == 200  # no limit: the planned steps
+    h = Horizon(200)
+    assert h.fit(1, 30.0, 30.0, 100.0) == 1 + 3  # 70 s left at 30 s a step
+    assert h.fit(2, 10.0, 40.0, 100.0) == 2 + 2  # the upper median of (30, 10): 60 s left at 30 s a step
+    assert h.fit(3, 10.0, 50.0, 100.0) == 3 + 5  # median of (30, 10, 10): 10 s a step, 50 s left
+    assert Horizon(20).fit(1, 0.001, 0.001, 1000.0) == 20  # never past --steps
+    assert Horizon(20).fit(5, 50.0, 200.0, 100.0) == 6  # past the limit: ends with the next step
+
+    w = torch.nn.Linear(2, 2)
+    fitted = Horizon(200)
+    opt, sched = make_optimizer(w, 1.0, 0.0, 2, 200, min_ratio=0.1, horizon=fitted)
+    fitted.total = 10
+    lrs = []
+    for _ in range(10):
+        opt.step()
+        sched.step()
+        lrs.append(sched.get_last_lr()[0])
+    assert lrs[-1] == pytest.approx(0.1) and lrs[1] == pytest.approx(1.0)
+    _, plain = make_optimizer(w, 1.0, 0.0, 2, 200, min_ratio=0.1)
+    for _ in range(10):
+        plain.step()
+    assert plain.get_last_lr()[0] > 0.99  # without a horizon: still at the peak after 10 of 200 steps
+
+
+def test_sft_fits_its_schedule_to_the_time_limit(tiny_ckpt_fp32, tmp_path, monkeypatch):
+    from diffucoder_lsp.train import sft
+
+    now = [0.0]
+
+    def clock() -> float:  # every reading is a second later: a step takes a few "seconds"
+        now[0] += 1.0
+        return now[0]
+
+    monkeypatch.setattr(sft.time, "monotonic", clock)
+    tr = SFTTrainer(
+        _args(
+            tiny_ckpt_fp32, tmp_path / "run", steps=500, eval_batches=0, lora=True, lora_r=4, time_limit=0.5
+        )
+    )
+    summary = tr.fit(progress=False)
+    assert summary["reason"] == "time_limit" and summary["step"] < 500
+    assert tr.horizon.total <= summary["step"] + 2  # the schedule's end: where the limit stopped the run
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    lrs = [r["lr"] for r in lines if "lr" in r and "event" not in r]
+    assert lrs[-1] < 0.3 * max(lrs)  # decayed by the end of the time limit, not still near the peak
