@@ -49,10 +49,9 @@ from ..widgets.side_panel import AR_KS
 from .settings import SettingsScreen
 
 PLAY_INTERVAL = 0.08  # seconds per step when replaying
-# A live run redraws at most this often. Each redraw re-lexes and re-lays the whole document on the UI thread,
-# ~40 ms on a 2-core CPU, taken from the cores the model steps on: redrawing every step (100-200 ms each)
-# made the built-in sample's first fill ~30 % slower than the same fill without the app. Steps that arrive
-# in between are shown by the next redraw; replay still shows every step.
+# A live run redraws at most this often. A redraw rebuilds the document's highlighted lines and repaints the
+# changed ones on the UI thread, CPU time taken from the cores the model steps on (2 on a small machine). Steps
+# that arrive in between are shown by the next redraw; replay still shows every step.
 LIVE_REDRAW_INTERVAL = 0.25
 log = logging.getLogger(__name__)
 
@@ -232,9 +231,9 @@ class DemoScreen(Screen):
         self.cancelling = False
         if self.history is not None:
             self.history.finish(status, elapsed)
+        self._cancel_redraw()
+        self._last_redraw = float("-inf")
         if self.follow and self.history is not None:
-            self._cancel_redraw()
-            self._last_redraw = float("-inf")
             self._set_view(self.history.steps_done)  # the last steps, whatever a pending redraw held back
         self._refresh()
 
