@@ -42,7 +42,6 @@ from ..engine.sampler import SamplingOptions, denoise, run_to_end
 from ..errors import BadInputError
 from .coupled import MaskedHead, estimate_logprobs, grpo_loss, leave_one_out, plan_masks
 from .lora import adapters_disabled, export_checkpoint, merge_lora, save_adapter
-from .pretrain import fit_bar_to_time_limit
 from .repo_tasks import Task
 from .rewards import extract_code, jsonl_rewards, repo_rewards, reward_summary
 from .tuning import (
@@ -247,9 +246,7 @@ class GRPOTrainer:
             self.ref = copy.deepcopy(self.core).eval().requires_grad_(False)
         lr = args.lr if args.lr is not None else (1e-5 if args.lora else 1e-6)
         self.horizon = Horizon(args.steps * args.inner_steps)  # in optimizer steps, as the schedule counts
-        self.opt, self.sched = make_optimizer(
-            self.core, lr, 0.0, args.warmup, args.steps * args.inner_steps, horizon=self.horizon
-        )
+        self.opt, self.sched = make_optimizer(self.core, lr, 0.0, args.warmup, self.horizon)
         self.step = 0
         self.metrics = MetricsLog(self.out, self.is_main)
         if args.resume and (self.out / "last.pt").is_file():
@@ -513,7 +510,6 @@ class GRPOTrainer:
         )
         bar = progress_bar(a.steps, self.step, progress and self.is_main, "grpo")
         start, reason = time.monotonic(), "steps"
-        first = self.step
         flat = FlatRewardWatch()
         while self.step < a.steps:
             m = self.train_step()
@@ -529,7 +525,7 @@ class GRPOTrainer:
                 log.warning("%s", advice)
             if bar is not None:
                 bar.update(1)
-                fit_bar_to_time_limit(bar, self.step, a.steps, first, start, (a.time_limit or 0) * 60)
+                self.horizon.show(bar, per=a.inner_steps)
                 bar.set_postfix(
                     reward=f"{m['reward']:.3f}",
                     kl=f"{m['kl']:.4f}",

@@ -33,7 +33,6 @@ from .coupled import MaskedHead
 from .data import line_end_table
 from .lora import export_checkpoint, merge_lora, save_adapter
 from .losses import apply_noise, masked_diffusion_loss, sample_t
-from .pretrain import fit_bar_to_time_limit
 from .repo_data import RepoExampleSampler, load_repo, read_instructions, split_summary, write_heldout
 from .tuning import (
     Horizon,
@@ -168,9 +167,7 @@ class SFTTrainer:
         )
         lr = args.lr if args.lr is not None else (2e-4 if args.lora else 1e-5)
         self.horizon = Horizon(args.steps)
-        self.opt, self.sched = make_optimizer(
-            self.core, lr, args.weight_decay, args.warmup, args.steps, horizon=self.horizon
-        )
+        self.opt, self.sched = make_optimizer(self.core, lr, args.weight_decay, args.warmup, self.horizon)
         self.step = 0
         self.metrics = MetricsLog(self.out, self.is_main)
         if args.resume and (self.out / "last.pt").is_file():
@@ -318,7 +315,6 @@ class SFTTrainer:
         )
         bar = progress_bar(a.steps, self.step, progress and self.is_main, "sft")
         start = time.monotonic()
-        first = self.step
         reason = "steps"
         while self.step < a.steps:
             t0 = time.monotonic()
@@ -330,7 +326,7 @@ class SFTTrainer:
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{m['loss']:.3f}", tok_s=f"{m['tok_s']:.0f}", refresh=False)
-                fit_bar_to_time_limit(bar, self.step, a.steps, first, start, (a.time_limit or 0) * 60)
+                self.horizon.show(bar)
             if a.ckpt_every and self.step % a.ckpt_every == 0:
                 self.save()
             if a.time_limit and time.monotonic() - start > a.time_limit * 60:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import random
 import sys
 from dataclasses import replace
@@ -28,7 +27,7 @@ import torch
 from ..errors import BadInputError
 from ..model.loading import LoadedModel, load_model
 from .lora import apply_lora, has_lora
-from .pretrain import _atomic_save, lr_lambda
+from .pretrain import Horizon, _atomic_save, lr_lambda
 
 log = logging.getLogger(__name__)
 
@@ -101,39 +100,16 @@ def load_trainable(
     return lm, cfg
 
 
-class Horizon:
-    """The step a run's cosine schedule ends at: ``steps``, or sooner when ``--time-limit`` will stop it first.
-
-    A ten-minute CPU run of 200 planned steps stops after ~40, with the learning rate still at 90 % of its peak;
-    fitted to the time limit, the schedule decays over the steps the run will make. ``fit`` re-estimates the
-    end from the median time of the steps so far (the first one, with its warm-up costs, weighs less that way)."""
-
-    def __init__(self, steps: int) -> None:
-        self.steps = steps
-        self.total = steps
-        self._times: list[float] = []
-
-    def fit(self, step: int, step_s: float, elapsed_s: float, limit_s: float | None) -> int:
-        """After a step that took ``step_s`` (``elapsed_s`` since the loop started): the new end step."""
-        if not limit_s:
-            return self.total
-        self._times.append(step_s)
-        typical = sorted(self._times)[len(self._times) // 2]
-        left = max(0.0, limit_s - elapsed_s) / max(typical, 1e-9)
-        self.total = max(step + 1, min(self.steps, step + math.ceil(left)))
-        return self.total
-
-
 def make_optimizer(
     model: torch.nn.Module,
     lr: float,
     weight_decay: float,
     warmup: int,
-    steps: int,
+    horizon: Horizon,
     min_ratio=0.1,
-    horizon: Horizon | None = None,
 ):
-    """AdamW with linear warm-up and a cosine decay to ``min_ratio`` at ``horizon.total`` (else ``steps``)."""
+    """AdamW with linear warm-up and a cosine decay to ``min_ratio`` at ``horizon.total``, read at every step, so
+    that a horizon fitted to the time limit moves the end of the schedule."""
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
@@ -143,8 +119,7 @@ def make_optimizer(
         betas=(0.9, 0.95),
         eps=1e-8,
     )
-    end = horizon if horizon is not None else Horizon(steps)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_lambda(s, warmup, end.total, min_ratio))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_lambda(s, warmup, horizon.total, min_ratio))
     return opt, sched
 
 

@@ -200,10 +200,9 @@ def test_cli_pretrain_and_export(corpus, tmp_path, capsys):
     assert main(["train", "export", str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 2
 
 
-def test_the_progress_bar_eta_honours_the_time_limit(monkeypatch):
+def test_the_progress_bar_eta_honours_the_time_limit():
     """A run that --time-limit will stop shows the steps the limit leaves room for, not all of --steps."""
-    import diffucoder_lsp.train.pretrain as pretrain_module
-    from diffucoder_lsp.train.pretrain import fit_bar_to_time_limit
+    from diffucoder_lsp.train.pretrain import Horizon
 
     class Bar:
         total, refreshed = 1000, 0
@@ -212,11 +211,21 @@ def test_the_progress_bar_eta_honours_the_time_limit(monkeypatch):
             self.refreshed += 1
 
     bar = Bar()
-    monkeypatch.setattr(pretrain_module.time, "monotonic", lambda: 110.0)
-    # 10 steps (from step 5) in 10 s, 20 s allowed: about 10 more
-    fit_bar_to_time_limit(bar, 15, 1000, 5, 100.0, 20.0)
+    h = Horizon(1000)
+    h.fit(15, 1.0, 10.0, 20.0)  # at step 15, 1 s a step and 10 s of 20 left: about 10 more
+    h.show(bar)
     assert bar.total == 25 and bar.refreshed == 1
-    fit_bar_to_time_limit(bar, 15, 18, 5, 100.0, 20.0)  # --steps comes first
+    h.show(bar)  # unchanged: no repaint
+    assert bar.refreshed == 1
+    short = Horizon(18)  # --steps comes first
+    short.fit(15, 1.0, 10.0, 20.0)
+    short.show(bar)
     assert bar.total == 18
-    fit_bar_to_time_limit(bar, 15, 1000, 5, 100.0, None)  # no limit: unchanged
-    assert bar.total == 18
+    free = Horizon(1000)  # no limit: the planned steps
+    free.fit(15, 1.0, 10.0, None)
+    free.show(bar)
+    assert bar.total == 1000
+    grpo = Horizon(40)  # a bar of outer steps over a schedule of 4 optimizer steps each
+    grpo.fit(12, 1.0, 10.0, 20.0)
+    grpo.show(bar, per=4)
+    assert bar.total == 6  # ceil(22 / 4)

@@ -207,7 +207,7 @@ def test_the_schedule_ends_where_the_time_limit_stops_the_run():
 
     w = torch.nn.Linear(2, 2)
     fitted = Horizon(200)
-    opt, sched = make_optimizer(w, 1.0, 0.0, 2, 200, min_ratio=0.1, horizon=fitted)
+    opt, sched = make_optimizer(w, 1.0, 0.0, 2, fitted, min_ratio=0.1)
     fitted.total = 10
     lrs = []
     for _ in range(10):
@@ -215,10 +215,10 @@ def test_the_schedule_ends_where_the_time_limit_stops_the_run():
         sched.step()
         lrs.append(sched.get_last_lr()[0])
     assert lrs[-1] == pytest.approx(0.1) and lrs[1] == pytest.approx(1.0)
-    _, plain = make_optimizer(w, 1.0, 0.0, 2, 200, min_ratio=0.1)
+    _, plain = make_optimizer(w, 1.0, 0.0, 2, Horizon(200), min_ratio=0.1)
     for _ in range(10):
         plain.step()
-    assert plain.get_last_lr()[0] > 0.99  # without a horizon: still at the peak after 10 of 200 steps
+    assert plain.get_last_lr()[0] > 0.99  # an unfitted horizon: still at the peak after 10 of 200 steps
 
 
 def test_sft_fits_its_schedule_to_the_time_limit(tiny_ckpt_fp32, tmp_path, monkeypatch):
