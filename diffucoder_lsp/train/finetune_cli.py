@@ -66,6 +66,12 @@ def register(sub) -> None:
     s.add_argument("--batch-size", type=int, default=4)
     s.add_argument("--grad-accum", type=int, default=1)
     s.add_argument("--seq-len", type=int, default=512)
+    s.add_argument(
+        "--window-fraction",
+        type=float,
+        default=0.0,
+        help="share of repository rows that are plain windows with every token trained (the rest: one hole each)",
+    )
     s.add_argument("--warmup", type=int, default=10)
     s.add_argument(
         "--eval-lines",
@@ -168,6 +174,7 @@ def _sft(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         grad_accum=args.grad_accum,
         seq_len=args.seq_len,
+        window_fraction=args.window_fraction,
         warmup=args.warmup,
         seed=args.seed,
         resume=args.resume,

@@ -354,6 +354,7 @@ class RepoExampleSampler:
         *,
         instructions: list[dict] | None = None,
         instruction_fraction: float = 0.5,
+        window_fraction: float = 0.0,
         kinds: tuple[str, ...] = HOLE_KINDS,
         kind_weights: tuple[float, ...] | None = None,
         seed: int = 0,
@@ -369,6 +370,9 @@ class RepoExampleSampler:
         self.instruction_fraction = (
             instruction_fraction if self.files and self.instructions else (1.0 if self.instructions else 0.0)
         )
+        if not 0.0 <= window_fraction <= 1.0:
+            raise BadInputError(f"window fraction must be in [0, 1], got {window_fraction}")
+        self.window_fraction = window_fraction if self.files else 0.0
         self.kinds = kinds
         w = np.asarray(kind_weights or [1.0] * len(kinds), dtype=float)
         self.kind_p = w / w.sum()
@@ -396,6 +400,18 @@ class RepoExampleSampler:
             doc, self.seq_len, self.tok.eos_id, self.line_end, rng, span=(len(pre), len(pre) + len(mid))
         )
         return ex.ids, ex.start, ex.end
+
+    def _window_example(self, rng: np.random.Generator):
+        """``seq_len`` tokens of a file from a random line on, every token trainable: the plain masked diffusion
+        loss, as pretraining's packed windows. An infill row trains only its hole (about a tenth of the tokens the
+        network reads); a window trains them all, so it teaches the repository's names and idioms faster."""
+        text = self.files[int(rng.integers(0, len(self.files)))].text
+        starts = line_starts(text)[:-1]
+        a = int(starts[int(rng.integers(0, len(starts)))]) if starts else 0
+        ids = self.tok.encode(text[a : a + 8 * self.seq_len])[: self.seq_len]  # 8 chars a token is plenty
+        if not ids:
+            return None
+        return np.asarray(ids, dtype=np.int64), 0, len(ids)
 
     def instruction_ids(self, row: dict, rng: np.random.Generator) -> tuple[np.ndarray, int, int]:
         prompt = CHATML.format(query=row["prompt"]) if self._chatml else row["prompt"]
@@ -428,6 +444,9 @@ class RepoExampleSampler:
                     self.instructions[int(rng.integers(0, len(self.instructions)))], rng
                 )
                 infill[r] = False
+            elif self.window_fraction and rng.random() < self.window_fraction:
+                ex = self._window_example(rng)
+                infill[r] = ex is None
             for _ in range(8):
                 if ex is not None:
                     break

@@ -100,6 +100,7 @@ class SFTArgs:
     batch_size: int = 4
     grad_accum: int = 1
     seq_len: int = 512
+    window_fraction: float = 0.0  # share of rows that are plain windows with every token trained
     lr: float | None = None  # default: 2e-4 with LoRA, 1e-5 full
     warmup: int = 10
     weight_decay: float = 0.0
@@ -158,7 +159,14 @@ class SFTTrainer:
         instr = read_instructions(args.instructions) if args.instructions else []
         line_end = line_end_table(tok)
         self.data = RepoExampleSampler(
-            self.train_files, tok, args.seq_len, line_end, instructions=instr, seed=args.seed, rank=rank
+            self.train_files,
+            tok,
+            args.seq_len,
+            line_end,
+            instructions=instr,
+            window_fraction=args.window_fraction,
+            seed=args.seed,
+            rank=rank,
         )
         self.eval_data = (
             RepoExampleSampler(self.heldout_files, tok, args.seq_len, line_end, seed=args.seed + 1_000_003)

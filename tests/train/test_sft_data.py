@@ -116,6 +116,29 @@ def test_sampler_rows_train_only_the_hole_and_are_reproducible(tiny_ckpt_fp32, r
         assert (~b1.trainable[r, : tr[0]]).all(), "the context before the hole is never trained"
 
 
+def test_window_rows_train_every_token_of_a_stretch_of_a_file(tiny_ckpt_fp32, repo):
+    """--window-fraction: some rows are plain windows of a training file, every token trained (the plain masked
+    diffusion loss); 0 leaves the hole rows exactly as they were, draw for draw."""
+    lm = load_model(tiny_ckpt_fp32, device="cpu", dtype="fp32")
+    tok = lm.tokenizer
+    files = [f for f in load_repo(repo, "python", holdout=["toymath/text.py"]) if not f.held_out]
+    plain = RepoExampleSampler(files, tok, 48, line_end_table(tok), seed=3)
+    off = RepoExampleSampler(files, tok, 48, line_end_table(tok), window_fraction=0.0, seed=3)
+    assert np.array_equal(plain.batch(2, 6).input_ids, off.batch(2, 6).input_ids)
+    windows = RepoExampleSampler(files, tok, 48, line_end_table(tok), window_fraction=1.0, seed=3)
+    b = windows.batch(2, 6)
+    texts = [f.text for f in files]
+    for r in range(6):
+        assert b.valid[r].any() and np.array_equal(b.trainable[r], b.valid[r]), "every real token is trained"
+        assert not b.is_infill[r]
+        text = tok.decode(b.input_ids[r, b.valid[r]].tolist())
+        assert any(("\n" + text) in ("\n" + t) for t in texts), "a stretch of one file from a line start"
+    half = RepoExampleSampler(files, tok, 48, line_end_table(tok), window_fraction=0.5, seed=3).batch(0, 64)
+    assert 10 < int((~half.is_infill).sum()) < 54  # both kinds of row
+    with pytest.raises(BadInputError, match="window fraction"):
+        RepoExampleSampler(files, tok, 48, line_end_table(tok), window_fraction=1.5)
+
+
 def test_instruction_rows_train_only_the_response(tiny_ckpt_fp32, tmp_path):
     lm = load_model(tiny_ckpt_fp32, device="cpu", dtype="fp32")
     tok = lm.tokenizer
