@@ -2,8 +2,9 @@
 
 One step:
 
-1. take ``prompts_per_step`` tasks (a pure function of seed and step, so a resumed run continues the same
-   sequence); lay each out with the engine's infill canvas (``prefix + hole + suffix``, context cut to fit);
+1. take ``prompts_per_step`` tasks: the next ones of a shuffled pass over all tasks, a new shuffle each pass (a
+   pure function of seed and step, so a resumed run continues the same sequence). Every task comes once per
+   pass, so the reward curve's stretches hold the same tasks and a rise is the model's, not the draw's; lay each out with the engine's infill canvas (``prefix + hole + suffix``, context cut to fit);
 2. **rollouts**: ``group`` copies of every canvas in one padded batch, denoised by the engine's sampler
    (:func:`engine.sampler.denoise`, with the context cache as fill decodes) one position at a time from the
    left; a row stops once it has left its function (:func:`scope_settle`); every hole token (code, then
@@ -43,6 +44,7 @@ from ..errors import BadInputError
 from .coupled import MaskedHead, estimate_logprobs, grpo_loss, leave_one_out, plan_masks
 from .lora import adapters_disabled, export_checkpoint, merge_lora, save_adapter
 from .repo_tasks import Task
+from .reward_curve import curve_summary, plot_rewards
 from .rewards import extract_code, jsonl_rewards, repo_rewards, reward_summary
 from .tuning import (
     Horizon,
@@ -259,13 +261,14 @@ class GRPOTrainer:
 
     # ------------------------------------------------------------------------------------------- rollouts
     def pick_tasks(self, step: int) -> list[Task]:
-        rng = np.random.default_rng([self.args.seed, step, self.rank])
-        idx = rng.choice(
-            len(self.tasks),
-            size=self.args.prompts_per_step,
-            replace=len(self.tasks) < self.args.prompts_per_step,
-        )
-        return [self.tasks[int(i)] for i in idx]
+        """Step ``step``'s tasks: positions ``step * k ...`` of the endless sequence of shuffled passes over all
+        tasks (``k`` prompts a step; each rank walks its own sequence)."""
+        n, k = len(self.tasks), self.args.prompts_per_step
+        out = []
+        for pos in range(step * k, step * k + k):
+            order = np.random.default_rng([self.args.seed, pos // n, self.rank]).permutation(n)
+            out.append(self.tasks[int(order[pos % n])])
+        return out
 
     @torch.no_grad()
     def rollout(self, tasks: list[Task], seed: int, temperature: float | None = None):
@@ -550,6 +553,7 @@ class GRPOTrainer:
             "step": self.step,
             "eval_reward_before": before,
             "eval_reward_after": after,
+            "curve": curve_summary([r["reward"] for r in self._step_records()]) if self.is_main else None,
             "plot": plot,
             "exported": exported,
             "elapsed_s": round(time.monotonic() - start, 1),
@@ -558,36 +562,17 @@ class GRPOTrainer:
         return summary
 
     def plot(self) -> str | None:
-        """``reward.png``: per-step mean reward and its moving average. None when matplotlib is missing."""
+        """``reward.png`` (:func:`reward_curve.plot_rewards`); None when matplotlib is missing."""
         if not (self.is_main and self.args.plot):
             return None
-        try:
-            import matplotlib
+        recs = self._step_records()
+        title = f"GRPO ({self.args.estimator} estimator)"
+        return plot_rewards(
+            [r["step"] for r in recs], [r["reward"] for r in recs], title, self.out / "reward.png"
+        )
 
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-        except ImportError:
-            log.info("matplotlib is not installed: no reward plot (pip install matplotlib)")
-            return None
-        recs = [r for r in self.metrics.read() if "reward" in r and "step" in r and "event" not in r]
-        if not recs:
-            return None
-        steps = [r["step"] for r in recs]
-        rew = np.array([r["reward"] for r in recs])
-        k = max(1, len(rew) // 10)
-        smooth = np.convolve(rew, np.ones(k) / k, mode="valid")
-        fig, ax = plt.subplots(figsize=(7, 4))
-        ax.plot(steps, rew, alpha=0.4, label="mean reward")
-        ax.plot(steps[k - 1 :], smooth, label=f"moving average ({k})")
-        ax.set_xlabel("step")
-        ax.set_ylabel("reward")
-        ax.set_title(f"GRPO ({self.args.estimator} estimator)")
-        ax.legend()
-        fig.tight_layout()
-        path = self.out / "reward.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        return str(path)
+    def _step_records(self) -> list[dict]:
+        return [r for r in self.metrics.read() if "reward" in r and "step" in r and "event" not in r]
 
     def export(self) -> dict:
         a, out = self.args, {}

@@ -266,6 +266,25 @@ def test_test_files_are_never_tasks():
         assert not is_test_file(rel), rel
 
 
+def test_steps_walk_shuffled_passes_over_every_task():
+    """Each pass of n / k steps holds every task once, so stretches of the reward curve compare like with like;
+    the order is a pure function of (seed, step, rank), as a resumed run needs, and each pass reshuffles."""
+    from types import SimpleNamespace
+
+    tasks = [Task(task_id=f"t{i}", kind="jsonl", prefix=f"def f{i}():\n") for i in range(12)]
+    fake = SimpleNamespace(args=SimpleNamespace(seed=7, prompts_per_step=3), tasks=tasks, rank=0)
+    ids = [[t.task_id for t in GRPOTrainer.pick_tasks(fake, step)] for step in range(12)]
+    for p in range(3):  # 4 steps a pass
+        seen = [i for step in ids[4 * p : 4 * p + 4] for i in step]
+        assert sorted(seen) == sorted(t.task_id for t in tasks)
+    assert ids[:4] != ids[4:8], "a new order each pass"
+    assert [t.task_id for t in GRPOTrainer.pick_tasks(fake, 5)] == ids[5]
+    other = SimpleNamespace(args=SimpleNamespace(seed=8, prompts_per_step=3), tasks=tasks, rank=0)
+    assert [[t.task_id for t in GRPOTrainer.pick_tasks(other, s)] for s in range(4)] != ids[:4]
+    few = SimpleNamespace(args=SimpleNamespace(seed=0, prompts_per_step=5), tasks=tasks[:2], rank=0)
+    assert len(GRPOTrainer.pick_tasks(few, 0)) == 5  # more prompts than tasks: passes run on
+
+
 def test_flat_rewards_are_reported_once_with_what_to_change():
     from diffucoder_lsp.train.grpo import FlatRewardWatch
 
