@@ -29,8 +29,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .blank import hole_constraint
 from .denoiser import FullCanvasDenoiser
-from .healing import lead_constraint
 from .infill import InfillCanvas, InfillResult, assemble, ending_spans, sampler_args, settle_rows
 from .options import SamplingOptions
 from .sampler import denoise
@@ -103,7 +103,7 @@ def infill_batch(
         x.to(lm.device),
         valid.to(lm.device),
         end_spans=[s for i, r in enumerate(rows) for s in ending_spans(r.canvas, i, options, r.end_early)],
-        constraint=lead_constraint(tok, [lead for i, c in enumerate(canvases) for lead in c.hole_leads(i)]),
+        constraint=hole_constraint(tok, list(enumerate(canvases)), options),
         settle=settle_rows(tok, canvases, [r.settle for r in rows]),
         **sampler_args(lm, options, end_ids),
     )

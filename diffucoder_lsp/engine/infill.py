@@ -24,6 +24,7 @@ from collections.abc import Callable, Collection, Generator, Sequence
 import torch
 
 from ..errors import BadInputError
+from .blank import hole_constraint
 from .canvas import (
     AUTO_LENGTH,
     DEFAULT_MARKER,
@@ -37,7 +38,7 @@ from .canvas import (
     split_holes,
 )
 from .denoiser import FullCanvasDenoiser
-from .healing import back_off, lead_constraint
+from .healing import back_off
 from .sampler import SamplingOptions, denoise
 
 DEFAULT_CONTEXT_TOKENS = 2048  # Dream's tested prompt+output limit; real configs advertise far more
@@ -102,7 +103,7 @@ def prepare_infill(
     ``heal``: back off the last token before each hole into the hole as its lead (:mod:`.healing`). A hole
     keeps its size: the lead's token takes its first position. Off by default here, because a caller that runs
     :func:`~diffucoder_lsp.engine.sampler.denoise` on the canvas itself must also pass the constraint
-    (``lead_constraint(tokenizer, canvas.hole_leads())``) and strip the leads from what it decodes;
+    (``blank.hole_constraint(tokenizer, [(0, canvas)], options)``) and strip the leads from what it decodes;
     :func:`infill_stream` does both."""
     parts = split_holes(text, marker)
     holes = len(parts) - 1
@@ -228,7 +229,7 @@ def infill_stream(
         x,
         None,
         end_spans=ending_spans(canvas, 0, options, end_early),
-        constraint=lead_constraint(tok, canvas.hole_leads()),
+        constraint=hole_constraint(tok, [(0, canvas)], options),
         settle=settle_check(tok, canvas, settle) if settle and any(settle) else None,
         **sampler_args(lm, options, end_ids),
     )
