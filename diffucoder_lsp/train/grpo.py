@@ -43,11 +43,11 @@ from ..engine.sampler import SamplingOptions, denoise, run_to_end
 from ..errors import BadInputError
 from .coupled import MaskedHead, estimate_logprobs, grpo_loss, leave_one_out, plan_masks
 from .lora import adapters_disabled, export_checkpoint, merge_lora, save_adapter
+from .pretrain import Horizon
 from .repo_tasks import Task
 from .reward_curve import curve_summary, plot_rewards
 from .rewards import extract_code, jsonl_rewards, repo_rewards, reward_summary
 from .tuning import (
-    Horizon,
     MetricsLog,
     check_distributed,
     load_checkpoint,
@@ -247,8 +247,8 @@ class GRPOTrainer:
         if not args.lora and args.beta:
             self.ref = copy.deepcopy(self.core).eval().requires_grad_(False)
         lr = args.lr if args.lr is not None else (1e-5 if args.lora else 1e-6)
-        self.horizon = Horizon(args.steps * args.inner_steps)  # in optimizer steps, as the schedule counts
-        self.opt, self.sched = make_optimizer(self.core, lr, 0.0, args.warmup, self.horizon)
+        self.horizon = Horizon(args.steps * args.inner_steps)  # the progress bar's end, in optimizer steps
+        self.opt, self.sched = make_optimizer(self.core, lr, 0.0, args.warmup, args.steps * args.inner_steps)
         self.step = 0
         self.metrics = MetricsLog(self.out, self.is_main)
         if args.resume and (self.out / "last.pt").is_file():

@@ -175,11 +175,10 @@ def _atomic_save(obj, path: Path) -> None:
 
 
 class Horizon:
-    """The step a run's cosine schedule ends at: ``steps``, or sooner when ``--time-limit`` will stop it first.
-
-    A ten-minute CPU run of 200 planned steps stops after ~40, with the learning rate still at 90 % of its peak;
-    fitted to the time limit, the schedule decays over the steps the run will make. ``fit`` re-estimates the
-    end from the median time of the steps so far (the first one, with its warm-up costs, weighs less that way)."""
+    """The step a run will end at: ``steps``, or sooner when ``--time-limit`` will stop it first (the progress
+    bar's total, so its ETA honours the limit: a ten-minute CPU run of 200 planned steps stops after ~40).
+    ``fit`` re-estimates the end from the median time of the steps so far (the first one, with its warm-up
+    costs, weighs less that way)."""
 
     def __init__(self, steps: int) -> None:
         self.steps = steps

@@ -33,9 +33,9 @@ from .coupled import MaskedHead
 from .data import line_end_table
 from .lora import export_checkpoint, merge_lora, save_adapter
 from .losses import apply_noise, masked_diffusion_loss, sample_t
+from .pretrain import Horizon
 from .repo_data import RepoExampleSampler, load_repo, read_instructions, split_summary, write_heldout
 from .tuning import (
-    Horizon,
     MetricsLog,
     check_distributed,
     eval_view,
@@ -174,8 +174,8 @@ class SFTTrainer:
             else None
         )
         lr = args.lr if args.lr is not None else (2e-4 if args.lora else 1e-5)
-        self.horizon = Horizon(args.steps)
-        self.opt, self.sched = make_optimizer(self.core, lr, args.weight_decay, args.warmup, self.horizon)
+        self.horizon = Horizon(args.steps)  # where --time-limit will stop the run: the progress bar's end
+        self.opt, self.sched = make_optimizer(self.core, lr, args.weight_decay, args.warmup, args.steps)
         self.step = 0
         self.metrics = MetricsLog(self.out, self.is_main)
         if args.resume and (self.out / "last.pt").is_file():

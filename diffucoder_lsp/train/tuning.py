@@ -7,9 +7,12 @@
 - **Checkpoints** (``last.pt``) hold only what training changes (adapter weights or the full state), the
   optimizer, scheduler, step and RNG states; they are written to a temp file and renamed (atomic), so a run
   killed mid-save resumes from the previous one.
-- **Schedule**: warmup then cosine to ``min_lr_ratio`` of the peak, the pretraining schedule
-  (:func:`pretrain.lr_lambda`), ending at ``--steps`` or, with ``--time-limit``, at the step the limit leaves
-  room for (:class:`Horizon`).
+- **Schedule**: warmup then cosine to ``min_lr_ratio`` of the peak over ``--steps``, the pretraining schedule
+  (:func:`pretrain.lr_lambda`). A ``--time-limit`` that stops the run first does not move its end: fitted to a
+  10-minute CPU run on click (43 steps, the rate decayed to a tenth) the held-out lines gained less (edit
+  similarity +2.5 against +4.2, masked-token accuracy 44.4 against 46.6 %) than with the rate kept near its peak;
+  these runs are short enough that learning more beats settling. The time limit sets the progress bar's end
+  (:class:`pretrain.Horizon`).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import torch
 from ..errors import BadInputError
 from ..model.loading import LoadedModel, load_model
 from .lora import apply_lora, has_lora
-from .pretrain import Horizon, _atomic_save, lr_lambda
+from .pretrain import _atomic_save, lr_lambda
 
 log = logging.getLogger(__name__)
 
@@ -105,11 +108,10 @@ def make_optimizer(
     lr: float,
     weight_decay: float,
     warmup: int,
-    horizon: Horizon,
+    steps: int,
     min_ratio=0.1,
 ):
-    """AdamW with linear warm-up and a cosine decay to ``min_ratio`` at ``horizon.total``, read at every step, so
-    that a horizon fitted to the time limit moves the end of the schedule."""
+    """AdamW with linear warm-up and a cosine decay to ``min_ratio`` at ``steps``."""
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
@@ -119,7 +121,7 @@ def make_optimizer(
         betas=(0.9, 0.95),
         eps=1e-8,
     )
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_lambda(s, warmup, horizon.total, min_ratio))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_lambda(s, warmup, steps, min_ratio))
     return opt, sched
 
 

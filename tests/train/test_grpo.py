@@ -669,8 +669,8 @@ def test_the_evaluations_before_and_after_show_progress(tiny_ckpt_fp32, tmp_path
     assert "grpo eval" not in capsys.readouterr().err  # quiet unless asked
 
 
-def test_grpo_fits_its_schedule_to_the_time_limit(tiny_ckpt_fp32, tmp_path, monkeypatch):
-    """`--time-limit 15` on a CPU makes ~20 steps of the 200 planned: the cosine decays over those."""
+def test_grpo_progress_ends_where_the_time_limit_stops_it(tiny_ckpt_fp32, tmp_path, monkeypatch):
+    """`--time-limit 15` on a CPU makes ~20 steps of the 200 planned: the bar ends there, the rate stays up."""
     from diffucoder_lsp.train import grpo
 
     now = [0.0]
@@ -689,4 +689,4 @@ def test_grpo_fits_its_schedule_to_the_time_limit(tiny_ckpt_fp32, tmp_path, monk
     assert s["reason"] == "time_limit" and s["step"] < 200
     assert tr.horizon.total <= s["step"] + 2
     lrs = [r["lr"] for r in tr.metrics.read() if "lr" in r and "event" not in r]
-    assert lrs[-1] < 0.3 * max(lrs)
+    assert lrs[-1] > 0.9 * max(lrs)  # the schedule spans --steps (tuning.py)

@@ -193,9 +193,11 @@ def test_sharded_setups_are_refused_with_the_way_out():
         check_distributed(zero2, grad_accum=2)
 
 
-def test_the_schedule_ends_where_the_time_limit_stops_the_run():
-    """A 10-minute CPU run of 200 planned steps makes ~40: the cosine must decay over those, not stay near peak."""
-    from diffucoder_lsp.train.tuning import Horizon, make_optimizer
+def test_the_time_limit_sets_where_the_run_is_expected_to_end():
+    """A 10-minute CPU run of 200 planned steps makes ~40: the progress bar's end is estimated from the median
+    step time, never past --steps."""
+    from diffucoder_lsp.train.pretrain import Horizon
+    from diffucoder_lsp.train.tuning import make_optimizer
 
     assert Horizon(200).fit(1, 10.0, 10.0, None) == 200  # no limit: the planned steps
     h = Horizon(200)
@@ -206,22 +208,16 @@ def test_the_schedule_ends_where_the_time_limit_stops_the_run():
     assert Horizon(20).fit(5, 50.0, 200.0, 100.0) == 6  # past the limit: ends with the next step
 
     w = torch.nn.Linear(2, 2)
-    fitted = Horizon(200)
-    opt, sched = make_optimizer(w, 1.0, 0.0, 2, fitted, min_ratio=0.1)
-    fitted.total = 10
+    opt, sched = make_optimizer(w, 1.0, 0.0, 2, 10, min_ratio=0.1)
     lrs = []
     for _ in range(10):
         opt.step()
         sched.step()
         lrs.append(sched.get_last_lr()[0])
-    assert lrs[-1] == pytest.approx(0.1) and lrs[1] == pytest.approx(1.0)
-    _, plain = make_optimizer(w, 1.0, 0.0, 2, Horizon(200), min_ratio=0.1)
-    for _ in range(10):
-        plain.step()
-    assert plain.get_last_lr()[0] > 0.99  # an unfitted horizon: still at the peak after 10 of 200 steps
+    assert lrs[-1] == pytest.approx(0.1) and lrs[1] == pytest.approx(1.0)  # warm-up, then cosine to 10 %
 
 
-def test_sft_fits_its_schedule_to_the_time_limit(tiny_ckpt_fp32, tmp_path, monkeypatch):
+def test_sft_progress_ends_where_the_time_limit_stops_it(tiny_ckpt_fp32, tmp_path, monkeypatch):
     from diffucoder_lsp.train import sft
 
     now = [0.0]
@@ -238,7 +234,7 @@ def test_sft_fits_its_schedule_to_the_time_limit(tiny_ckpt_fp32, tmp_path, monke
     )
     summary = tr.fit(progress=False)
     assert summary["reason"] == "time_limit" and summary["step"] < 500
-    assert tr.horizon.total <= summary["step"] + 2  # the schedule's end: where the limit stopped the run
+    assert tr.horizon.total <= summary["step"] + 2  # the bar's end: where the limit stopped the run
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     lrs = [r["lr"] for r in lines if "lr" in r and "event" not in r]
-    assert lrs[-1] < 0.3 * max(lrs)  # decayed by the end of the time limit, not still near the peak
+    assert lrs[-1] > 0.9 * max(lrs)  # the schedule spans --steps: a short run keeps learning (tuning.py)
