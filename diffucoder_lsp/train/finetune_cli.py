@@ -306,13 +306,21 @@ def _grpo(args: argparse.Namespace) -> int:
         **_opt(args, steps="steps", lr="lr", ckpt_every="ckpt_every"),
     )
     summary = GRPOTrainer(gargs, tasks).fit(progress=not args.no_progress, eval_rounds=args.eval_rounds)
-    c = summary.get("curve")
-    if c:
+    c = summary.get("curve") or {}
+    if "reward_gain" in c:
         verdict = "more than" if c["reward_gain_beyond_noise"] else "within"
         print(
             f"reward per step: first {c['steps_per_fifth']} steps {c['reward_first_fifth']:.3f}, last "
             f"{c['steps_per_fifth']} {c['reward_last_fifth']:.3f} ({c['reward_gain']:+.3f}, {verdict} twice its "
             f"standard error {c['reward_gain_se']:.3f})",
+            file=sys.stderr,
+        )
+    if "task_gain" in c:
+        verdict = "more than" if c["task_gain_beyond_noise"] else "within"
+        print(
+            f"the same tasks drawn again ({c['tasks_revisited']}): first {c['task_reward_first_visit']:.3f}, last "
+            f"{c['task_reward_last_visit']:.3f} ({c['task_gain']:+.3f}, {verdict} twice its standard error "
+            f"{c['task_gain_se']:.3f})",
             file=sys.stderr,
         )
     print(json.dumps(summary, indent=2, default=str))
