@@ -47,9 +47,8 @@ class NonBlankStart:
             return self.inner.pick(logits, x, eligible, pick_fn)
         return pick_fn(logits)
 
-    def _written(self, ids: list[int], lead: str) -> bool:
-        """Whether revealed tokens ``ids`` (masks skipped, first position first) hold text past the lead."""
-        text = "".join(self.texts[t] if 0 <= t < len(self.texts) else "\ufffd" for t in ids)
+    def _written(self, text: str, lead: str) -> bool:
+        """Whether ``text`` (the hole's revealed tokens so far, masks skipped) holds text past the lead."""
         if lead and text.startswith(lead):
             text = text[len(lead) :]
         elif lead and lead.startswith(text):
@@ -58,25 +57,24 @@ class NonBlankStart:
 
     def _restrict(self, logits: torch.Tensor, x: torch.Tensor, eligible: torch.Tensor) -> None:
         """Hold the stop tokens at every eligible masked position with no text past the lead before it; drop a
-        hole from the check once text stands before its first masked position, or it has ended."""
-        keep, held = [], []
+        hole from the check once text stands before its first masked position, or it has ended. Text only
+        grows along a hole, so once it stands before a position it stands before every later one."""
+        keep, held, texts, n = [], [], self.texts, len(self.texts)
         for r, a, b, lead in self.spans:
             seg, ok = x[r, a:b].tolist(), eligible[r, a:b].tolist()
-            revealed: list[int] = []
-            first_mask = None
+            text, first = "", True
             for k, t in enumerate(seg):
                 if t in self.stops:
                     break  # what follows a stop is cut
                 if t != self.mask_id:
-                    revealed.append(t)
+                    text += texts[t] if 0 <= t < n else "\ufffd"
                     continue
-                written = self._written(revealed, lead)
-                if first_mask is None:
-                    first_mask = k
-                    if written:
-                        break
+                if self._written(text, lead):
+                    break
+                if first:
                     keep.append((r, a, b, lead))
-                if ok[k] and not written:
+                    first = False
+                if ok[k]:
                     held.append(r * x.shape[1] + a + k)
         self.spans = keep
         stops = [s for s in sorted(self.stops) if s < logits.shape[-1]]
