@@ -45,7 +45,7 @@ from .coupled import MaskedHead, estimate_logprobs, grpo_loss, leave_one_out, pl
 from .lora import adapters_disabled, export_checkpoint, merge_lora, save_adapter
 from .pretrain import Horizon
 from .repo_tasks import Task
-from .reward_curve import curve_summary, plot_rewards
+from .reward_curve import curve_summary, plot_rewards, revisit_summary
 from .rewards import extract_code, jsonl_rewards, repo_rewards, reward_summary
 from .tuning import (
     MetricsLog,
@@ -568,9 +568,8 @@ class GRPOTrainer:
             return None
         recs = self._step_records()
         title = f"GRPO ({self.args.estimator} estimator)"
-        return plot_rewards(
-            [r["step"] for r in recs], [r["reward"] for r in recs], title, self.out / "reward.png"
-        )
+        steps, rewards = [r["step"] for r in recs], [r["reward"] for r in recs]
+        return plot_rewards(steps, rewards, title, self.out / "reward.png", revisit_summary(recs))
 
     def _step_records(self) -> list[dict]:
         return [r for r in self.metrics.read() if "reward" in r and "step" in r and "event" not in r]

@@ -74,9 +74,11 @@ def fifths_summary(rewards: list[float]) -> dict | None:
     }
 
 
-def plot_rewards(steps: list[int], rewards: list[float], title: str, path: Path) -> str | None:
-    """Per-step mean reward, its moving average and the two fifths of :func:`curve_summary`; ``path`` as a
-    string, or None when matplotlib is missing."""
+def plot_rewards(
+    steps: list[int], rewards: list[float], title: str, path: Path, revisit: dict | None = None
+) -> str | None:
+    """Per-step mean reward, its moving average and the two fifths of :func:`fifths_summary` (and, given, the
+    :func:`revisit_summary` in the title); ``path`` as a string, or None when matplotlib is missing."""
     try:
         import matplotlib
 
@@ -98,11 +100,16 @@ def plot_rewards(steps: list[int], rewards: list[float], title: str, path: Path)
         m = summary["steps_per_fifth"]
         for part, key in ((steps[:m], "reward_first_fifth"), (steps[-m:], "reward_last_fifth")):
             ax.hlines(summary[key], part[0], part[-1], colors="black", linewidth=2)
-        ax.set_title(
+        text = (
             f"{title}: last fifth {summary['reward_gain']:+.3f} over the first "
-            f"(standard error {summary['reward_gain_se']:.3f})",
-            fontsize=10,
+            f"(standard error {summary['reward_gain_se']:.3f})"
         )
+        if revisit:
+            text += (
+                f"\nthe same {revisit['tasks_revisited']} tasks drawn again: {revisit['task_gain']:+.3f} "
+                f"(standard error {revisit['task_gain_se']:.3f})"
+            )
+        ax.set_title(text, fontsize=10)
     else:
         ax.set_title(title)
     ax.set_xlabel("step")

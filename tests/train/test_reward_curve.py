@@ -38,6 +38,8 @@ def test_the_plot_is_written_with_both_fifths(tmp_path):
     path = plot_rewards(list(range(1, 21)), list(np.linspace(0, 1, 20)), "GRPO", tmp_path / "r.png")
     assert path == str(tmp_path / "r.png") and (tmp_path / "r.png").stat().st_size > 1000
     assert plot_rewards([], [], "GRPO", tmp_path / "none.png") is None
+    revisit = {"tasks_revisited": 4, "task_gain": 0.1, "task_gain_se": 0.02}
+    assert plot_rewards(list(range(1, 21)), [0.5] * 20, "GRPO", tmp_path / "r2.png", revisit)
 
 
 def test_revisits_compare_each_task_with_itself():
