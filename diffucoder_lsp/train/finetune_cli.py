@@ -160,6 +160,8 @@ def _sft(args: argparse.Namespace) -> int:
 
     if args.repo and not Path(args.repo).is_dir():
         raise BadInputError(f"no such repository folder: {args.repo}")
+    if not 0.0 <= args.window_fraction <= 1.0:
+        raise BadInputError(f"--window-fraction must be between 0 and 1, got {args.window_fraction}")
     sargs = SFTArgs(
         out=args.out,
         repo=args.repo,

@@ -4,7 +4,8 @@ One step:
 
 1. take ``prompts_per_step`` tasks: the next ones of a shuffled pass over all tasks, a new shuffle each pass (a
    pure function of seed and step, so a resumed run continues the same sequence). Every task comes once per
-   pass, so the reward curve's stretches hold the same tasks and a rise is the model's, not the draw's; lay each out with the engine's infill canvas (``prefix + hole + suffix``, context cut to fit);
+   pass, so the reward curve's stretches hold the same tasks and a rise is the model's, not the draw's; lay
+   each out with the engine's infill canvas (``prefix + hole + suffix``, context cut to fit);
 2. **rollouts**: ``group`` copies of every canvas in one padded batch, denoised by the engine's sampler
    (:func:`engine.sampler.denoise`, with the context cache as fill decodes) one position at a time from the
    left; a row stops once it has left its function (:func:`scope_settle`); every hole token (code, then
