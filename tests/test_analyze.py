@@ -145,8 +145,14 @@ def test_first_pass_recorder_scores_like_the_sampler(tiny_ckpt):
         mask_id=tok.mask_id,
         allowed_vocab=min(tok.vocab_size, lm.config.vocab_size),
     )
-    stream = infill_stream(  # the recorder scores raw logits, as analyze runs it: no healing
-        lm, "def f(x):\n    return <|mask|>\n", length=6, options=opts, denoiser=rec, heal=False
+    stream = infill_stream(  # the recorder scores raw logits, as analyze runs it: no healing, no held stops
+        lm,
+        "def f(x):\n    return <|mask|>\n",
+        length=6,
+        options=opts,
+        denoiser=rec,
+        heal=False,
+        nonblank=False,
     )
     canvas, first = next(stream)
     stream.close()

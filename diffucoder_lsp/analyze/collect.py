@@ -185,6 +185,7 @@ def run_task(lm, task: AnalysisTask, options: SamplingOptions, length: int | str
         marker=HOLE,
         denoiser=recorder,
         heal=False,  # the recorder scores raw first-pass logits; a healed position is scored under its constraint
+        nonblank=False,  # likewise: held stop tokens would change the sampler's scores, not the recorder's
     )
     reveal: dict[int, int] = {}
     canvas = None

@@ -103,7 +103,7 @@ def infill_batch(
         x.to(lm.device),
         valid.to(lm.device),
         end_spans=[s for i, r in enumerate(rows) for s in ending_spans(r.canvas, i, options, r.end_early)],
-        constraint=hole_constraint(tok, list(enumerate(canvases)), options),
+        constraint=hole_constraint(tok, list(enumerate(canvases)), nonblank=not options.exact),
         settle=settle_rows(tok, canvases, [r.settle for r in rows]),
         **sampler_args(lm, options, end_ids),
     )

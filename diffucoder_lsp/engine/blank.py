@@ -85,12 +85,12 @@ class NonBlankStart:
         logits[rows[:, None], torch.tensor(stops, device=logits.device)[None, :]] = float("-inf")
 
 
-def hole_constraint(tokenizer, canvases, options):
+def hole_constraint(tokenizer, canvases, nonblank: bool):
     """The sampler constraint of laid-out canvases (``canvases``: (batch row, canvas) pairs): the healed holes'
-    leads (:func:`~.healing.lead_constraint`) and, unless ``options.exact``, no hole ending blank. None when
-    neither applies (the sampler then runs as it always did)."""
+    leads (:func:`~.healing.lead_constraint`) and, with ``nonblank`` (callers: unless ``options.exact``), no
+    hole ending blank. None when neither applies (the sampler then runs as it always did)."""
     inner = lead_constraint(tokenizer, [lead for row, c in canvases for lead in c.hole_leads(row)])
-    if options.exact:
+    if not nonblank:
         return inner
     spans = [(row, a, b, c.lead(j)) for row, c in canvases for j, (a, b) in enumerate(c.hole_spans)]
     if not spans or not tokenizer.stop_ids:

@@ -103,7 +103,7 @@ def prepare_infill(
     ``heal``: back off the last token before each hole into the hole as its lead (:mod:`.healing`). A hole
     keeps its size: the lead's token takes its first position. Off by default here, because a caller that runs
     :func:`~diffucoder_lsp.engine.sampler.denoise` on the canvas itself must also pass the constraint
-    (``blank.hole_constraint(tokenizer, [(0, canvas)], options)``) and strip the leads from what it decodes;
+    (``blank.hole_constraint(tokenizer, [(0, canvas)], nonblank)``) and strip the leads from what it decodes;
     :func:`infill_stream` does both."""
     parts = split_holes(text, marker)
     holes = len(parts) - 1
@@ -188,6 +188,7 @@ def infill_stream(
     heal: bool | None = None,
     end_ids: Collection[int] | None = None,
     settle: Sequence[Callable[[str], bool] | None] | None = None,
+    nonblank: bool | None = None,
 ) -> Generator[tuple[InfillCanvas, StepEvent], None, InfillResult]:
     """Fill every hole of ``text``; yields ``(canvas, event)`` per denoising step, returns the result.
 
@@ -207,6 +208,9 @@ def infill_stream(
     position, lead taken off) that says the caller's cut of it is decided; the hole's other masked positions
     then end as at a stop token (an editor's block that left the cursor's scope, see
     :func:`~diffucoder_lsp.server.postprocess.settled`). Its result is then the text up to that point.
+
+    ``nonblank``: no hole ends before it has written text (:mod:`.blank`); None means on unless
+    ``options.exact``. Off for a caller that records the model's raw choices (``analyze``).
 
     Closing the generator between steps cancels the run (the model is not called again).
     """
@@ -229,7 +233,7 @@ def infill_stream(
         x,
         None,
         end_spans=ending_spans(canvas, 0, options, end_early),
-        constraint=hole_constraint(tok, [(0, canvas)], options),
+        constraint=hole_constraint(tok, [(0, canvas)], not options.exact if nonblank is None else nonblank),
         settle=settle_check(tok, canvas, settle) if settle and any(settle) else None,
         **sampler_args(lm, options, end_ids),
     )

@@ -133,7 +133,7 @@ def test_batched_rows_are_guarded_each_on_its_own_holes(lm, tok):
     assert all(h.text.strip() for r in results for h in r.holes)
 
 
-def test_exact_mode_gets_no_guard(tok):
+def test_the_guard_is_asked_for(tok):
     canvas = prepare_infill(tok, f"x = {M}\n", length=4)
-    assert hole_constraint(tok, [(0, canvas)], SamplingOptions(exact=True, steps=4)) is None
-    assert isinstance(hole_constraint(tok, [(0, canvas)], SamplingOptions()), NonBlankStart)
+    assert hole_constraint(tok, [(0, canvas)], nonblank=False) is None
+    assert isinstance(hole_constraint(tok, [(0, canvas)], nonblank=True), NonBlankStart)
