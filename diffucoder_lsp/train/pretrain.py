@@ -458,9 +458,8 @@ class Trainer:
         reason = "steps" if args.stop_at is None or args.stop_at >= args.steps else "stop_at"
         window_tokens, window_start = 0, time.monotonic()
         last_step = args.steps if args.stop_at is None else min(args.steps, args.stop_at)
-        horizon = Horizon(
-            last_step
-        )  # only for the progress bar: the schedule keeps --steps, so a resume matches
+        # only for the progress bar: the schedule keeps --steps, so a resumed run matches
+        horizon = Horizon(last_step)
         while self.step < last_step:
             t0 = time.monotonic()
             m = self.train_step()
