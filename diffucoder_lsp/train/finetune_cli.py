@@ -310,20 +310,39 @@ def _grpo(args: argparse.Namespace) -> int:
     summary = GRPOTrainer(gargs, tasks).fit(progress=not args.no_progress, eval_rounds=args.eval_rounds)
     c = summary.get("curve") or {}
     if "reward_gain" in c:
-        verdict = "more than" if c["reward_gain_beyond_noise"] else "within"
+        n = c["steps_per_fifth"]
         print(
-            f"reward per step: first {c['steps_per_fifth']} steps {c['reward_first_fifth']:.3f}, last "
-            f"{c['steps_per_fifth']} {c['reward_last_fifth']:.3f} ({c['reward_gain']:+.3f}, {verdict} twice its "
-            f"standard error {c['reward_gain_se']:.3f})",
+            _gain_line(
+                f"reward per step: first {n} steps",
+                f"last {n}",
+                c,
+                "reward_first_fifth",
+                "reward_last_fifth",
+                "reward_gain",
+            ),
             file=sys.stderr,
         )
     if "task_gain" in c:
-        verdict = "more than" if c["task_gain_beyond_noise"] else "within"
         print(
-            f"the same tasks drawn again ({c['tasks_revisited']}): first {c['task_reward_first_visit']:.3f}, last "
-            f"{c['task_reward_last_visit']:.3f} ({c['task_gain']:+.3f}, {verdict} twice its standard error "
-            f"{c['task_gain_se']:.3f})",
+            _gain_line(
+                f"the same tasks drawn again ({c['tasks_revisited']}): first",
+                "last",
+                c,
+                "task_reward_first_visit",
+                "task_reward_last_visit",
+                "task_gain",
+            ),
             file=sys.stderr,
         )
     print(json.dumps(summary, indent=2, default=str))
     return 0
+
+
+def _gain_line(first_label: str, last_label: str, c: dict, first: str, last: str, gain: str) -> str:
+    """One line of a GRPO curve verdict (``train/reward_curve.py``): both means, the gain, and whether it is more
+    than twice its standard error (keys ``<gain>_se`` and ``<gain>_beyond_noise``)."""
+    verdict = "more than" if c[f"{gain}_beyond_noise"] else "within"
+    return (
+        f"{first_label} {c[first]:.3f}, {last_label} {c[last]:.3f} ({c[gain]:+.3f}, {verdict} twice its "
+        f"standard error {c[f'{gain}_se']:.3f})"
+    )

@@ -17,18 +17,6 @@ M = "<|mask|>"
 GREEDY = SamplingOptions(temperature=0.0)
 
 
-@pytest.fixture(scope="module")
-def lm(tiny_ckpt_fp32):
-    from diffucoder_lsp.model.loading import load_model
-
-    return load_model(str(tiny_ckpt_fp32), device="cpu", dtype="fp32")
-
-
-@pytest.fixture(scope="module")
-def tok(lm):
-    return lm.tokenizer
-
-
 def one_id(tok, text: str) -> int:
     return vocab_index(tok).exactly(text)[0]
 

@@ -17,13 +17,6 @@ M = "<|mask|>"
 TEXT = f"def f(x):\n    return {M}\n\n\nclass A:\n    {M}\n\nprint(f(1))\n"
 
 
-@pytest.fixture(scope="module")
-def lm(tiny_ckpt_fp32):
-    from diffucoder_lsp.model.loading import load_model
-
-    return load_model(str(tiny_ckpt_fp32), device="cpu", dtype="fp32")
-
-
 def fill_ids(lm, denoiser, **opts):
     res = infill(lm, TEXT, length=6, options=SamplingOptions(temperature=0.0, **opts), denoiser=denoiser)
     return [h.token_ids for h in res.holes], res

@@ -23,18 +23,6 @@ LEADS = [" ", "    ", "o"]
 RANDOM = dict(temperature=1.0, top_p=None)
 
 
-@pytest.fixture(scope="module")
-def lm(tiny_ckpt_fp32):
-    from diffucoder_lsp.model.loading import load_model
-
-    return load_model(str(tiny_ckpt_fp32), device="cpu", dtype="fp32")
-
-
-@pytest.fixture(scope="module")
-def tok(lm):
-    return lm.tokenizer
-
-
 def filled(text: str, holes) -> str:
     for hole in holes:
         text = text.replace(M, hole.text, 1)

@@ -14,13 +14,6 @@ M = "<|mask|>"
 GREEDY = SamplingOptions(temperature=0.0)
 
 
-@pytest.fixture(scope="module")
-def lm(tiny_ckpt_fp32):
-    from diffucoder_lsp.model.loading import load_model
-
-    return load_model(str(tiny_ckpt_fp32), device="cpu", dtype="fp32")
-
-
 def test_several_holes_filled_jointly(lm):
     text = f"def add(a, b):\n    return {M}\n\n\ndef sub(a, b):\n    return {M}\n"
     res = infill(lm, text, length=6, options=GREEDY)

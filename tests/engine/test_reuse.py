@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 from diffucoder_lsp.engine.cache import CachedContextDenoiser
@@ -14,13 +13,6 @@ from diffucoder_lsp.engine.sampler import SamplingOptions
 M = "<|mask|>"
 PREFIX = "def fibonacci(n: int) -> int:\n    if n < 2:\n        return n\n    return fib"
 SUFFIX = "\n\n\ndef main():\n    return fibonacci(10)\n"
-
-
-@pytest.fixture(scope="module")
-def lm(tiny_ckpt_fp32):
-    from diffucoder_lsp.model.loading import load_model
-
-    return load_model(str(tiny_ckpt_fp32), device="cpu", dtype="fp32")
 
 
 def canvas(lm, prefix: str, span: int, suffix: str):

@@ -60,13 +60,6 @@ def test_a_settled_span_ends_its_masked_positions_at_once():
 GREEDY = SamplingOptions(temperature=0.0, tokens_per_step=1, block_size=8)
 
 
-@pytest.fixture(scope="module")
-def lm(tiny_ckpt_fp32):
-    from diffucoder_lsp.model.loading import load_model
-
-    return load_model(tiny_ckpt_fp32, device="cpu", dtype="fp32")
-
-
 def test_a_settled_hole_is_the_text_written_when_its_test_said_so(lm):
     text = "def add(a, b):\n    return <|mask|>\n\nprint(add(1, 2))\n"
     whole = infill(lm, text, length=16, options=GREEDY, end_early=False)  # a fixed hole: every position
