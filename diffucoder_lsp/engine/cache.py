@@ -32,7 +32,7 @@ from collections.abc import Callable
 
 import torch
 
-from ..model.network import DreamModel, KVSlots, positions_from_valid
+from ..model.network import DreamModel, KVInPlace, KVSlots, positions_from_valid
 from .denoiser import shifted_rows
 from .reuse import ContextStore
 
@@ -177,6 +177,8 @@ class CachedContextDenoiser:
             if first and self.store is not None:
                 self.store.save(x, kvs, chain=0)
             slot = self._slot
+        elif not first and x.shape[0] == 1:
+            hidden, slot = self._in_place_step(x, valid, needed, moved)
         elif moved:
             hidden, slot = self._switch(x, valid, needed)
         else:
@@ -256,6 +258,36 @@ class CachedContextDenoiser:
             return_kv=return_kv,
             extra_positions=self._positions.gather(1, ctx_idx) if self._lookahead else None,
         )
+
+    def _in_place_step(self, x: torch.Tensor, valid: torch.Tensor, needed: torch.Tensor, moved: bool):
+        """A step of one row over the canvas-ordered keys/values (:class:`KVInPlace`): the active positions (and
+        when the set moves, the new ones with them) write their keys/values into the canvas's and attend to
+        all of it, so nothing is gathered or appended. The positions that leave the active set keep what they
+        wrote, which is what :meth:`_switch` moves into the context for a batch. Returns (hidden, slot map).
+
+        A row's context block (``_slots``) is built once, after the first pass, and not kept up to date after
+        that: one row's steps never read it again."""
+        self._since_refresh += 1
+        run = self._active | needed if moved else self._active
+        cols = run[0].nonzero().flatten()
+        if self._kv_shared:  # the store keeps the keys/values of the canvas as it was saved
+            self._kv_full = [(k.clone(), v.clone()) for k, v in self._kv_full]
+            self._kv_shared = False
+        self.tokens_processed += int(cols.numel())
+        hidden = self.model.hidden_states(
+            x[:, cols],
+            torch.ones(1, cols.numel(), dtype=torch.bool, device=x.device),
+            self._positions[:, cols],
+            extra_kv=[KVInPlace(k, v, cols.to(k.device)) for k, v in self._kv_full],
+            extra_valid=valid,
+            extra_positions=self._positions if self._lookahead else None,
+        )
+        slot = torch.zeros(valid.shape, dtype=torch.long, device=x.device)
+        slot[0, cols] = torch.arange(cols.numel(), device=x.device)
+        if moved:
+            self.switches += 1
+            self._set_active(valid, needed)
+        return hidden, slot
 
     def _switch(self, x: torch.Tensor, valid: torch.Tensor, needed: torch.Tensor):
         """One step over the old and the new active positions; the old ones' keys/values join the context."""

@@ -168,3 +168,43 @@ def test_inference_reuses_one_bias_buffer_across_layers_and_matches_a_fresh_one(
     m(x, valid).float().sum().backward()  # with a gradient: each layer keeps its own scores for backward
     assert len(made) == 2 and made[0].data_ptr() != made[1].data_ptr()
     assert all(layer.self_attn.lookahead_bias.grad is not None for layer in m.model.layers)
+
+
+@pytest.mark.parametrize("bias", [None, 0.0])
+def test_one_rows_in_place_steps_equal_the_batch_paths_gathered_context(bias):
+    """A single row's steps write into and read the canvas-ordered keys/values (``KVInPlace``); a batch's
+    gather the context and append the step's. Walking a hole one position a step (as blocks of one do),
+    revealing as it goes, both give the same logits, and a learned lookahead sees the same later keys."""
+    from diffucoder_lsp.engine.cache import CachedContextDenoiser
+
+    m = _model(bias)
+    x = _ids(60)[:1].clone()
+    x[0, 20:30] = CFG.mask_token_id
+    valid = torch.ones_like(x, dtype=torch.bool)
+    one, two = CachedContextDenoiser(m), CachedContextDenoiser(m)
+    with torch.no_grad():
+        for col in range(20, 30):
+            masked = x == CFG.mask_token_id
+            ask = masked & (masked.long().cumsum(1) == 1)  # the first masked position only
+            got = one(x, valid, ask)
+            batch = two(x.expand(2, -1), valid.expand(2, -1), ask.expand(2, -1))
+            torch.testing.assert_close(got, batch[:1], atol=1e-5, rtol=0)
+            torch.testing.assert_close(batch[:1], batch[1:], atol=1e-6, rtol=0)
+            x[0, col] = int(got.argmax(-1)[0]) % 99 + 1  # reveal it (never the mask id)
+    assert one.full_passes == two.full_passes == 1 and one.switches == two.switches == 9
+
+
+def test_in_place_keys_values_are_refused_where_they_cannot_apply():
+    from diffucoder_lsp.model.network import KVInPlace
+
+    m, x = _model(0.0), _ids(10)
+    with torch.no_grad():
+        _, kvs = m.hidden_states(x[:1], return_kv=True)
+        bufs = [KVInPlace(k, v, torch.tensor([3, 4])) for k, v in kvs]
+        pos = torch.arange(10)[None]
+        with pytest.raises(ValueError, match="one row"):
+            m.hidden_states(x[:1, 3:5], extra_kv=bufs, extra_positions=pos)  # no extra_valid
+        with pytest.raises(ValueError, match="one row"):
+            m.hidden_states(
+                x[:1, 3:5], extra_kv=bufs, extra_valid=torch.ones(1, 10, dtype=torch.bool), causal=True
+            )
