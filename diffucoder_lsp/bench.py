@@ -10,6 +10,8 @@ as the reference answer. Configurations:
 * ``parallel``   threshold parallel unmasking alone (full canvas)
 * ``all``        cache + block decoding + parallel unmasking
 * ``bounded``    as ``all`` with entropy-bounded unmasking (``entropy_bound``) instead of the threshold
+* ``runs``       the cache with left-to-right runs: blocks of one position, and each step also reveals the
+                 positions after the first while the model is ``threshold`` sure of them
 * ``reuse``      all + cross-request reuse: the same request made while typing, i.e. right after the request
                  for the same text ``TYPED_CHARS`` characters earlier, whose context keys/values it starts from
                  (the priming request is not timed)
@@ -39,7 +41,7 @@ from .engine.infill import DEFAULT_MARKER, infill
 from .engine.reuse import ContextStore
 from .engine.sampler import SamplingOptions
 
-CONFIGS = ("reference", "cache", "block", "parallel", "all", "bounded", "reuse", "ar")
+CONFIGS = ("reference", "cache", "block", "parallel", "all", "bounded", "runs", "reuse", "ar")
 ENTROPY_BOUND = 1.0  # ``bounded``: nats a step may take beyond its least sure token (tuned in the README)
 TYPED_CHARS = 3  # characters typed between the priming request and the timed one (``reuse``)
 BLOCK_SIZE = 32  # block decoding's block (``block``, ``all``, ``reuse``); 0 = the whole span at once
@@ -205,6 +207,12 @@ def configurations(
         )
         return opts, lambda: CachedContextDenoiser(lm.model, refresh_every)
 
+    def runs(lm, n):
+        opts = SamplingOptions(
+            threshold=threshold, tokens_per_step=tokens_per_step, temperature=0.0, block_size=1
+        )
+        return opts, lambda: CachedContextDenoiser(lm.model, refresh_every)
+
     return {
         "reference": reference,
         "cache": cache,
@@ -212,6 +220,7 @@ def configurations(
         "parallel": parallel,
         "all": all_,
         "bounded": bounded,
+        "runs": runs,
         "reuse": all_,
     }
 

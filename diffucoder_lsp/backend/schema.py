@@ -225,7 +225,7 @@ def _options(f: Fields, limits: Limits) -> tuple[SamplingOptions, Decoding]:
         tokens_per_step=f.integer("tokens_per_step", None, 1, 256, optional=True),
         block_size=block_size,
         alg=alg,
-        adaptive=threshold is not None or entropy_bound is not None,
+        bounded=entropy_bound is not None,
         fast=fast_decoding(),
     )
     options = SamplingOptions(

@@ -9,7 +9,7 @@ import sys
 from .fill import add_model_options
 
 # the configurations of diffucoder_lsp.bench.CONFIGS, spelled out so that building the CLI never imports torch
-CONFIGS = ("reference", "cache", "block", "parallel", "all", "bounded", "reuse", "ar")
+CONFIGS = ("reference", "cache", "block", "parallel", "all", "bounded", "runs", "reuse", "ar")
 BLOCK_SIZE = 32  # diffucoder_lsp.bench.BLOCK_SIZE
 ENTROPY_BOUND = 1.0  # diffucoder_lsp.bench.ENTROPY_BOUND
 

@@ -182,6 +182,13 @@ def _model_options(p: argparse.ArgumentParser) -> None:
         default=None,
         help="positions eligible per block, in order (1: strictly left to right; default: the server's)",
     )
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="also reveal positions at least this sure: in blocks of 1, the sure run after the first masked "
+        "position (default: the server's)",
+    )
     p.add_argument("--max-context-tokens", type=int, default=None, help="cut the context around the hole")
 
 
@@ -237,6 +244,7 @@ def _load_filler(args, truth_fn):
             "seed": args.seed,
             "alg": getattr(args, "alg", None),
             "block_size": getattr(args, "block_size", None),
+            "threshold": getattr(args, "threshold", None),
         }.items()
         if v is not None
     }
@@ -248,6 +256,8 @@ def _load_filler(args, truth_fn):
         overrides.setdefault("tokens_per_step", server.tokens_per_step)
         if server.block_size:
             overrides.setdefault("block_size", server.block_size)
+        if server.threshold is not None:
+            overrides.setdefault("threshold", server.threshold)
         cache = server.context_cache
     options = SamplingOptions(**overrides)
     single = getattr(args, "split", "single-line") == "single-line"  # as the AR baseline: one line

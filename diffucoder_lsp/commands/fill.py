@@ -62,7 +62,10 @@ def add_sampling_options(p: argparse.ArgumentParser, *, modes: bool = False) -> 
     p.add_argument("--eos-penalty", type=float, default=0.0, help="subtracted from eos/pad logits")
     p.add_argument("--exact", action="store_true", help="reference decoder: full canvas, reference schedule")
     p.add_argument(
-        "--threshold", type=float, default=None, help="parallel unmasking: also reveal all this sure"
+        "--threshold",
+        type=float,
+        default=None,
+        help="parallel unmasking: also reveal all this sure (in blocks of 1: the sure run after the first, in order)",
     )
     p.add_argument(
         "--entropy-bound",
@@ -192,7 +195,7 @@ def resolve_decoding(args: argparse.Namespace) -> bool:
         tokens_per_step=args.tokens_per_step,
         block_size=args.block_size,
         alg=args.alg,
-        adaptive=args.threshold is not None or args.entropy_bound is not None,
+        bounded=args.entropy_bound is not None,
         fast=fast_decoding(),
     )
     args.exact = decoding.exact

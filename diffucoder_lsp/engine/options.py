@@ -20,13 +20,18 @@ ALGORITHMS = ("entropy", "maskgit_plus", "topk_margin", "origin")
 # (README example: 7 steps at 1, 29 at 32). Models that read ahead further may prefer wider blocks (32: Fast-dLLM).
 EDITOR_BLOCK_SIZE = 1
 PARALLEL_BLOCK_SIZE = 32  # what a one-position block widens to when several tokens a step are asked for
+# Left-to-right runs (a threshold with blocks of one position): how many masked positions a step asks the model
+# about. A run rarely gets this long (see ``SamplingOptions.runs``), and on a CPU a step over 8 positions costs
+# about what a step over 2 does: the weights are read once either way.
+RUN_WINDOW = 8
 
 
-def block_for_pace(block_size: int | None, tokens_per_step: int, adaptive: bool) -> int | None:
-    """A block of one position leaves nothing to reveal in parallel: with several tokens a step, a threshold or
-    an entropy bound it widens to :data:`PARALLEL_BLOCK_SIZE` (Fast-dLLM's block), so those options keep
-    doing what they say whatever the block default."""
-    if block_size == 1 and (tokens_per_step > 1 or adaptive):
+def block_for_pace(block_size: int | None, tokens_per_step: int, bounded: bool) -> int | None:
+    """A block of one position leaves nothing to reveal in parallel: with several tokens a step or an entropy
+    bound (``bounded``) it widens to :data:`PARALLEL_BLOCK_SIZE` (Fast-dLLM's block), so those options keep
+    doing what they say whatever the block default. A threshold alone keeps the one-position order: it makes
+    left-to-right runs (:attr:`SamplingOptions.runs`)."""
+    if block_size == 1 and (tokens_per_step > 1 or bounded):
         return PARALLEL_BLOCK_SIZE
     return block_size
 
@@ -88,6 +93,14 @@ class SamplingOptions:
                 )
 
     @property
+    def runs(self) -> bool:
+        """Left-to-right runs: a threshold with blocks of one position. Each step reveals the first masked
+        position (canvas order) and then each next one while its token is at least ``threshold`` sure, so a
+        step may write several tokens without leaving the one-position order; it asks the model about the first
+        :data:`RUN_WINDOW` masked positions."""
+        return self.threshold is not None and self.block_size == 1
+
+    @property
     def adaptive(self) -> bool:
         """Whether the tokens revealed per step depend on the model's certainty (threshold or entropy bound)."""
         return self.threshold is not None or self.entropy_bound is not None
@@ -139,12 +152,12 @@ def resolve_decoding(
     tokens_per_step: int | None = None,
     block_size: int | None = None,
     alg: str = "entropy",
-    adaptive: bool = False,
+    bounded: bool = False,
     fast: Decoding,
 ) -> Decoding:
     """Fill in what ``mode`` (None: ``exact`` when ``exact``, else ``fast``) decides and the caller left unset.
     ``fast``: the language server's defaults (its ``Settings``), passed in so that this room never reads the
-    server's. ``adaptive``: a threshold or an entropy bound was asked for (a one-position block widens then, see
+    server's. ``bounded``: an entropy bound was asked for (a one-position block widens then, see
     :func:`block_for_pace`). Raises :class:`BadInputError` for contradictions (``exact`` with another mode or
     with the cache)."""
     if mode is not None and mode not in DECODINGS:
@@ -164,7 +177,7 @@ def resolve_decoding(
         return Decoding(
             exact=False,
             tokens_per_step=tokens_per_step,
-            block_size=block_for_pace(block_size, tokens_per_step, adaptive),
+            block_size=block_for_pace(block_size, tokens_per_step, bounded),
             cache=fast.cache if cache is None else cache,
         )
     return Decoding(

@@ -33,6 +33,11 @@ tokens. The denoiser is asked for logits at the eligible positions only, so a co
 step over one block instead of every hole (3 holes x 64 tokens: 33 queries a step instead of 195). Blocks go
 left to right, as Fast-dLLM's semi-autoregressive blocks; within a block any rule above picks the order.
 
+Left-to-right runs (a ``threshold`` with ``block_size`` 1, :attr:`SamplingOptions.runs`): the model is asked
+about the first :data:`RUN_WINDOW` masked positions of a row, in canvas order; the step reveals the first (at
+least ``tokens_per_step``) and each next one while its token is at least ``threshold`` sure, stopping at the
+first unsure one. The order stays left to right, so a hole still stops as soon as its cut is decided.
+
 Ending early (``end_spans``): a span that its consumer cuts at the first stop token (an ``auto`` hole, a server
 completion) stops being denoised past a revealed stop token; see :func:`denoise`.
 """
@@ -45,7 +50,7 @@ import torch
 
 from .canvas import StepEvent  # defined in the torch-free canvas module, which a backend client imports
 from .choice import pick_tokens
-from .options import ALGORITHMS, SamplingOptions  # noqa: F401 (also imported from here)
+from .options import ALGORITHMS, RUN_WINDOW, SamplingOptions  # noqa: F401 (also imported from here)
 
 EPS = 1e-3
 
@@ -86,6 +91,18 @@ def entropy_bounded_count(
     ranks = torch.arange(h.shape[1], device=h.device).expand_as(h)
     ok = (excess <= bound) & (ranks < eligible.sum(1, keepdim=True))
     return ok.sum(1)
+
+
+def run_positions(eligible: torch.Tensor, prob: torch.Tensor, threshold: float, least: int) -> torch.Tensor:
+    """Boolean (B, L): the left-to-right run each row reveals this step. ``eligible`` marks the positions the
+    model was asked about, ``prob`` (one per eligible position, row-major) the chosen tokens' probabilities. The
+    run is the row's first ``least`` eligible positions, then each next one, in canvas order, while its token is
+    at least ``threshold`` sure."""
+    sure = torch.zeros(eligible.shape, dtype=torch.bool, device=eligible.device)
+    sure[eligible] = prob >= threshold
+    order = eligible.long().cumsum(1)  # 1-based rank of each eligible position
+    ok = sure | (order <= least) | ~eligible  # positions the model was not asked about do not break a run
+    return ok.long().cumprod(1).bool() & eligible
 
 
 def choose_positions(
@@ -162,7 +179,8 @@ def denoise(
         return x
     steps = options.num_steps(max_masked, per_row.tolist())
     blocks = None
-    if options.block_size is not None:
+    runs = options.runs
+    if options.block_size is not None and not runs:
         blocks = torch.div(masked.long().cumsum(1) - 1, options.block_size, rounding_mode="floor")
         blocks = blocks.masked_fill(~masked, x.shape[1])  # past every real block
         pace = options.pace(max_masked)
@@ -180,7 +198,9 @@ def denoise(
             break
         t, s = ts[i], ts[i + 1]
         last = i == steps - 1
-        if blocks is not None:  # the first unfinished block of each row
+        if runs:  # the first RUN_WINDOW masked positions of each row, in canvas order
+            eligible = masked & (masked.long().cumsum(1) <= RUN_WINDOW)
+        elif blocks is not None:  # the first unfinished block of each row
             current = blocks.masked_fill(~masked, x.shape[1]).amin(1, keepdim=True)
             eligible = masked & (blocks == current)
         else:
@@ -208,6 +228,8 @@ def denoise(
             else:
                 draw = torch.rand(x.shape, generator=generator, device=x.device)
                 take = masked & (draw < 1 - s / t)
+        elif runs and not last:
+            take = run_positions(eligible, prob, options.threshold, options.tokens_per_step)
         else:
             thresholded = options.threshold is not None and not last  # the sure ones, then a top-up
             if last:

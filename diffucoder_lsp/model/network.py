@@ -361,7 +361,9 @@ class DreamModel(nn.Module):
             position_ids = positions_from_valid(valid)
         x = self.model.embed_tokens(input_ids)
         cos, sin = rope_cos_sin(self.config, position_ids, x.dtype)
-        in_place = extra_kv is not None and isinstance(extra_kv[0], KVInPlace)  # own keys among the extra ones
+        in_place = extra_kv is not None and isinstance(
+            extra_kv[0], KVInPlace
+        )  # own keys among the extra ones
         if in_place and (causal or extra_valid is None or b != 1):
             raise ValueError("in-place keys/values take one row, its extra_valid, and no causal mask")
         if in_place:

@@ -116,8 +116,7 @@ class Settings:
         backend alike."""
         if self.alg == "origin":
             return None
-        adaptive = self.threshold is not None or self.entropy_bound is not None
-        return block_for_pace(self.block_size, self.tokens_per_step, adaptive) or None
+        return block_for_pace(self.block_size, self.tokens_per_step, self.entropy_bound is not None) or None
 
     def language_enabled(self, language_id: str) -> bool:
         langs = self.enabled_languages

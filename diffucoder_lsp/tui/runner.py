@@ -61,7 +61,12 @@ def _pace(o) -> str:
     if o.steps is not None:
         return str(o.steps)
     per = "1 token" if o.tokens_per_step == 1 else f"{o.tokens_per_step} tokens"
-    extra = f", or all >= {o.threshold:g}" if o.threshold is not None else ""
+    if o.threshold is None:
+        extra = ""
+    elif o.runs:
+        extra = f", and the run after it while >= {o.threshold:g}"
+    else:
+        extra = f", or all >= {o.threshold:g}"
     return f"{per} per step{extra}"
 
 

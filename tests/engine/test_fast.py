@@ -128,6 +128,7 @@ def test_bench_runs_end_to_end(tiny_ckpt, capsys):
         "parallel",
         "all",
         "bounded",
+        "runs",
         "reuse",
         "ar",
     }

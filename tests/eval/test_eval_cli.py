@@ -157,6 +157,16 @@ def test_cli_model_smoke_on_tiny_checkpoint(tiny_ckpt, tmp_path, capsys):
     assert "single-line/auto" in capsys.readouterr().out
 
 
+def test_cli_threshold_reaches_the_decoding(tiny_ckpt, tmp_path, capsys):
+    """``--threshold`` with fast decoding's blocks of 1: left-to-right runs."""
+    pytest.importorskip("diffucoder_lsp.engine.infill")
+    out = tmp_path / "runs.json"
+    argv = ["eval", "humaneval-infill", "--model", str(tiny_ckpt), "--limit", "2", "--threshold", "0.5"]
+    assert main(argv + ["--device", "cpu", "--out", str(out)]) == 0, capsys.readouterr().err
+    options = json.loads(out.read_text())["config"]["options"]
+    assert options["threshold"] == 0.5 and options["block_size"] == 1
+
+
 # --- intrinsic metric ---------------------------------------------------------------------------------------
 
 

@@ -90,7 +90,9 @@ def test_block_size_reaches_the_sampler():
     assert sampling_options(Settings()).block_size == 1
     # one position a block leaves nothing to reveal in parallel: parallel settings widen it, wider ones stay
     assert sampling_options(Settings(tokens_per_step=3)).block_size == 32
-    assert sampling_options(Settings(threshold=0.9)).block_size == 32
+    # a threshold alone keeps the order and reveals sure runs left to right
+    assert sampling_options(Settings(threshold=0.9)).block_size == 1
+    assert sampling_options(Settings(threshold=0.9)).runs
     assert sampling_options(Settings(entropy_bound=0.5)).block_size == 32
     assert sampling_options(Settings(tokens_per_step=3, block_size=8)).block_size == 8
     assert sampling_options(Settings(block_size=0)).block_size is None

@@ -22,6 +22,7 @@ def test_the_side_panel_reports_the_pace_actually_used():
     assert steps() == "1 token per step"
     assert steps(tokens_per_step=2) == "2 tokens per step"
     assert steps(tokens_per_step=2, threshold=0.9) == "2 tokens per step, or all >= 0.9"
+    assert steps(threshold=0.9, block_size=1) == "1 token per step, and the run after it while >= 0.9"
     assert steps(steps=12) == "12"
 
 
