@@ -122,6 +122,13 @@ class ContextStore:
     def clear(self) -> None:
         self.entry = None
 
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the stored keys/values."""
+        if self.entry is None:
+            return 0
+        return sum(k.nbytes + v.nbytes for k, v in self.entry.kvs)
+
     def lookup(
         self, cfg: ModelConfig, x: torch.Tensor, valid: torch.Tensor, masked: torch.Tensor
     ) -> tuple[torch.Tensor, list[KV], int] | None:

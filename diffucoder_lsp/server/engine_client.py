@@ -91,7 +91,10 @@ def make_denoiser(lm, s: Settings, store=None, between_layers=None):
     )
 
 
-STORED_STREAMS = 4  # documents whose last context keys/values are kept (bundled model: ~2 MB each at 512)
+STORED_STREAMS = 4  # documents whose last context keys/values are kept, at most ...
+# ... and at most this many bytes of them besides the current document's: the bundled model's keys/values take
+# 46 KB a token (30 layers), 26 MB for a 560-token canvas, where the 10.5M model's took 2 MB
+STORED_BYTES = 64 * 2**20
 
 
 def error_kind(exc: BaseException) -> str:
@@ -281,9 +284,9 @@ class EngineClient:
     # --- inference (called on the model thread) -------------------------------------------------------------
 
     def store_for(self, stream: str | None):
-        """The ContextStore of a document (created on first use; the least recently used beyond
-        ``STORED_STREAMS`` is dropped, which bounds memory without a hook on didClose), or None without a
-        stream. Called on the model thread only."""
+        """The ContextStore of a document (created on first use; the least recently used are dropped beyond
+        ``STORED_STREAMS`` documents or ``STORED_BYTES`` of the others' keys/values, which bounds memory
+        without a hook on didClose), or None without a stream. Called on the model thread only."""
         if stream is None:
             return None
         store = self._stores.pop(stream, None)
@@ -292,8 +295,10 @@ class EngineClient:
 
             store = ContextStore()
         self._stores[stream] = store
-        while len(self._stores) > STORED_STREAMS:
-            self._stores.popitem(last=False)
+        others = sum(s.nbytes for s in self._stores.values()) - store.nbytes
+        while len(self._stores) > STORED_STREAMS or (len(self._stores) > 1 and others > STORED_BYTES):
+            _, dropped = self._stores.popitem(last=False)
+            others -= dropped.nbytes
         return store
 
     def count_tokens(self, text: str) -> int:

@@ -53,6 +53,27 @@ def test_only_the_most_recent_documents_keep_a_store(engine):
     assert len(engine._stores) == STORED_STREAMS
 
 
+def test_stores_are_dropped_beyond_their_byte_budget_but_never_the_current_one(engine, monkeypatch):
+    """A large model's keys/values (26 MB a canvas for the bundled model) fill the budget before the count."""
+    import torch
+
+    from diffucoder_lsp.engine.reuse import StoredContext
+    from diffucoder_lsp.server import engine_client
+
+    monkeypatch.setattr(engine_client, "STORED_BYTES", 1000)
+    engine._stores.clear()  # the engine is shared by this module's tests
+    big = [(torch.zeros(100), torch.zeros(100))]  # 800 bytes
+    for name in ("a", "b"):
+        engine.store_for(f"file:///{name}.py").entry = StoredContext([1], big, 0)
+    assert list(engine._stores) == ["file:///a.py", "file:///b.py"]  # 800 bytes besides b: within
+    current = engine.store_for("file:///c.py")
+    assert list(engine._stores) == ["file:///b.py", "file:///c.py"]  # a + b = 1600 > 1000: a goes
+    current.entry = StoredContext([1], big * 3, 0)  # the current document alone may exceed the budget
+    assert engine.store_for("file:///c.py") is current and engine.store_for("file:///c.py").nbytes == 2400
+    engine.store_for("file:///d.py")  # once another document is current, c alone is over the budget
+    assert list(engine._stores) == ["file:///d.py"]
+
+
 def test_completions_end_early_unless_switched_off(engine, monkeypatch):
     from diffucoder_lsp.engine import infill as infill_module
 
