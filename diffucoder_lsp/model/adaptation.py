@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -267,3 +268,25 @@ def build_adapted_folder(adaptation_dir: str | Path, base_dir: str | Path, out: 
         if (adaptation_dir / name).is_file():
             shutil.copy2(adaptation_dir / name, out / name)
     return out
+
+
+def refresh_carried_files(adaptation_dir: Path, merged: Path) -> list[str]:
+    """Bring a merged folder's carried files (card, calibration, licence) up to the installed adaptation's.
+
+    The merged folder is named after the adaptation's weights, so a release that only recalibrates the
+    confidence gate or rewrites the card keeps the folder; without this its users would go on reading the old
+    ``calibration.json``. Each changed file is replaced whole (written beside it, then renamed); one that cannot
+    be written is left as it was, with a warning. Returns the names replaced."""
+    done = []
+    for name in CARRIED_FILES:
+        src, dst = adaptation_dir / name, merged / name
+        try:
+            if not src.is_file() or (dst.is_file() and dst.read_bytes() == src.read_bytes()):
+                continue
+            tmp = dst.with_name(f".{name}.tmp")
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, dst)
+            done.append(name)
+        except OSError as exc:
+            log.warning("could not update %s from the installed package: %s", dst, exc)
+    return done

@@ -80,6 +80,9 @@ def default_model_path(base_from: str | os.PathLike | None = None) -> Path:
         return tiny_model_path()
     target = adapted_target()
     if (target / "config.json").is_file():
+        from .adaptation import refresh_carried_files
+
+        refresh_carried_files(BUNDLED_ADAPTATION_DIR, target)  # a release may recalibrate without new weights
         return target
     from . import base as base_module
     from .adaptation import build_adapted_folder

@@ -200,6 +200,35 @@ def test_default_model_is_built_once_from_base_and_adaptation(tiny_ckpt, tmp_pat
     assert torch.allclose(
         lm.model.state_dict()["model.norm.weight"], state["model.norm.weight"].float() * 1.5, atol=1e-2
     )
+    # a release that only recalibrates: the cached folder is kept, its calibration follows the package's
+    (ad / "calibration.json").write_text('{"min_confidence": 0.2}', encoding="utf-8")
+    weights = (path / "model.safetensors").stat().st_mtime_ns
+    assert bundled.default_model_path() == path and len(calls) == 1
+    assert (path / "calibration.json").read_text(encoding="utf-8") == '{"min_confidence": 0.2}'
+    assert (path / "model.safetensors").stat().st_mtime_ns == weights
+
+
+def test_carried_files_are_refreshed_whole_and_a_read_only_folder_is_left_as_it_was(tmp_path, monkeypatch):
+    from diffucoder_lsp.model.adaptation import refresh_carried_files
+
+    ad, merged = tmp_path / "ad", tmp_path / "merged"
+    ad.mkdir()
+    merged.mkdir()
+    (ad / "MODEL_CARD.md").write_text("new card", encoding="utf-8")
+    (merged / "MODEL_CARD.md").write_text("old card", encoding="utf-8")
+    (merged / "calibration.json").write_text("{}", encoding="utf-8")  # no longer shipped: kept
+    assert refresh_carried_files(ad, merged) == ["MODEL_CARD.md"]
+    assert (merged / "MODEL_CARD.md").read_text(encoding="utf-8") == "new card"
+    assert refresh_carried_files(ad, merged) == []  # unchanged: nothing written
+    assert sorted(p.name for p in merged.iterdir()) == ["MODEL_CARD.md", "calibration.json"]  # no temp left
+    (ad / "MODEL_CARD.md").write_text("newer card", encoding="utf-8")
+
+    def refuse(*args, **kwargs):
+        raise PermissionError("read-only cache")
+
+    monkeypatch.setattr("diffucoder_lsp.model.adaptation.shutil.copyfile", refuse)
+    assert refresh_carried_files(ad, merged) == []
+    assert (merged / "MODEL_CARD.md").read_text(encoding="utf-8") == "new card"
 
 
 def test_default_model_offline_without_a_base_says_what_to_do(tmp_path, monkeypatch):
