@@ -345,10 +345,10 @@ class DreamModel(nn.Module):
         ``valid`` (B, L) marks real tokens (False = padding). ``extra_kv`` is a per-layer block of keys/values
         already computed for other positions (``extra_valid`` marks which of them are real); queries attend to
         them and to ``input_ids``; a list of :class:`KVInPlace` holds ``input_ids``' own keys/values too (at its
-        ``cols``), and ``extra_valid`` / ``extra_positions`` then describe all its keys. ``causal`` turns the network into the autoregressive baseline. With ``keep``
-        the last layer computes queries (attention and MLP) only for the kept positions: every layer's keys and
-        values are still complete, and a context-cache pass that reads a few hole positions saves ~1/L of
-        its work. ``should_stop`` is asked before every layer; when it says yes the pass is abandoned and None
+        ``cols``), and ``extra_valid`` / ``extra_positions`` then describe all its keys. ``causal`` turns the
+        network into the autoregressive baseline. With ``keep`` the last layer computes queries (attention and
+        MLP) only for the kept positions: every layer's keys and values are still complete, and a context-cache
+        pass that reads a few hole positions saves ~1/L of its work. ``should_stop`` is asked before every layer; when it says yes the pass is abandoned and None
         returned (background work that a request must not wait for). ``attn_mask`` (B or 1, 1, L, L), True where a
         query may attend, is combined with the padding mask: adapting an AR model anneals from causal to full
         attention through it (``train/adapt.py``). A model with a learned lookahead needs the positions of the
@@ -361,9 +361,8 @@ class DreamModel(nn.Module):
             position_ids = positions_from_valid(valid)
         x = self.model.embed_tokens(input_ids)
         cos, sin = rope_cos_sin(self.config, position_ids, x.dtype)
-        in_place = extra_kv is not None and isinstance(
-            extra_kv[0], KVInPlace
-        )  # own keys among the extra ones
+        # in place: the call's own keys/values are among the extra ones (see KVInPlace)
+        in_place = extra_kv is not None and isinstance(extra_kv[0], KVInPlace)
         if in_place and (causal or extra_valid is None or b != 1):
             raise ValueError("in-place keys/values take one row, its extra_valid, and no causal mask")
         if in_place:
