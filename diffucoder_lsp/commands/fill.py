@@ -65,7 +65,8 @@ def add_sampling_options(p: argparse.ArgumentParser, *, modes: bool = False) -> 
         "--threshold",
         type=float,
         default=None,
-        help="parallel unmasking: also reveal all this sure (in blocks of 1: the sure run after the first, in order)",
+        help="parallel unmasking: also reveal all this sure "
+        "(in blocks of 1: the sure run after the first, in order)",
     )
     p.add_argument(
         "--entropy-bound",

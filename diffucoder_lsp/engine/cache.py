@@ -259,6 +259,13 @@ class CachedContextDenoiser:
             extra_positions=self._positions.gather(1, ctx_idx) if self._lookahead else None,
         )
 
+    def _own_kv_full(self) -> None:
+        """Copy the canvas's keys/values before a step writes into them when they are also the store's entry:
+        the store keeps the keys/values of the canvas as it was saved."""
+        if self._kv_shared:
+            self._kv_full = [(k.clone(), v.clone()) for k, v in self._kv_full]
+            self._kv_shared = False
+
     def _in_place_step(self, x: torch.Tensor, valid: torch.Tensor, needed: torch.Tensor, moved: bool):
         """A step of one row over the canvas-ordered keys/values (:class:`KVInPlace`): the active positions (and
         when the set moves, the new ones with them) write their keys/values into the canvas's and attend to
@@ -270,20 +277,18 @@ class CachedContextDenoiser:
         self._since_refresh += 1
         run = self._active | needed if moved else self._active
         cols = run[0].nonzero().flatten()
-        if self._kv_shared:  # the store keeps the keys/values of the canvas as it was saved
-            self._kv_full = [(k.clone(), v.clone()) for k, v in self._kv_full]
-            self._kv_shared = False
+        own = torch.ones(1, cols.numel(), dtype=torch.bool, device=x.device)
+        self._own_kv_full()
         self.tokens_processed += int(cols.numel())
         hidden = self.model.hidden_states(
             x[:, cols],
-            torch.ones(1, cols.numel(), dtype=torch.bool, device=x.device),
+            own,
             self._positions[:, cols],
             extra_kv=[KVInPlace(k, v, cols.to(k.device)) for k, v in self._kv_full],
             extra_valid=valid,
             extra_positions=self._positions if self._lookahead else None,
         )
-        slot = torch.zeros(valid.shape, dtype=torch.long, device=x.device)
-        slot[0, cols] = torch.arange(cols.numel(), device=x.device)
+        slot = _slot_map(cols[None], own, valid.shape)
         if moved:
             self.switches += 1
             self._set_active(valid, needed)
@@ -300,9 +305,7 @@ class CachedContextDenoiser:
             x, idx, idx_valid, _gather_kv(self._kv_full, ctx_idx), ctx_idx, ctx_valid, True
         )
         rows, cols, slots = _selected(idx, idx_valid)
-        if self._kv_shared:  # the store keeps the keys/values of the canvas as it was saved
-            self._kv_full = [(k.clone(), v.clone()) for k, v in self._kv_full]
-            self._kv_shared = False
+        self._own_kv_full()
         for (fk, fv), (k, v) in zip(self._kv_full, own, strict=True):
             r, c, sl = rows.to(fk.device), cols.to(fk.device), slots.to(fk.device)
             fk.transpose(1, 2)[r, c] = k.transpose(1, 2)[r, sl]

@@ -348,11 +348,12 @@ class DreamModel(nn.Module):
         ``cols``), and ``extra_valid`` / ``extra_positions`` then describe all its keys. ``causal`` turns the
         network into the autoregressive baseline. With ``keep`` the last layer computes queries (attention and
         MLP) only for the kept positions: every layer's keys and values are still complete, and a context-cache
-        pass that reads a few hole positions saves ~1/L of its work. ``should_stop`` is asked before every layer; when it says yes the pass is abandoned and None
-        returned (background work that a request must not wait for). ``attn_mask`` (B or 1, 1, L, L), True where a
-        query may attend, is combined with the padding mask: adapting an AR model anneals from causal to full
-        attention through it (``train/adapt.py``). A model with a learned lookahead needs the positions of the
-        ``extra_kv`` keys too (``extra_positions``, (B, M)): its bias depends on which keys are later.
+        pass that reads a few hole positions saves ~1/L of its work. ``should_stop`` is asked before every
+        layer; when it says yes the pass is abandoned and None returned (background work that a request must not
+        wait for). ``attn_mask`` (B or 1, 1, L, L), True where a query may attend, is combined with the padding
+        mask: adapting an AR model anneals from causal to full attention through it (``train/adapt.py``). A model
+        with a learned lookahead needs the positions of the ``extra_kv`` keys too (``extra_positions``, (B, M)):
+        its bias depends on which keys are later.
         """
         b, n = input_ids.shape
         if valid is None:
