@@ -33,6 +33,9 @@ from ..model.config import ModelConfig
 from ..model.network import KV, DreamModel, apply_rope, rope_cos_sin
 
 NEEDLE = 16  # tokens used to locate a context run in the previous canvas
+# what a stored canvas holds at a position whose keys/values were overwritten after the save: no token id
+# (matching runs on code points, and this one is past every vocabulary), so no later request reuses them
+OVERWRITTEN = 0x10FFFF
 
 
 @dataclass
@@ -170,6 +173,21 @@ class ContextStore:
             kvs.append((k_run, v.index_select(2, src)))
         self.hits += 1
         return reused, kvs, entry.chain + 1
+
+    def holds(self, kvs: list[KV]) -> bool:
+        """Whether ``kvs`` share the stored entry's memory (are not a copy of it)."""
+        return (
+            self.entry is not None and bool(kvs) and self.entry.kvs[0][0].data_ptr() == kvs[0][0].data_ptr()
+        )
+
+    def overwritten(self, cols: list[int]) -> None:
+        """The stored keys/values at canvas positions ``cols`` are about to be overwritten in place (a
+        request's steps write their own into the canvas they were saved from): later requests must not reuse
+        them. Marking them costs nothing; copying the entry before the first write would cost a canvas of
+        keys/values (48 MB at 1k tokens for the bundled model)."""
+        if self.entry is not None:
+            for c in cols:
+                self.entry.tokens[c] = OVERWRITTEN
 
     def save(self, x: torch.Tensor, kvs: list[KV], chain: int) -> None:
         """Remember a one-row canvas and its complete per-layer keys/values (batches are not stored)."""

@@ -229,8 +229,11 @@ def test_block_decoding_with_cache_runs_one_full_pass_and_fewer_tokens(lm):
     assert exact == full and den_exact.full_passes == 24
 
 
-def test_block_switches_leave_the_stored_context_as_it_was_saved(lm):
-    from diffucoder_lsp.engine.reuse import ContextStore
+def test_steps_writing_into_the_stored_canvas_mark_what_they_overwrote(lm):
+    """A one-row request's steps write their keys/values into the canvas the store saved (no copy of it):
+    every position they wrote is marked overwritten in the store, and every other one still holds what was
+    saved, so a later request reuses only keys/values that match its tokens."""
+    from diffucoder_lsp.engine.reuse import OVERWRITTEN, ContextStore
 
     x, valid, masked = _three_holes(lm)
     store = ContextStore(min_tokens=1)
@@ -240,11 +243,21 @@ def test_block_switches_leave_the_stored_context_as_it_was_saved(lm):
     saved = [(k.clone(), v.clone()) for k, v in store.entry.kvs]
     x2 = x.clone()
     x2[masked & (order // 5 == 0)] = lm.tokenizer.encode("z")[0]  # the first hole is revealed
-    cache(x2, valid, masked & (order // 5 == 1))  # a switch writes the revealed tokens' keys/values
+    cache(x2, valid, masked & (order // 5 == 1))  # the step writes the revealed tokens' keys/values
     assert cache.switches == 1
+    assert store.holds(cache._kv_full)  # written in place, not into a copy
+    marked = torch.tensor([t == OVERWRITTEN for t in store.entry.tokens])
+    assert marked[(masked & (order // 5 == 0))[0]].all()  # the revealed positions
+    kept = ~marked
+    assert marked.sum() <= 2 * (5 + 1)  # at most the two blocks and their predecessors
+    assert [t for t, m in zip(store.entry.tokens, marked, strict=True) if not m] == x[0][kept].tolist()
     for (k, v), (k0, v0) in zip(store.entry.kvs, saved, strict=True):
-        assert torch.equal(k, k0) and torch.equal(v, v0)
-    assert store.entry.tokens == x[0].tolist()
+        assert torch.equal(k[:, :, kept], k0[:, :, kept]) and torch.equal(v[:, :, kept], v0[:, :, kept])
+        assert not torch.equal(k[:, :, marked], k0[:, :, marked])
+    # the next request of the stream (the same canvas) reuses only the unmarked positions
+    store.max_fresh = 1.0
+    reused, _, _ = store.lookup(lm.model.config, x, valid, masked)
+    assert reused[0].sum() > 0 and not (reused[0] & marked).any()
 
 
 def test_step_profile_script_reports_steps_and_host_reads(tiny_ckpt, tmp_path):

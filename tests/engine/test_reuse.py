@@ -134,8 +134,8 @@ def test_batches_and_padding_are_never_reused(lm):
 
 
 def test_edited_context_is_computed_once_then_joins_the_context(lm):
-    """A reused start computes the typed text with the hole; the next steps run the hole (and its predecessor)
-    only, and an unchanged canvas still gets the full canvas's logits after that move."""
+    """A reused start computes the typed text with the hole; the next steps run only the outputs they read (the
+    predecessor of each masked position), and an unchanged canvas still gets the full canvas's logits after."""
     x, valid, masked = canvas(lm, PREFIX, 6, SUFFIX)
     store = ContextStore(min_tokens=0)
     CachedContextDenoiser(lm.model, store=store)(x, valid, masked)
@@ -145,8 +145,8 @@ def test_edited_context_is_computed_once_then_joins_the_context(lm):
     first = d.tokens_processed
     assert d.full_passes == 0 and first > 7  # the typed tokens, the hole and its predecessor
     d(x2, v2, m2)
-    assert d.tokens_processed - first == 7  # then only the hole and its predecessor
-    # the typed text's keys/values now come from the context block: same logits as a fresh full canvas,
+    assert d.tokens_processed - first == 6  # then the hole's predecessor and its first 5 positions only
+    # the typed text's keys/values are the canvas's now: same logits as a fresh full canvas,
     # up to the staleness of the reused context (none here: the reused text saw the same hole)
     approx = d(x2, v2, m2)
     exact = FullCanvasDenoiser(lm.model)(x2, v2, m2)
@@ -227,3 +227,18 @@ def test_warming_stops_between_layers_and_skips_short_canvases(lm):
     asked.clear()
     assert warm_store(lm.model, ids, store, lambda: bool(asked.append(1)))
     assert len(asked) == lm.config.num_hidden_layers
+
+
+def test_a_missed_store_is_freed_before_the_full_pass_replaces_it(lm):
+    """A request the stored canvas cannot serve does a full pass that replaces the entry anyway: the old entry
+    is dropped before that pass, not held alongside its keys/values (a canvas of them at the peak)."""
+    x, valid, masked = canvas(lm, PREFIX, 6, SUFFIX)
+    store = ContextStore(min_tokens=0)
+    CachedContextDenoiser(lm.model, store=store)(x, valid, masked)
+    assert store.entry is not None
+    other, v2, m2 = canvas(lm, "import os\n\n\nclass Point:\n    def __init__(self, x, y):\n        self.", 4, "\n")
+    during: list = []
+    d = CachedContextDenoiser(lm.model, store=store, between_layers=lambda: during.append(store.entry))
+    d(other, v2, m2)
+    assert d.full_passes == 1 and during and all(e is None for e in during)
+    assert store.entry.tokens == other[0].tolist()  # the new canvas is stored after the pass

@@ -171,10 +171,10 @@ def test_inference_reuses_one_bias_buffer_across_layers_and_matches_a_fresh_one(
 
 
 @pytest.mark.parametrize("bias", [None, 0.0])
-def test_one_rows_in_place_steps_equal_the_batch_paths_gathered_context(bias):
-    """A single row's steps write into and read the canvas-ordered keys/values (``KVInPlace``); a batch's
-    gather the context and append the step's. Walking a hole one position a step (as blocks of one do),
-    revealing as it goes, both give the same logits, and a learned lookahead sees the same later keys."""
+def test_a_batchs_rows_step_as_each_row_does_alone(bias):
+    """Steps write into and read the canvas-ordered keys/values (``KVInPlace``), one row or a padded batch of
+    them: walking a hole one position a step (as blocks of one do), revealing as it goes, a row gives the same
+    logits alone and in a batch, and a learned lookahead sees the same later keys."""
     from diffucoder_lsp.engine.cache import CachedContextDenoiser
 
     m = _model(bias)
@@ -194,17 +194,51 @@ def test_one_rows_in_place_steps_equal_the_batch_paths_gathered_context(bias):
     assert one.full_passes == two.full_passes == 1 and one.switches == two.switches == 9
 
 
+@pytest.mark.parametrize("rows", [1, 3])
+def test_a_causal_models_cached_steps_are_exact_and_compute_one_position_each(rows):
+    """At a very negative bias (the causal network) a position's keys/values depend on earlier positions only,
+    so computing each revealed token's once, as an AR decoder with a KV cache does, is exact: walking a hole
+    left to right, every step's logits equal a full pass over the canvas, and each step after the first
+    computes one position per row (its output predicts the next; the step also writes its keys/values). Rows
+    of a batch differ in length (padding) and in where their hole is."""
+    from diffucoder_lsp.engine.cache import CachedContextDenoiser
+    from diffucoder_lsp.engine.denoiser import FullCanvasDenoiser
+
+    m = _model(-1e4)
+    x = torch.cat([_ids(60, seed=s)[:1] for s in range(rows)]).clone()
+    valid = torch.ones_like(x, dtype=torch.bool)
+    for r in range(rows):
+        x[r, 15 + 3 * r : 25 + 3 * r] = CFG.mask_token_id
+        valid[r, 60 - 4 * r :] = False  # padding at the end of the later rows
+    x[~valid] = CFG.pad_token_id
+    cache = CachedContextDenoiser(m)
+    with torch.no_grad():
+        for step in range(10):
+            masked = (x == CFG.mask_token_id) & valid
+            ask = masked & (masked.long().cumsum(1) == 1)
+            before = cache.tokens_processed
+            got = cache(x, valid, ask)
+            want = FullCanvasDenoiser(m)(x, valid, ask)
+            torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
+            if step:
+                assert cache.tokens_processed - before == rows
+            cols = ask.long().argmax(1)
+            x[torch.arange(rows), cols] = got.argmax(-1) % 99 + 1
+    assert cache.full_passes == 1
+
+
 def test_in_place_keys_values_are_refused_where_they_cannot_apply():
     from diffucoder_lsp.model.network import KVInPlace
 
     m, x = _model(0.0), _ids(10)
     with torch.no_grad():
         _, kvs = m.hidden_states(x[:1], return_kv=True)
-        bufs = [KVInPlace(k, v, torch.tensor([3, 4])) for k, v in kvs]
+        own = torch.tensor([0, 0]), torch.tensor([3, 4]), torch.tensor([0, 1])
+        bufs = [KVInPlace(k, v, *own) for k, v in kvs]
         pos = torch.arange(10)[None]
-        with pytest.raises(ValueError, match="one row"):
+        with pytest.raises(ValueError, match="extra_valid"):
             m.hidden_states(x[:1, 3:5], extra_kv=bufs, extra_positions=pos)  # no extra_valid
-        with pytest.raises(ValueError, match="one row"):
+        with pytest.raises(ValueError, match="causal"):
             m.hidden_states(
                 x[:1, 3:5], extra_kv=bufs, extra_valid=torch.ones(1, 10, dtype=torch.bool), causal=True
             )
