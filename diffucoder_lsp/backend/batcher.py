@@ -31,6 +31,7 @@ from typing import Any
 from ..engine.batch import BatchRow, infill_batch
 from ..engine.cache import CachedContextDenoiser
 from ..engine.infill import InfillCanvas
+from ..engine.memory import release_free_memory
 from .config import BackendConfig
 from .metrics import Metrics
 
@@ -201,6 +202,7 @@ class Batcher:
                     for job in jobs:
                         self._forget(job)
                     self._running = []
+                release_free_memory()  # what the batch freed goes back (see engine/memory.py)
 
     def _take(self) -> list[Job] | None:
         """The oldest waiting row and up to ``max_batch - 1`` more of its batch key, after gathering."""

@@ -28,6 +28,8 @@ from collections.abc import Callable, Hashable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from ..engine.memory import release_free_memory
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -202,6 +204,8 @@ class Scheduler:
             raise
         finally:
             self.running = self.outer if self.outer is not job else None
+            if self.running is None:  # between requests: what the job freed goes back (see engine/memory.py)
+                release_free_memory()
             if self._on_finish is not None:
                 try:
                     self._on_finish(job, (time.perf_counter() - start) * 1000, error)

@@ -203,3 +203,31 @@ async def test_an_interactive_job_inside_a_long_one_can_fail_or_be_cancelled(sch
     with pytest.raises(asyncio.CancelledError):
         await task
     assert await long == 30  # the long job carried on through both
+
+
+async def test_free_memory_goes_back_after_each_job_not_inside_a_long_one(scheduler, monkeypatch):
+    """Between requests the allocator's free pages are handed back (engine/memory.py); an interactive job served
+    inside a long job's steps does not trigger it (the long job is still running)."""
+    import diffucoder_lsp.server.scheduler as sched
+
+    calls: list = []
+    monkeypatch.setattr(sched, "release_free_memory", lambda: calls.append(scheduler.running) or True)
+    log: list = []
+    await scheduler.run(stepping(1, 0.001, log))
+    assert calls == [None]
+    long = asyncio.ensure_future(scheduler.run(stepping(40, 0.01, log), long=True))
+    await asyncio.sleep(0.05)
+    assert await scheduler.run(stepping(1, 0.001, log)) == 1  # served between the long job's steps
+    assert len(calls) == 1
+    assert await long == 40
+    assert len(calls) == 2 and calls[-1] is None
+
+
+def test_release_free_memory_works_exactly_where_glibc_has_malloc_trim():
+    import platform
+    import sys
+
+    from diffucoder_lsp.engine.memory import release_free_memory
+
+    glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+    assert release_free_memory() is glibc  # a no-op (False) elsewhere, never an error
