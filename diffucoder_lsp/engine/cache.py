@@ -131,20 +131,17 @@ class CachedContextDenoiser:
         """Take the context keys/values from the store when it can supply them; returns the chain length."""
         if self.store is None:
             return None
-        hit = self.store.lookup(self.model.config, x, valid, masked)
+        needed = self._needed(valid, masked)
+        hit = self.store.lookup(self.model.config, x, valid, masked, exclude=needed)
         if hit is None:
             # this request's full pass replaces the stored canvas anyway: freed now, it is not held alongside
             # the pass's own keys/values (48 MB each at 1k tokens for the bundled model)
             self.store.clear()
             return None
-        reused, kvs, chain = hit
-        self._set_active(valid, self._needed(valid, masked) | (valid & ~reused))
-        # a hole's predecessor may be a reused position: it is active now, so drop it from the context block
-        keep = (~self._active[0, reused[0]]).nonzero().flatten()
-        self._set_context(
-            [(k.index_select(2, keep.to(k.device)), v.index_select(2, keep.to(k.device))) for k, v in kvs]
-        )
-        self.reused_tokens = int(keep.numel())
+        reused, kvs, chain = hit  # (a hole's predecessor is needed, so never among the reused)
+        self._set_active(valid, needed | (valid & ~reused))
+        self._set_context(kvs)
+        self.reused_tokens = int(reused.sum())
         self._since_refresh = 1
         return chain
 

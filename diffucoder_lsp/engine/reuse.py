@@ -133,10 +133,16 @@ class ContextStore:
         return sum(k.nbytes + v.nbytes for k, v in self.entry.kvs)
 
     def lookup(
-        self, cfg: ModelConfig, x: torch.Tensor, valid: torch.Tensor, masked: torch.Tensor
+        self,
+        cfg: ModelConfig,
+        x: torch.Tensor,
+        valid: torch.Tensor,
+        masked: torch.Tensor,
+        exclude: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, list[KV], int] | None:
         """For a one-row unpadded canvas: (reused (1, L) bool, per-layer (k, v) at the reused positions in
-        canvas order, chain length), or None when nothing worth reusing is stored."""
+        canvas order, chain length), or None when nothing worth reusing is stored. Positions in ``exclude``
+        (1, L) are never reused (the caller computes them anyway), so no copy of their keys/values is made."""
         entry = self.entry
         if entry is None or x.shape[0] != 1 or not bool(valid.all()) or not bool(masked.any()):
             self.misses += entry is not None
@@ -159,6 +165,10 @@ class ContextStore:
             new_idx.extend(range(new_start, new_start + n))
             old_idx.extend(range(old_start, old_start + n))
             delta.extend([new_start - old_start] * n)
+        if exclude is not None and bool((reused & exclude).any()):
+            keep = [i for i, c in enumerate(new_idx) if not exclude[0, c]]
+            new_idx, old_idx, delta = ([a[i] for i in keep] for a in (new_idx, old_idx, delta))
+            reused &= ~exclude
         order = torch.tensor(new_idx).argsort()  # the runs come out in canvas order
         src_cpu = torch.tensor(old_idx)[order]
         shift_cpu = torch.tensor(delta)[order][None, :]

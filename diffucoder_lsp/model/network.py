@@ -123,6 +123,12 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 # 2.2 vs 0.7 ms). Full-canvas passes keep SDPA, which wins there (1056 x 1056: 8.6 vs 20 ms).
 SHORT_QUERY_ATTENTION = 128
 
+# A learned lookahead's additive scores are (B, H, N, K) floats: 38 MB per layer for a 1k-token pass of the
+# bundled model, the largest buffer of the pass and a share of a server's peak memory. At inference on the CPU
+# the queries go through SDPA this many at a time, each chunk's scores in a buffer of that size (two buffers of
+# 4.8 MB at 1k tokens), with the same outputs.
+LOOKAHEAD_QUERY_CHUNK = 128
+
 
 # the lookahead bias a new head starts from: causal to float precision (exp(-12) ~ 6e-6 of a key's weight) yet
 # still with a gradient that Adam's step can follow
@@ -238,25 +244,45 @@ class Attention(nn.Module):
         elif extra_kv is not None:
             k = torch.cat([extra_kv[0], k], dim=2)
             v = torch.cat([extra_kv[1], v], dim=2)
-        if future is not None and not causal:
-            mask = lookahead_mask(self.lookahead_bias, future, mask, q.dtype, scratch)
-        if x.device.type == "cpu" and nq <= SHORT_QUERY_ATTENTION and not (causal and mask is None):
-            out = grouped_attention(q, k, v, mask)
-        elif x.device.type == "cpu":
+        lookahead = future is not None and not causal
+        if lookahead and x.device.type == "cpu" and nq > LOOKAHEAD_QUERY_CHUNK and scratch is not None:
+            out = self._lookahead_in_chunks(q, k, v, mask, future, scratch)
+        else:
+            if lookahead:
+                mask = lookahead_mask(self.lookahead_bias, future, mask, q.dtype, scratch)
+            out = self._attend(q, k, v, mask, causal)
+        out = out.transpose(1, 2).reshape(b, nq, self.n_heads * self.head_dim)
+        return self.o_proj(out), own_kv
+
+    def _attend(self, q, k, v, mask, causal: bool) -> torch.Tensor:
+        if q.device.type == "cpu" and q.shape[2] <= SHORT_QUERY_ATTENTION and not (causal and mask is None):
+            return grouped_attention(q, k, v, mask)
+        if q.device.type == "cpu":
             # SDPA's own GQA, without copying keys/values per query head (1k tokens: 14.3 -> 12.9 ms per layer
             # here); other devices keep the copy, since not every GPU kernel takes enable_gqa (unmeasured there)
             gqa = self.n_kv != self.n_heads
-            out = F.scaled_dot_product_attention(
+            return F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, is_causal=causal and mask is None, enable_gqa=gqa
             )
-        else:
-            if self.n_kv != self.n_heads:
-                rep = self.n_heads // self.n_kv
-                k = k.repeat_interleave(rep, dim=1)
-                v = v.repeat_interleave(rep, dim=1)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None)
-        out = out.transpose(1, 2).reshape(b, nq, self.n_heads * self.head_dim)
-        return self.o_proj(out), own_kv
+        if self.n_kv != self.n_heads:
+            rep = self.n_heads // self.n_kv
+            k = k.repeat_interleave(rep, dim=1)
+            v = v.repeat_interleave(rep, dim=1)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None)
+
+    def _lookahead_in_chunks(self, q, k, v, mask, future, scratch) -> torch.Tensor:
+        """SDPA over ``LOOKAHEAD_QUERY_CHUNK`` queries at a time, each chunk's lookahead scores built alone."""
+        outs = []
+        for i in range(0, q.shape[2], LOOKAHEAD_QUERY_CHUNK):
+            rows = slice(i, i + LOOKAHEAD_QUERY_CHUNK)
+            part = None if mask is None else mask[:, :, rows]
+            add = lookahead_mask(self.lookahead_bias, future[:, :, rows], part, q.dtype, scratch)
+            outs.append(
+                F.scaled_dot_product_attention(
+                    q[:, :, rows], k, v, attn_mask=add, enable_gqa=self.n_kv != self.n_heads
+                )
+            )
+        return torch.cat(outs, dim=2)
 
 
 class MLP(nn.Module):

@@ -242,3 +242,16 @@ def test_a_missed_store_is_freed_before_the_full_pass_replaces_it(lm):
     d(other, v2, m2)
     assert d.full_passes == 1 and during and all(e is None for e in during)
     assert store.entry.tokens == other[0].tolist()  # the new canvas is stored after the pass
+
+
+def test_lookup_leaves_out_the_positions_the_caller_computes_anyway(lm):
+    x, valid, masked = canvas(lm, PREFIX, 6, SUFFIX)
+    store = ContextStore(min_tokens=0)
+    CachedContextDenoiser(lm.model, store=store)(x, valid, masked)
+    reused, kvs, _ = store.lookup(lm.model.config, x, valid, masked)
+    exclude = torch.zeros_like(valid)
+    exclude[0, :3] = True  # e.g. a hole's predecessor
+    fewer, fewer_kvs, _ = store.lookup(lm.model.config, x, valid, masked, exclude=exclude)
+    assert torch.equal(fewer, reused & ~exclude) and int(fewer.sum()) == int(reused.sum()) - 3
+    assert fewer_kvs[0][0].shape[2] == int(fewer.sum())
+    torch.testing.assert_close(fewer_kvs[0][0], kvs[0][0][:, :, 3:], atol=0, rtol=0)

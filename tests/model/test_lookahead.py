@@ -139,7 +139,7 @@ def test_config_and_checkpoint_carry_the_bias_as_data(tmp_path):
 
 @pytest.mark.parametrize("padded", [False, True])
 def test_inference_reuses_one_bias_buffer_across_layers_and_matches_a_fresh_one(padded, monkeypatch):
-    """Without a gradient each layer writes its lookahead scores into the pass's one buffer (a fresh 38 MB
+    """Without a gradient each layer writes its lookahead scores into the pass's buffers (a fresh 38 MB
     allocation per layer cost a 1k-token CPU pass ~25 % of its time); the result is the same tensor for tensor,
     and with a gradient every layer gets its own (backward needs each layer's scores)."""
     from diffucoder_lsp.model import network
@@ -158,7 +158,9 @@ def test_inference_reuses_one_bias_buffer_across_layers_and_matches_a_fresh_one(
     monkeypatch.setattr(network, "lookahead_mask", spy)
     with torch.no_grad():
         reused = m(x, valid)
-    assert len(made) == 2 and made[0].data_ptr() == made[1].data_ptr()
+    # two layers, two query chunks each (128 + 72): one buffer per chunk shape, reused by the second layer
+    assert len(made) == 4 and made[0].shape[2] == network.LOOKAHEAD_QUERY_CHUNK and made[1].shape[2] == 72
+    assert made[0].data_ptr() == made[2].data_ptr() and made[1].data_ptr() == made[3].data_ptr()
     monkeypatch.setattr(network, "lookahead_mask", lambda *args: real(*args[:4], None))
     with torch.no_grad():
         assert torch.equal(reused, m(x, valid))  # a fresh tensor per layer, the previous behaviour
@@ -166,7 +168,7 @@ def test_inference_reuses_one_bias_buffer_across_layers_and_matches_a_fresh_one(
     made.clear()
     monkeypatch.setattr(network, "lookahead_mask", spy)
     m(x, valid).float().sum().backward()  # with a gradient: each layer keeps its own scores for backward
-    assert len(made) == 2 and made[0].data_ptr() != made[1].data_ptr()
+    assert len(made) == 4 and len({t.data_ptr() for t in made}) == 4
     assert all(layer.self_attn.lookahead_bias.grad is not None for layer in m.model.layers)
 
 
@@ -242,3 +244,19 @@ def test_in_place_keys_values_are_refused_where_they_cannot_apply():
             m.hidden_states(
                 x[:1, 3:5], extra_kv=bufs, extra_valid=torch.ones(1, 10, dtype=torch.bool), causal=True
             )
+
+
+def test_long_passes_attend_in_query_chunks_with_the_same_outputs(monkeypatch):
+    """At inference a long pass builds its lookahead scores a chunk of queries at a time (less peak memory); the
+    outputs equal one buffer for all queries, with padding in the batch."""
+    import diffucoder_lsp.model.network as net
+
+    m, x = _model(None), _ids(300)
+    valid = torch.ones_like(x, dtype=torch.bool)
+    valid[1, 260:] = False
+    assert 300 % net.LOOKAHEAD_QUERY_CHUNK != 0  # several chunks, the last one shorter
+    with torch.no_grad():
+        chunked = m.hidden_states(x, valid)
+        monkeypatch.setattr(net, "LOOKAHEAD_QUERY_CHUNK", 10_000)
+        whole = m.hidden_states(x, valid)
+    torch.testing.assert_close(chunked[valid], whole[valid], atol=1e-5, rtol=0)
