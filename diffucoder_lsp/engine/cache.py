@@ -94,9 +94,8 @@ class CachedContextDenoiser:
         self.reused_tokens = 0  # context positions whose keys/values came from the store
         self._ctx_kv = None  # the context block of a reused start's first step (see _start_from_store)
         self._slots = None
-        self._kv_full = (
-            None  # per-layer keys/values at every canvas position (each as its position last wrote it)
-        )
+        # per-layer keys/values at every canvas position, each as its position last wrote it
+        self._kv_full = None
         self._kv_shared = False  # _kv_full is also the store's entry: see _own_kv_full
         self._since_refresh = 0
         self._rows: torch.Tensor | None = None  # a batch's rows the cached tensors hold (B > 1 only)
@@ -160,7 +159,7 @@ class CachedContextDenoiser:
             hidden, kvs = self.model.hidden_states(
                 x, valid, self._positions, return_kv=True, keep=self._act_idx, should_stop=self._layer_hook()
             )
-            self._kv_full, self._kv_shared = kvs, first and self.store is not None
+            self._kv_full, self._kv_shared = kvs, first and self.store is not None and x.shape[0] == 1
             self._since_refresh = 1
             self.full_passes += 1
             self.tokens_processed += int(valid.sum())
