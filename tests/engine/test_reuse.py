@@ -236,7 +236,9 @@ def test_a_missed_store_is_freed_before_the_full_pass_replaces_it(lm):
     store = ContextStore(min_tokens=0)
     CachedContextDenoiser(lm.model, store=store)(x, valid, masked)
     assert store.entry is not None
-    other, v2, m2 = canvas(lm, "import os\n\n\nclass Point:\n    def __init__(self, x, y):\n        self.", 4, "\n")
+    other, v2, m2 = canvas(
+        lm, "import os\n\n\nclass Point:\n    def __init__(self, x, y):\n        self.", 4, "\n"
+    )
     during: list = []
     d = CachedContextDenoiser(lm.model, store=store, between_layers=lambda: during.append(store.entry))
     d(other, v2, m2)
