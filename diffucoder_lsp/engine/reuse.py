@@ -45,6 +45,7 @@ class StoredContext:
     tokens: list[int]
     kvs: list[KV]
     chain: int  # how many reuses in a row produced this entry (0: it came from a full pass)
+    dtype: torch.dtype | None = None  # what a reuse hands out; None: the stored tensors' own (not compacted)
 
 
 @dataclass(frozen=True)
@@ -176,13 +177,32 @@ class ContextStore:
         kvs = []
         for k, v in entry.kvs:  # layers may sit on different devices (accelerate device maps)
             src = src_cpu.to(k.device)
+            dtype = entry.dtype or k.dtype
             k_run = k.index_select(2, src)
             if moved:
                 cos, sin = rope_cos_sin(cfg, shift_cpu.to(k.device), torch.float32)
-                k_run = apply_rope(k_run.float(), cos, sin).to(k.dtype)
-            kvs.append((k_run, v.index_select(2, src)))
+                k_run = apply_rope(k_run.float(), cos, sin)
+            kvs.append((k_run.to(dtype), v.index_select(2, src).to(dtype)))
         self.hits += 1
         return reused, kvs, entry.chain + 1
+
+    def compact(self) -> None:
+        """Hold the stored keys/values in bf16 (half the memory) until a request reuses them, when they are
+        handed out in their own dtype again. The language server compacts the stores of documents other than
+        the one being completed: it keeps the same number of them in half the memory. bf16 keys/values are an
+        approximation on top of reuse's own (stale context), well inside its guards: tested against the
+        uncompacted entry's logits."""
+        entry = self.entry
+        if (
+            entry is None
+            or entry.dtype is not None
+            or not entry.kvs
+            or entry.kvs[0][0].dtype == torch.bfloat16
+        ):
+            return
+        dtype = entry.kvs[0][0].dtype
+        entry.kvs = [(k.to(torch.bfloat16), v.to(torch.bfloat16)) for k, v in entry.kvs]
+        entry.dtype = dtype
 
     def holds(self, kvs: list[KV]) -> bool:
         """Whether ``kvs`` share the stored entry's memory (are not a copy of it)."""

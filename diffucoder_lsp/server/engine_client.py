@@ -92,8 +92,9 @@ def make_denoiser(lm, s: Settings, store=None, between_layers=None):
 
 
 STORED_STREAMS = 4  # documents whose last context keys/values are kept, at most ...
-# ... and at most this many bytes of them besides the current document's: the bundled model's keys/values take
-# 46 KB a token (30 layers), 26 MB for a 560-token canvas, where the 10.5M model's took 2 MB
+# ... and at most this many bytes of them besides the current document's, which are held in bf16
+# (ContextStore.compact): the bundled model's keys/values take 46 KB a token in fp32 (30 layers), 26 MB for a
+# 560-token canvas, 13 MB compacted, where the 10.5M model's took 2 MB
 STORED_BYTES = 64 * 2**20
 
 
@@ -295,6 +296,9 @@ class EngineClient:
 
             store = ContextStore()
         self._stores[stream] = store
+        for other in self._stores.values():
+            if other is not store:
+                other.compact()
         others = sum(s.nbytes for s in self._stores.values()) - store.nbytes
         while len(self._stores) > STORED_STREAMS or (len(self._stores) > 1 and others > STORED_BYTES):
             _, dropped = self._stores.popitem(last=False)

@@ -62,14 +62,15 @@ def test_stores_are_dropped_beyond_their_byte_budget_but_never_the_current_one(e
 
     monkeypatch.setattr(engine_client, "STORED_BYTES", 1000)
     engine._stores.clear()  # the engine is shared by this module's tests
-    big = [(torch.zeros(100), torch.zeros(100))]  # 800 bytes
+    big = [(torch.zeros(200), torch.zeros(200))]  # 1600 bytes; 800 once compacted (another document's)
     for name in ("a", "b"):
         engine.store_for(f"file:///{name}.py").entry = StoredContext([1], big, 0)
     assert list(engine._stores) == ["file:///a.py", "file:///b.py"]  # 800 bytes besides b: within
+    assert engine._stores["file:///a.py"].nbytes == 800 and engine._stores["file:///b.py"].nbytes == 1600
     current = engine.store_for("file:///c.py")
     assert list(engine._stores) == ["file:///b.py", "file:///c.py"]  # a + b = 1600 > 1000: a goes
     current.entry = StoredContext([1], big * 3, 0)  # the current document alone may exceed the budget
-    assert engine.store_for("file:///c.py") is current and engine.store_for("file:///c.py").nbytes == 2400
+    assert engine.store_for("file:///c.py") is current and engine.store_for("file:///c.py").nbytes == 4800
     engine.store_for("file:///d.py")  # once another document is current, c alone is over the budget
     assert list(engine._stores) == ["file:///d.py"]
 
@@ -113,3 +114,29 @@ def test_warming_fills_the_store_the_next_completion_starts_from(engine):
     # stopped on request: nothing is stored
     assert not engine.warm(PREFIX, SUFFIX, **{**args, "should_stop": lambda: True, "stream": "file:///s.py"})
     assert engine.store_for("file:///s.py").entry is None
+
+
+def test_other_documents_stores_are_held_in_bf16_and_still_serve_their_document(engine):
+    """When another document is completed, a document's stored keys/values are compacted to bf16 (half the
+    memory); coming back, the request reuses them in the model's dtype, with what an uncompacted store gives."""
+    import torch
+
+    s = Settings(temperature=0.0)
+    engine._stores.clear()
+    complete(engine, PREFIX, s, stream="file:///x.py")
+    store = engine.store_for("file:///x.py")
+    fp32 = store.nbytes
+    x_kvs = [(k.clone(), v.clone()) for k, v in store.entry.kvs]
+    complete(engine, PREFIX, s, stream="file:///y.py")
+    assert store.entry.kvs[0][0].dtype == torch.bfloat16 and store.nbytes == fp32 // 2
+    assert engine.store_for("file:///y.py").entry.kvs[0][0].dtype == torch.float32  # the current one
+    for (k, v), (k0, v0) in zip(store.entry.kvs, x_kvs, strict=True):
+        torch.testing.assert_close(k.float(), k0, atol=0.05, rtol=0.02)
+        torch.testing.assert_close(v.float(), v0, atol=0.05, rtol=0.02)
+    first = complete(engine, PREFIX + "on", s, stream="file:///x.py")
+    assert store.hits == 1  # served from the compacted entry
+    assert store.entry.kvs[0][0].dtype == torch.float32  # the new entry, saved by that request
+    complete(engine, PREFIX, s, stream="file:///x2.py")  # the same history without the compaction
+    uncompacted = complete(engine, PREFIX + "on", s, stream="file:///x2.py")
+    assert engine.store_for("file:///x2.py").hits == 1
+    assert first.texts == uncompacted.texts
