@@ -242,13 +242,14 @@ class CachedContextDenoiser:
             extra_positions=self._positions.gather(1, ctx_idx) if self._lookahead else None,
         )
 
-    def _own_kv_full(self, cols: torch.Tensor | None = None) -> None:
-        """Before a step writes the keys/values at canvas positions ``cols`` (None: anywhere) into the canvas's,
-        when those are also the store's entry: the store must not serve what it did not save. While the store
-        still holds them, the written positions are marked overwritten there; otherwise they are copied."""
+    def _own_kv_full(self, cols: torch.Tensor) -> None:
+        """Before a step writes the keys/values at canvas positions ``cols`` into the canvas's, when those are
+        also the store's entry (one row only): the store must not serve what it did not save. While the store
+        still holds them, the written positions are marked overwritten there; otherwise (the store has since
+        saved or compacted another entry) they are copied."""
         if not self._kv_shared:
             return
-        if cols is not None and self.store is not None and self.store.holds(self._kv_full):
+        if self.store is not None and self.store.holds(self._kv_full):
             self.store.overwritten(cols.tolist())
             return
         self._kv_full = [(k.clone(), v.clone()) for k, v in self._kv_full]
@@ -276,13 +277,9 @@ class CachedContextDenoiser:
         rows, cols = shifted_rows(masked)
         run[rows, cols] = True
         run &= valid
-        if x.shape[0] == 1:
-            idx = run[0].nonzero().flatten()[None]
-            idx_valid = torch.ones_like(idx, dtype=torch.bool)
-        else:
-            idx, idx_valid = _padded_index(run)
+        idx, idx_valid = _padded_index(run)
         rows, cols, slots = _selected(idx, idx_valid)
-        self._own_kv_full(cols if x.shape[0] == 1 else None)
+        self._own_kv_full(cols)
         self.tokens_processed += int(cols.numel())
         hidden = self.model.hidden_states(
             x.gather(1, idx),

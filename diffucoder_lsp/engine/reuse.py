@@ -167,7 +167,8 @@ class ContextStore:
             old_idx.extend(range(old_start, old_start + n))
             delta.extend([new_start - old_start] * n)
         if exclude is not None and bool((reused & exclude).any()):
-            keep = [i for i, c in enumerate(new_idx) if not exclude[0, c]]
+            excluded = exclude[0].tolist()
+            keep = [i for i, c in enumerate(new_idx) if not excluded[c]]
             new_idx, old_idx, delta = ([a[i] for i in keep] for a in (new_idx, old_idx, delta))
             reused &= ~exclude
         order = torch.tensor(new_idx).argsort()  # the runs come out in canvas order
