@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import torch
 
-from ..model.network import DreamModel
+from ..model.network import DreamModel, project
 
 
 @torch.no_grad()
@@ -22,7 +22,7 @@ def ar_steps(model: DreamModel, prompt: torch.Tensor, max_new_tokens: int) -> It
         return
     b, n = prompt.shape
     hidden, kvs = model.hidden_states(prompt, causal=True, return_kv=True)
-    token = model.lm_head(hidden[:, -1]).argmax(-1, keepdim=True)
+    token = project(model.lm_head, hidden[:, -1]).argmax(-1, keepdim=True)
     ones = torch.ones(b, 1, dtype=torch.bool, device=prompt.device)
     for i in range(max_new_tokens):
         yield token
@@ -37,7 +37,7 @@ def ar_steps(model: DreamModel, prompt: torch.Tensor, max_new_tokens: int) -> It
             (torch.cat([k, nk], dim=2), torch.cat([v, nv], dim=2))
             for (k, v), (nk, nv) in zip(kvs, new, strict=True)
         ]
-        token = model.lm_head(hidden[:, -1]).argmax(-1, keepdim=True)
+        token = project(model.lm_head, hidden[:, -1]).argmax(-1, keepdim=True)
 
 
 @torch.no_grad()

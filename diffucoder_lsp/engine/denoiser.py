@@ -20,7 +20,7 @@ from typing import Protocol
 
 import torch
 
-from ..model.network import DreamModel
+from ..model.network import DreamModel, project
 
 
 class Denoiser(Protocol):
@@ -51,4 +51,4 @@ class FullCanvasDenoiser:
                 x, valid, masked = x[live], valid[live], masked[live]
         hidden = self.model.hidden_states(x, valid)
         rows, cols = shifted_rows(masked)
-        return self.model.lm_head(hidden[rows, cols]).float()
+        return project(self.model.lm_head, hidden[rows, cols]).float()

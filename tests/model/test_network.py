@@ -163,3 +163,36 @@ def test_the_in_place_inference_mlp_matches_the_autograd_one(ours):
     assert torch.allclose(fast, slow.detach(), atol=1e-6)
     slow.sum().backward()  # no "modified by an inplace operation" error
     assert mlp.gate_proj.weight.grad is not None
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 5, 8, 9, 16])
+@pytest.mark.parametrize("bias", [True, False])
+def test_small_row_projections_equal_the_layer(rows, bias):
+    """``project`` computes few rows as ``W @ x.T`` (faster on a CPU): the same values as the layer, any
+    leading shape, with or without a bias; with autograd on it is the layer itself (a gradient flows)."""
+    from diffucoder_lsp.model.network import project
+
+    torch.manual_seed(rows)
+    layer = torch.nn.Linear(24, 40, bias=bias)
+    x = torch.randn(1, rows, 24)
+    with torch.no_grad():
+        got = project(layer, x)
+        assert got.shape == (1, rows, 40) and got.is_contiguous()
+        torch.testing.assert_close(got, layer(x), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(project(layer, x[0]), layer(x[0]), atol=1e-5, rtol=1e-5)
+    w = x.clone().requires_grad_()
+    project(layer, w).sum().backward()
+    assert w.grad is not None and layer.weight.grad is not None
+
+
+def test_projections_of_layers_that_are_not_plain_linears_call_the_layer():
+    from diffucoder_lsp.model.network import project
+
+    class Doubling(torch.nn.Linear):
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    layer = Doubling(6, 4)
+    x = torch.randn(3, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(project(layer, x), layer(x))
