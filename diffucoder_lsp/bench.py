@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 from .engine.autoregressive import ar_generate
-from .engine.cache import CachedContextDenoiser
+from .engine.cache import DRAFT_TOKENS, CachedContextDenoiser
 from .engine.denoiser import FullCanvasDenoiser
 from .engine.infill import DEFAULT_MARKER, infill
 from .engine.reuse import ContextStore
@@ -173,23 +173,28 @@ def configurations(
     tokens_per_step: int = 1,
     block_size: int = BLOCK_SIZE,
     entropy_bound: float = ENTROPY_BOUND,
+    draft_tokens: int = DRAFT_TOKENS,
 ) -> dict[str, Callable]:
     """name -> f(lm, span_tokens) returning (SamplingOptions, denoiser factory).
 
     ``tokens_per_step`` is the least an adaptive rule reveals per step (``parallel``, ``all``, ``bounded``,
-    ``reuse``); ``block_size`` the block of ``block``, ``all``, ``bounded`` and ``reuse`` (0: no blocks)."""
+    ``reuse``); ``block_size`` the block of ``block``, ``all``, ``bounded`` and ``reuse`` (0: no blocks); ``draft_tokens``
+    the guesses a speculative step of the context cache may check (0: none; they apply at blocks of one)."""
     block = block_size or None
+
+    def cached(lm):
+        return CachedContextDenoiser(lm.model, refresh_every, draft_tokens=draft_tokens)
 
     def reference(lm, n):
         return SamplingOptions(steps=n, exact=True, temperature=0.0), lambda: FullCanvasDenoiser(lm.model)
 
     def cache(lm, n):
         opts = SamplingOptions(steps=n, temperature=0.0)
-        return opts, lambda: CachedContextDenoiser(lm.model, refresh_every)
+        return opts, lambda: cached(lm)
 
     def block_(lm, n):
         opts = SamplingOptions(tokens_per_step=1, temperature=0.0, block_size=block)
-        return opts, lambda: CachedContextDenoiser(lm.model, refresh_every)
+        return opts, lambda: cached(lm)
 
     def parallel(lm, n):
         opts = SamplingOptions(threshold=threshold, tokens_per_step=tokens_per_step, temperature=0.0)
@@ -199,19 +204,19 @@ def configurations(
         opts = SamplingOptions(
             threshold=threshold, tokens_per_step=tokens_per_step, temperature=0.0, block_size=block
         )
-        return opts, lambda: CachedContextDenoiser(lm.model, refresh_every)
+        return opts, lambda: cached(lm)
 
     def bounded(lm, n):
         opts = SamplingOptions(
             entropy_bound=entropy_bound, tokens_per_step=tokens_per_step, temperature=0.0, block_size=block
         )
-        return opts, lambda: CachedContextDenoiser(lm.model, refresh_every)
+        return opts, lambda: cached(lm)
 
     def runs(lm, n):
         opts = SamplingOptions(
             threshold=threshold, tokens_per_step=tokens_per_step, temperature=0.0, block_size=1
         )
-        return opts, lambda: CachedContextDenoiser(lm.model, refresh_every)
+        return opts, lambda: cached(lm)
 
     return {
         "reference": reference,
@@ -306,10 +311,11 @@ def bench(
     tokens_per_step: int = 1,
     block_size: int = BLOCK_SIZE,
     entropy_bound: float = ENTROPY_BOUND,
+    draft_tokens: int = DRAFT_TOKENS,
     configs: list[str] | None = None,
     log=None,
 ) -> list[Row]:
-    table = configurations(threshold, refresh_every, tokens_per_step, block_size, entropy_bound)
+    table = configurations(threshold, refresh_every, tokens_per_step, block_size, entropy_bound, draft_tokens)
     names = configs or [*table, "ar"]
     rows: list[Row] = []
     for wl in workloads:

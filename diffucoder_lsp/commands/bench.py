@@ -12,6 +12,7 @@ from .fill import add_model_options
 CONFIGS = ("reference", "cache", "block", "parallel", "all", "bounded", "runs", "reuse", "ar")
 BLOCK_SIZE = 32  # diffucoder_lsp.bench.BLOCK_SIZE
 ENTROPY_BOUND = 1.0  # diffucoder_lsp.bench.ENTROPY_BOUND
+DRAFT_TOKENS = 7  # diffucoder_lsp.engine.cache.DRAFT_TOKENS
 
 
 def _ints(value: str) -> tuple[int, ...]:
@@ -51,6 +52,12 @@ def register(sub) -> None:
         default=ENTROPY_BOUND,
         help="entropy-bounded unmasking's bound in nats (bounded)",
     )
+    p.add_argument(
+        "--draft-tokens",
+        type=int,
+        default=DRAFT_TOKENS,
+        help="tokens a speculative step may guess from the canvas at blocks of one (0 = no speculation)",
+    )
     p.add_argument("--refresh-every", type=int, default=0, help="context cache refresh period (0 = never)")
     p.add_argument("--corpus", default=None, help="held-out valid.jsonl (default: this package's source)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -71,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
         raise BadInputError("--tokens-per-step must be at least 1")
     if args.block_size < 0:
         raise BadInputError("--block-size must be at least 0")
+    if args.draft_tokens < 0:
+        raise BadInputError("--draft-tokens must be at least 0")
     if not args.entropy_bound >= 0:
         raise BadInputError("--entropy-bound must be at least 0")
     configs = [c for c in args.configs.split(",") if c]
@@ -100,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
         refresh_every=args.refresh_every,
         tokens_per_step=args.tokens_per_step,
         block_size=args.block_size,
+        draft_tokens=args.draft_tokens,
         configs=configs,
         log=lambda msg: print(f"bench: {msg}", file=sys.stderr, flush=True),
     )

@@ -157,6 +157,7 @@ def test_bench_cli_knows_every_configuration():
 
     assert command.CONFIGS == bench.CONFIGS
     assert command.BLOCK_SIZE == bench.BLOCK_SIZE and command.ENTROPY_BOUND == bench.ENTROPY_BOUND
+    assert command.DRAFT_TOKENS == bench.DRAFT_TOKENS
 
 
 def test_typed_earlier_moves_the_first_hole_back():

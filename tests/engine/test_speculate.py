@@ -1,0 +1,171 @@
+"""Speculative steps: guesses looked up in the canvas, checked in one pass, the same logits as a step at a time.
+
+What must hold: a draft is the tokens that followed the hole's last tokens where they recur (nearest first,
+cut at the first unknown token); a speculative step's answers equal, call for call, what the denoiser without
+speculation returns on the same canvases, whether the guesses are taken, refused halfway or never made; and
+when they are taken, fewer passes run than calls.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from diffucoder_lsp.engine.cache import CachedContextDenoiser
+from diffucoder_lsp.engine.lookup import draft_after
+from diffucoder_lsp.model.config import ModelConfig
+from diffucoder_lsp.model.network import DreamModel
+
+MASK = 100
+
+
+def _known(tokens):
+    return torch.tensor([t != MASK for t in tokens])
+
+
+def test_a_draft_is_what_followed_the_last_tokens_where_they_recur():
+    t = torch.tensor([5, 6, 7, 8, 9, 1, 2, 5, 6, MASK, MASK, MASK])
+    assert draft_after(t, _known(t.tolist()), 8, 3) == [7, 8, 9]
+    assert draft_after(t, _known(t.tolist()), 8, 2) == [7, 8]  # at most max_tokens
+    assert draft_after(t, _known(t.tolist()), 8, 0) == []
+
+
+def test_a_draft_stops_at_the_first_unknown_token_and_can_come_from_after_the_hole():
+    t = torch.tensor([3, 4, MASK, MASK, MASK, 11, 3, 4, 12, MASK, 13])
+    # "3 4" recurs after the hole: what followed it there, up to the next unknown token
+    assert draft_after(t, _known(t.tolist()), 1, 3) == [12]
+
+
+def test_the_longest_recurring_run_wins_then_the_nearest_occurrence():
+    t = torch.tensor([1, 2, 3, 40, 9, 2, 3, 41, 1, 2, 3, MASK])
+    assert draft_after(t, _known(t.tolist()), 10, 2) == [40, 9]  # "1 2 3" recurs once; "2 3" is nearer
+    u = torch.tensor([2, 3, 40, 9, 2, 3, 41, 2, 3, MASK])
+    assert draft_after(u, _known(u.tolist()), 8, 2) == [41, 2]  # the nearest of two "2 3"
+
+
+def test_no_draft_without_a_recurring_run_of_two():
+    t = torch.tensor([1, 2, 3, 4, 5, 6, 3, MASK])  # only "3" recurs: too short to go on
+    assert draft_after(t, _known(t.tolist()), 6, 4) == []
+    assert draft_after(t, _known(t.tolist()), 7, 4) == []  # the end itself unknown
+
+
+CFG = ModelConfig(
+    vocab_size=101,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    mask_token_id=MASK,
+    pad_token_id=0,
+    eos_token_id=0,
+    bos_token_id=0,
+    learned_lookahead=True,
+)
+
+
+def _model(lookahead: bool) -> DreamModel:
+    torch.manual_seed(0)
+    cfg = CFG if lookahead else ModelConfig(**{**CFG.__dict__, "learned_lookahead": False})
+    m = DreamModel(cfg).eval()
+    if lookahead:
+        for layer in m.model.layers:
+            layer.self_attn.lookahead_bias.data.normal_(0.0, 2.0)  # heads that read well ahead
+    return m
+
+
+def _canvas():
+    """A hole right after "7 8", which recurs earlier followed by 20 21 22 23 24 25 26 27 28."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randint(30, 99, (1, 70), generator=g)
+    x[0, 10:20] = torch.tensor([7, 8, 20, 21, 22, 23, 24, 25, 26, 27])
+    x[0, 38:40] = torch.tensor([7, 8])
+    x[0, 40:52] = MASK
+    return x
+
+
+def _walk(m, reveal, draft_tokens):
+    """Walk the hole a position a call (blocks of one), revealing ``reveal(col, logits)``; the logits of
+    every call and the denoiser."""
+    x = _canvas()
+    valid = torch.ones_like(x, dtype=torch.bool)
+    den = CachedContextDenoiser(m, draft_tokens=draft_tokens)
+    out = []
+    with torch.no_grad():
+        for col in range(40, 52):
+            ask = torch.zeros_like(valid)
+            ask[0, col] = True
+            logits = den(x, valid, ask)
+            out.append(logits)
+            x[0, col] = reveal(col, logits)
+    return out, den
+
+
+@pytest.mark.parametrize("lookahead", [True, False])
+@pytest.mark.parametrize(
+    "plan",
+    [
+        "guesses",  # reveal exactly what the canvas suggests: every guess taken
+        "refuse",  # break off the guesses halfway
+        "model",  # reveal the model's own choice (random weights: the guesses fail)
+    ],
+)
+def test_speculative_steps_answer_as_steps_one_at_a_time(lookahead, plan):
+    m = _model(lookahead)
+    follow = [20, 21, 22, 23, 24, 25, 26, 27]
+
+    def reveal(col, logits):
+        if plan == "model":
+            return int(logits.argmax(-1)[0]) % 99 + 1
+        if plan == "refuse" and col == 43:
+            return 60
+        i = col - 40
+        return follow[i] if i < len(follow) else 30 + i
+
+    plain, den0 = _walk(m, reveal, draft_tokens=0)
+    fast, den = _walk(m, reveal, draft_tokens=7)
+    for a, b in zip(plain, fast, strict=True):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=0)
+    assert den0.forward_passes == 12 and den0.speculated == 0
+    assert den.forward_passes + den.speculated == 12
+    if plan == "guesses":
+        # the full pass (40); a step at 41 guesses 21..27 after "7 8 20" and answers 41..48 (1 pass, 7
+        # answered calls); after 38 nothing recurs: 49, 50, 51 one pass each
+        assert (den.forward_passes, den.speculated) == (5, 7)
+    if plan == "refuse":
+        # 42 and 43 answered from the guesses; 60 at 43 refuses the rest: 44 runs a pass; at 46 "24 25"
+        # recurs: 47 and 48 answered, the guess for 48 refused
+        assert den.speculated == 4
+
+
+def test_speculation_is_off_for_batches_blocks_and_refreshes():
+    m = _model(True)
+    x = _canvas()
+    valid = torch.ones_like(x, dtype=torch.bool)
+    with torch.no_grad():
+        for den, ask in [
+            (CachedContextDenoiser(m, refresh_every=2), None),
+            (CachedContextDenoiser(m), "block"),
+        ]:
+            y = x.clone()
+            for col in range(40, 48, 2 if ask == "block" else 1):
+                a = torch.zeros_like(valid)
+                a[0, col : col + (2 if ask == "block" else 1)] = True
+                den(y, valid, a)
+                y[0, col : col + 2] = torch.tensor([20 + col - 40, 21 + col - 40])[
+                    : 2 if ask == "block" else 1
+                ]
+            assert den.speculated == 0
+        two = CachedContextDenoiser(m)
+        y = x.expand(2, -1).clone()
+        for col in range(40, 46):
+            a = torch.zeros_like(y, dtype=torch.bool)
+            a[:, col] = True
+            two(y, valid.expand(2, -1), a)
+            y[:, col] = 20 + col - 40
+        assert two.speculated == 0
+
+
+def test_a_negative_draft_budget_is_refused():
+    with pytest.raises(ValueError, match="draft_tokens"):
+        CachedContextDenoiser(_model(False), draft_tokens=-1)
