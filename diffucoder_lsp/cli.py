@@ -61,7 +61,8 @@ def _subparsers(parser: argparse.ArgumentParser):
 
 def document_defaults(parser: argparse.ArgumentParser) -> None:
     """Make every ``--help`` show each option's default: append ``(default: X)`` to an option whose help does
-    not already say it. Flags that are off unless given, and options without a default, say nothing."""
+    not already say it. Flags that are off unless given (``store_false`` ones included: their dest's True is
+    the state without the flag, not the flag's), and options without a default, say nothing."""
     for p in _subparsers(parser):
         for action in p._actions:
             default = action.default
@@ -69,7 +70,9 @@ def document_defaults(parser: argparse.ArgumentParser) -> None:
                 not action.option_strings
                 or action.help == argparse.SUPPRESS
                 or default in (None, argparse.SUPPRESS, False)
-                or isinstance(action, (argparse._HelpAction, argparse._VersionAction))
+                or isinstance(
+                    action, (argparse._HelpAction, argparse._VersionAction, argparse._StoreFalseAction)
+                )
                 or "default" in (action.help or "").lower()
             ):
                 continue

@@ -22,7 +22,9 @@ def _common(p: argparse.ArgumentParser, out_required: bool = True) -> None:
     mode.add_argument(
         "--lora", dest="lora", action="store_true", default=True, help="train a LoRA adapter (default)"
     )
-    mode.add_argument("--full", dest="lora", action="store_false", help="train every weight")
+    mode.add_argument(
+        "--full", dest="lora", action="store_false", help="train every weight instead of a LoRA adapter"
+    )
     p.add_argument("--lora-r", type=int, default=16)
     p.add_argument("--lora-alpha", type=int, default=32)
     p.add_argument("--steps", type=int, default=None)
