@@ -390,7 +390,7 @@ class CachedContextDenoiser:
         if i > len(spec.drafts) or x.shape != spec.x.shape or int(masked.sum()) != 1:
             return None
         pos = spec.first + i - 1  # the guess row i takes for granted
-        if not bool(masked[0, pos + 1]) or int(x[0, pos]) != spec.drafts[i - 1]:
+        if pos + 1 >= x.shape[1] or not bool(masked[0, pos + 1]) or int(x[0, pos]) != spec.drafts[i - 1]:
             return None
         spec.x[0, pos] = x[0, pos]
         if not (torch.equal(x, spec.x) and torch.equal(valid, spec.valid)):

@@ -169,3 +169,25 @@ def test_speculation_is_off_for_batches_blocks_and_refreshes():
 def test_a_negative_draft_budget_is_refused():
     with pytest.raises(ValueError, match="draft_tokens"):
         CachedContextDenoiser(_model(False), draft_tokens=-1)
+
+
+def test_guesses_that_run_to_the_end_of_the_canvas_are_answered_and_then_dropped():
+    """A hole at the canvas's end: the last guess's row predicts a position past the end, which no call asks
+    for; a call elsewhere afterwards is an ordinary step, not an index error."""
+    m = _model(True)
+    x = _canvas()[:, :46].clone()  # the hole 40..45 ends the canvas
+    valid = torch.ones_like(x, dtype=torch.bool)
+    plain = CachedContextDenoiser(m, draft_tokens=0)
+    den = CachedContextDenoiser(m)
+    y = x.clone()
+    with torch.no_grad():
+        for col in range(40, 46):
+            ask = torch.zeros_like(valid)
+            ask[0, col] = True
+            torch.testing.assert_close(den(x, valid, ask), plain(y, valid, ask), atol=1e-5, rtol=0)
+            x[0, col] = y[0, col] = 20 + col - 40
+        ask = torch.zeros_like(valid)
+        ask[0, 5] = True  # a position the guesses never covered
+        x[0, 5] = y[0, 5] = MASK
+        torch.testing.assert_close(den(x, valid, ask), plain(y, valid, ask), atol=1e-5, rtol=0)
+    assert den.speculated == 4  # 42..45 answered from the guesses made at 41
