@@ -178,8 +178,9 @@ def configurations(
     """name -> f(lm, span_tokens) returning (SamplingOptions, denoiser factory).
 
     ``tokens_per_step`` is the least an adaptive rule reveals per step (``parallel``, ``all``, ``bounded``,
-    ``reuse``); ``block_size`` the block of ``block``, ``all``, ``bounded`` and ``reuse`` (0: no blocks); ``draft_tokens``
-    the guesses a speculative step of the context cache may check (0: none; they apply at blocks of one)."""
+    ``reuse``); ``block_size`` the block of ``block``, ``all``, ``bounded`` and ``reuse`` (0: no blocks);
+    ``draft_tokens`` the guesses a speculative step of the context cache may check (0: none; they apply at
+    blocks of one)."""
     block = block_size or None
 
     def cached(lm):

@@ -39,8 +39,8 @@ from .denoiser import shifted_rows
 from .lookup import draft_after
 from .reuse import ContextStore
 
-# tokens a speculative step guesses at most: on a 2-core CPU a pass over 8 positions of the bundled model costs
-# ~1.9 times a pass over one (117 against 61 ms at 600 tokens of context), one over 4 about 1.8 times
+# tokens a speculative step guesses at most: on a 2-core CPU a pass of the bundled model over 8 positions costs
+# ~1.4 times a pass over one (91 against 65-71 ms at 600 tokens of context, with model.network.project)
 DRAFT_TOKENS = 7
 
 
