@@ -48,6 +48,11 @@ common=(--model "$CKPT" --device "$DEVICE" --contexts "$CONTEXTS" --spans "$SPAN
 dc bench "${common[@]}" --holes 1 --dtype bf16 > "$OUT/bench_bf16.json" || echo "bf16 bench (1 hole) failed"
 dc bench "${common[@]}" --holes 3 --dtype bf16 --configs cache,block,parallel,all,bounded,ar \
   > "$OUT/bench_bf16_3holes.json" || echo "bf16 bench (3 holes) failed"
+# blocks of one position (fill's and the server's decoding), with speculative steps and without
+dc bench "${common[@]}" --holes 1 --dtype bf16 --configs block,ar --block-size 1 > "$OUT/bench_bf16_block1.json" \
+  || echo "bf16 bench (blocks of 1) failed"
+dc bench "${common[@]}" --holes 1 --dtype bf16 --configs block --block-size 1 --draft-tokens 0 \
+  > "$OUT/bench_bf16_block1_nodraft.json" || echo "bf16 bench (blocks of 1, no guesses) failed"
 # one `all` fill step by step: device busy time against wall time, host reads per step (syncs, CUDA graphs?)
 "$PY" scripts/step_profile.py --model "$CKPT" --device "$DEVICE" --dtype bf16 --context "${CONTEXTS%%,*}" \
   --span "${SPANS%%,*}" --json "$OUT/step_profile.json" || echo "step profile failed"

@@ -357,7 +357,7 @@ class CachedContextDenoiser:
         room = 0
         while p + room < x.shape[1] and bool(holes[p + room]) and room < self.draft_tokens:
             room += 1
-        drafts = draft_after(x[0], valid[0] & ~holes, p - 1, room)
+        drafts = draft_after(x[0].cpu(), (valid[0] & ~holes).cpu(), p - 1, room)  # a lookup, not model work
         if not drafts:
             return None
         n = 1 + len(drafts)

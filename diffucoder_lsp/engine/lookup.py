@@ -47,7 +47,7 @@ def draft_after(
         windows = tokens.unfold(0, g, 1)  # (n - g + 1, g): window j covers j .. j + g - 1
         hits = (windows == pattern).all(1) & known.unfold(0, g, 1).all(1)
         hits[start] = False  # the pattern itself
-        follow = torch.arange(hits.shape[0]) + g  # the first token after each window
+        follow = torch.arange(hits.shape[0], device=tokens.device) + g  # the first token after each window
         hits &= follow < n
         hits[hits.clone()] &= known[follow[hits]]
         where = hits.nonzero().flatten()
