@@ -191,3 +191,29 @@ def test_guesses_that_run_to_the_end_of_the_canvas_are_answered_and_then_dropped
         x[0, 5] = y[0, 5] = MASK
         torch.testing.assert_close(den(x, valid, ask), plain(y, valid, ask), atol=1e-5, rtol=0)
     assert den.speculated == 4  # 42..45 answered from the guesses made at 41
+
+
+def test_typing_with_a_store_fills_the_same_tokens_with_and_without_guesses(lm):
+    """The server's path: blocks of one, greedy, each request of a typing chain reusing the previous one's
+    stored context (steps write into the stored canvas and mark what they overwrite). With guesses the fills
+    are the same, token for token, and some calls are answered from them."""
+    from diffucoder_lsp.engine.infill import infill
+    from diffucoder_lsp.engine.reuse import ContextStore
+    from diffucoder_lsp.engine.sampler import SamplingOptions
+
+    body = "".join(f"    self.v{i} = v{i}\n" for i in range(12))
+    prefix = "class Point:\n    def __init__(self, " + ", ".join(f"v{i}" for i in range(12)) + "):\n" + body
+    suffix = "\n\n    def total(self):\n        return self.v0 + self.v1\n"
+    opts = SamplingOptions(temperature=0.0, tokens_per_step=1, block_size=1)
+    fills, answered = {}, {}
+    for draft in (0, 7):
+        store = ContextStore(min_tokens=0)
+        fills[draft], answered[draft] = [], 0
+        for typed in ("", "    s", "    self", "    self.v"):
+            den = CachedContextDenoiser(lm.model, store=store, draft_tokens=draft)
+            got = infill(lm, prefix + typed + "<|mask|>" + suffix, length=10, options=opts, denoiser=den)
+            fills[draft].append(got.holes[0].token_ids)
+            answered[draft] += den.speculated
+            assert den.forward_passes + den.speculated == got.steps
+    assert fills[7] == fills[0]
+    assert answered[0] == 0 and answered[7] > 0
