@@ -175,13 +175,13 @@ class CachedContextDenoiser:
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, valid: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
-        if self._spec is not None:
+        if x.shape[0] > 1:  # (a store neither serves nor keeps batches: see ContextStore.lookup)
+            x, valid, masked = self._live_rows(x, valid, masked)
+        if self._spec is not None:  # (a batch down to its last live row speculates as a single canvas)
             answer = self._from_speculation(x, valid, masked)
             if answer is not None:
                 return answer
         self.forward_passes += 1
-        if x.shape[0] > 1:  # (a store neither serves nor keeps batches: see ContextStore.lookup)
-            x, valid, masked = self._live_rows(x, valid, masked)
         first = self._kv_full is None
         revealed = None if first else self._masked_before & ~masked
         self._masked_before = masked

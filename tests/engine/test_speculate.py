@@ -217,3 +217,34 @@ def test_typing_with_a_store_fills_the_same_tokens_with_and_without_guesses(lm):
             assert den.forward_passes + den.speculated == got.steps
     assert fills[7] == fills[0]
     assert answered[0] == 0 and answered[7] > 0
+
+
+def test_a_batch_down_to_its_last_row_answers_that_row_from_its_guesses():
+    """A batch's rows step together (no guesses); once every other row is done, the last one is a single
+    canvas and its guesses are checked and used, with the same logits as without them. Before, it guessed
+    at every step and could never use a guess: the answering call saw the whole batch's shape."""
+    m = _model(True)
+    x = _canvas().expand(2, -1).clone()
+    x[1, 44:52] = 31  # row 1's hole is 40..43 only
+    valid = torch.ones_like(x, dtype=torch.bool)
+    follow = [20, 21, 22, 23, 24, 25, 26, 27, 40, 41, 42, 43]
+    out = {}
+    for draft in (0, 7):
+        y = x.clone()
+        den = CachedContextDenoiser(m, draft_tokens=draft)
+        got = []
+        with torch.no_grad():
+            for col in range(40, 52):
+                ask = torch.zeros_like(valid)
+                ask[0, col] = True
+                ask[1, col] = col < 44
+                got.append(den(y, valid, ask))
+                y[0, col] = follow[col - 40]
+                if col < 44:
+                    y[1, col] = 50
+        out[draft] = (got, den)
+    for a, b in zip(out[0][0], out[7][0], strict=True):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=0)
+    plain, fast = out[0][1], out[7][1]
+    assert plain.speculated == 0 and fast.speculated > 0
+    assert fast.forward_passes + fast.speculated == plain.forward_passes == 12
