@@ -103,7 +103,7 @@ class CachedContextDenoiser:
 
         ``draft_tokens``: at blocks of one position, how many tokens a speculative step may guess (looked up in
         the canvas, :mod:`.lookup`); 0 never speculates. The outputs are the same either way (see
-        :meth:`_speculate`); only the number of passes changes."""
+        :meth:`_speculate`) up to floating-point rounding; only the number of passes changes."""
         if refresh_every < 0:
             raise ValueError("refresh_every must be >= 0")
         if draft_tokens < 0:

@@ -6,7 +6,7 @@ the last few tokens the hole holds occur elsewhere in the canvas (before the hol
 the tokens that followed them there are a cheap guess at what comes next. A speculative step
 (:mod:`diffucoder_lsp.engine.cache`) checks such a guess in one pass: every guessed token the model would
 have written itself is kept, so a line can take fewer passes than tokens, with the same tokens as a step
-at a time.
+at a time (up to floating-point rounding).
 
 No model is involved, and a guess costs nothing when there is none: no match, no speculation.
 """
