@@ -194,7 +194,15 @@ class EngineClient:
                 log.debug("showMessage failed", exc_info=True)
 
         loop = self.loop
-        if loop is not None and not loop.is_closed():
+        if loop is None or loop.is_closed():
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:  # in order with what the loop sends next (a failed load's error status)
+            send()
+        else:
             loop.call_soon_threadsafe(send)
 
     # --- lifecycle ------------------------------------------------------------------------------------------
