@@ -151,7 +151,12 @@ class EngineClient:
         self.state = state
         if message is not None:
             self.message = message
-        payload = self.status()
+        self._on_loop(self._send_status, self.status())
+
+    def _on_loop(self, send: Callable[..., None], *args: Any) -> None:
+        """Run ``send(*args)`` on the server's event loop: at once when called on it (so notifications sent
+        from the loop go out in the order they were made: a failed load's message before its error status),
+        else queued there from the calling thread. Nothing when the loop is gone."""
         loop = self.loop
         if loop is None or loop.is_closed():
             return
@@ -160,9 +165,9 @@ class EngineClient:
         except RuntimeError:
             running = None
         if running is loop:
-            self._send_status(payload)
+            send(*args)
         else:
-            loop.call_soon_threadsafe(self._send_status, payload)
+            loop.call_soon_threadsafe(send, *args)
 
     def _send_status(self, payload: dict[str, Any]) -> None:
         try:
@@ -193,17 +198,7 @@ class EngineClient:
             except Exception:
                 log.debug("showMessage failed", exc_info=True)
 
-        loop = self.loop
-        if loop is None or loop.is_closed():
-            return
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is loop:  # in order with what the loop sends next (a failed load's error status)
-            send()
-        else:
-            loop.call_soon_threadsafe(send)
+        self._on_loop(send)
 
     # --- lifecycle ------------------------------------------------------------------------------------------
 
