@@ -26,7 +26,7 @@ from .fill import add_model_options
 
 log = logging.getLogger(__name__)
 
-FILLERS = ("model", "ar", "oracle", "empty")
+FILLERS = ("model", "ar", "ranked", "oracle", "empty")
 
 
 def register(subparsers) -> None:
@@ -150,8 +150,11 @@ def _model_options(p: argparse.ArgumentParser) -> None:
         default="model",
         choices=FILLERS,
         help="model; ar: the same model decoding left to right from the prefix alone (the baseline an infill "
-        "model must beat; give it the AR base); or a harness check: oracle (the truth) / empty (default: model)",
+        "model must beat; give it the AR base, --model base); ranked: --width candidate lines decoded left to "
+        "right, the one the code after the hole follows best (one-line holes); or a harness check: oracle "
+        "(the truth) / empty (default: model)",
     )
+    p.add_argument("--width", type=int, default=None, help="ranked: candidate lines per hole (default: 8)")
     p.add_argument(
         "--decoding",
         default="fast",
@@ -214,6 +217,12 @@ def _load_filler(args, truth_fn):
         from ..eval.runner import empty_fill_fn
 
         return empty_fill_fn, None, {"filler": "empty"}
+    if args.filler == "ranked":
+        from ..errors import BadInputError
+
+        if getattr(args, "split", "single-line") != "single-line":
+            raise BadInputError("--filler ranked fills one-line holes: use it with --split single-line")
+        _check_positive("--width", args.width)
     from ..engine.infill import SamplingOptions
     from ..eval.runner import model_fill_fn, token_counter
     from ..model.loading import load_model
@@ -234,6 +243,13 @@ def _load_filler(args, truth_fn):
         single = getattr(args, "split", "single-line") == "single-line"
         config["single_line"] = single
         fill = ar_fill_fn(lm, single_line=single, max_context_tokens=args.max_context_tokens)
+        return fill, token_counter(lm), config
+    if args.filler == "ranked":
+        from ..engine import ranking
+        from ..eval.runner import ranked_fill_fn
+
+        config.update(width=args.width or ranking.WIDTH, prior_weight=ranking.PRIOR_WEIGHT)
+        fill = ranked_fill_fn(lm, width=args.width, max_context_tokens=args.max_context_tokens)
         return fill, token_counter(lm), config
     overrides = {
         k: v

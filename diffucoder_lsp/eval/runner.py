@@ -316,6 +316,35 @@ def ar_fill_fn(
     return fill
 
 
+def ranked_fill_fn(
+    lm,
+    *,
+    width: int | None = None,
+    prior_weight: float | None = None,
+    max_new_tokens: int = 64,
+    max_context_tokens: int | None = None,
+) -> FillFn:
+    """One-line fills ranked by the suffix (:mod:`diffucoder_lsp.engine.ranking`): ``width`` candidate lines
+    from the model decoding causally, the one the code after the hole follows best. A line's budget is
+    ``length`` tokens (oracle) or ``max_new_tokens`` (auto), as for :func:`ar_fill_fn`."""
+    from ..engine import ranking
+
+    def fill(prefix: str, suffix: str, length: int | str) -> str:
+        result = ranking.rank_line(
+            lm.model,
+            lm.tokenizer,
+            prefix,
+            suffix,
+            width=width or ranking.WIDTH,
+            max_tokens=length if isinstance(length, int) else max_new_tokens,
+            prior_weight=ranking.PRIOR_WEIGHT if prior_weight is None else prior_weight,
+            max_context_tokens=max_context_tokens or ranking.MAX_CONTEXT_TOKENS,
+        )
+        return result.best.text
+
+    return fill
+
+
 def token_counter(lm) -> Callable[[str], int]:
     """The oracle length: how many tokens the loaded model's tokenizer makes of the true middle."""
     return lambda text: len(lm.tokenizer.encode(text))

@@ -100,7 +100,8 @@ class LoadedModel:
 
 
 def resolve_checkpoint(name_or_path: str | os.PathLike | None) -> Path:
-    """A local checkpoint folder for a path, a Hub id ("org/name[@revision]"), "tiny" or None/"default".
+    """A local checkpoint folder for a path, a Hub id ("org/name[@revision]"), "tiny", "base" (the bundled
+    model's autoregressive base, SmolLM2-135M) or None/"default".
 
     None (no model named) means ``$DIFFUCODER_MODEL`` when it is set (any of the above), else the bundled
     default: one switch for every command and the language server (the test suite points it at ``tiny``).
@@ -111,6 +112,10 @@ def resolve_checkpoint(name_or_path: str | os.PathLike | None) -> Path:
         return default_model_path()
     if str(name_or_path) == "tiny":
         return tiny_model_path()
+    if str(name_or_path) == "base":  # the bundled model's AR base, fetched and converted once
+        from .base import fetch_base
+
+        return fetch_base()
     text = str(name_or_path)
     path = Path(text).expanduser()
     if path.exists():
@@ -125,7 +130,7 @@ def resolve_checkpoint(name_or_path: str | os.PathLike | None) -> Path:
         return _from_hub(text)
     raise CheckpointError(
         f"no checkpoint folder at {text!r}: pass a folder holding config.json, a Hugging Face id such as "
-        "apple/DiffuCoder-7B-Instruct, 'default' or 'tiny'"
+        "apple/DiffuCoder-7B-Instruct, 'default', 'tiny' or 'base'"
     )
 
 

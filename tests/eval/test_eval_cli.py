@@ -133,6 +133,17 @@ def test_cli_oracle_run_writes_json_and_prints_pass_at_1(tmp_path, capsys):
         ["eval", "humaneval-infill", "--limit", "0", "--filler", "oracle"],
         ["eval", "intrinsic", "--corpus", "/nonexistent/valid.jsonl", "--filler", "oracle"],
         ["eval"],
+        [
+            "eval",
+            "humaneval-infill",
+            "--split",
+            "multi-line",
+            "--filler",
+            "ranked",
+            "--model",
+            "/nonexistent",
+        ],
+        ["eval", "humaneval-infill", "--filler", "ranked", "--width", "0", "--model", "/nonexistent"],
     ],
 )
 def test_cli_bad_input_exits_2(argv, tmp_path, monkeypatch):
@@ -165,6 +176,35 @@ def test_cli_threshold_reaches_the_decoding(tiny_ckpt, tmp_path, capsys):
     assert main(argv + ["--device", "cpu", "--out", str(out)]) == 0, capsys.readouterr().err
     options = json.loads(out.read_text())["config"]["options"]
     assert options["threshold"] == 0.5 and options["block_size"] == 1
+
+
+def test_cli_ranked_filler_fills_one_line_per_task_from_its_candidates(tiny_ckpt, tmp_path, capsys):
+    """``--filler ranked`` (checked before any model loads: one-line holes, a positive width) fills every
+    task with one line, the best of the engine's ranking for that hole."""
+    from diffucoder_lsp.engine import ranking
+    from diffucoder_lsp.model.loading import load_model
+
+    out = tmp_path / "ranked.json"
+    argv = ["eval", "humaneval-infill", "--model", str(tiny_ckpt), "--limit", "2", "--filler", "ranked"]
+    assert main(argv + ["--width", "3", "--device", "cpu", "--out", str(out)]) == 0, capsys.readouterr().err
+    data = json.loads(out.read_text())
+    assert data["config"]["filler"] == "ranked" and data["config"]["width"] == 3
+    lm = load_model(str(tiny_ckpt), device="cpu")
+    tasks = build_tasks("single-line", limit=2)
+    for task, rec in zip(tasks, data["records"], strict=True):
+        assert "\n" not in rec["fill"] and rec["reason"]
+        want = ranking.rank_line(
+            lm.model, lm.tokenizer, task.prefix, task.suffix, width=3, max_tokens=rec["length"]
+        )
+        assert rec["fill"] == want.best.text
+
+
+def test_model_name_base_is_the_bundled_models_ar_base(tmp_path, monkeypatch):
+    """``--model base`` resolves to the fetched base folder (fetched once; here a stand-in)."""
+    from diffucoder_lsp.model import base, loading
+
+    monkeypatch.setattr(base, "fetch_base", lambda: tmp_path)
+    assert loading.resolve_checkpoint("base") == tmp_path
 
 
 # --- intrinsic metric ---------------------------------------------------------------------------------------
