@@ -247,8 +247,13 @@ def _load_filler(args, truth_fn):
     if args.filler == "ranked":
         from ..engine import ranking
         from ..eval.runner import ranked_fill_fn
+        from ..model.base_view import base_view
 
-        config.update(width=args.width or ranking.WIDTH, prior_weight=ranking.PRIOR_WEIGHT)
+        config.update(
+            width=args.width or ranking.WIDTH,
+            prior_weight=ranking.PRIOR_WEIGHT,
+            ranked_by="the adaptation's base" if base_view(lm) is not None else "the model itself",
+        )
         fill = ranked_fill_fn(lm, width=args.width, max_context_tokens=args.max_context_tokens)
         return fill, token_counter(lm), config
     overrides = {

@@ -91,6 +91,12 @@ def _restricted(logprobs: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def _never(tokenizer) -> list[int]:
+    """Tokens no line is written with: the mask token (an adapted model's own row, which its base never saw)."""
+    mask = getattr(tokenizer, "mask_id", None)
+    return [mask] if isinstance(mask, int) and mask >= 0 else []
+
+
 def line_of(text: str) -> str:
     """A one-line hole's text from what a branch wrote: its first line, leading blank lines skipped."""
     return text.lstrip("\n").split("\n", 1)[0] if text.strip() else ""
@@ -124,7 +130,8 @@ def rank_line(
     n = len(ids)
     hidden, kvs = model.hidden_states(torch.tensor([ids], device=device), causal=True, return_kv=True)
     first = project(model.lm_head, hidden[:, -1]).float().log_softmax(-1)[0]
-    choose = _restricted(first, _allowed(index, lead).to(device)) if lead else first
+    choose = _restricted(first, _allowed(index, lead).to(device)) if lead else first.clone()
+    choose[_never(tokenizer)] = float("-inf")
     finite = int(torch.isfinite(choose).sum())
     top = choose.topk(min(width, max(1, finite)))
     tokens = [[int(t)] for t in top.indices]
@@ -178,6 +185,7 @@ def _continue(model, tokenizer, index, kvs, n, tokens, lead, budget, device) -> 
         )
         passes += 1
         lp = project(model.lm_head, h[:, -1]).float().log_softmax(-1)
+        lp[:, _never(tokenizer)] = float("-inf")
         for r in range(b):
             if done[r]:
                 continue
