@@ -454,6 +454,7 @@ def _calibration_settings(args):
 def _server_completer(lm, settings):
     """(prefix, suffix) -> (what the editor would show, the suggestion's tokens), through the language
     server's completion path: its mode and span, context cut, decoding and post-processing."""
+    from ..engine.confidence import SuggestionTokens
     from ..server.engine_client import EngineClient, completion_span
     from ..server.postprocess import postprocess
 
@@ -465,7 +466,9 @@ def _server_completer(lm, settings):
             prefix, suffix, settings=settings, max_tokens=max_tokens, should_stop=lambda: False
         )
         shown = postprocess(fill.texts[0], prefix, suffix, mode)
-        return ("" if shown is None else shown.text), fill.tokens[0]
+        # a ranked line (rankLines) carries no per-token confidences: every statistic reads it as unscored
+        tokens = fill.tokens[0] if fill.tokens else SuggestionTokens(())
+        return ("" if shown is None else shown.text), tokens
 
     return complete
 

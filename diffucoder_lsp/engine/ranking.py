@@ -27,10 +27,13 @@ whose lead is not yet spelled may only take tokens that carry on with it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 
+from ..model.base_view import base_view
 from ..model.network import DreamModel, KVSlots, project
 from .healing import back_off, vocab_index
 
@@ -119,8 +122,10 @@ def rank_line(
     prior_weight: float = PRIOR_WEIGHT,
     suffix_tokens: int = SUFFIX_TOKENS,
     max_context_tokens: int = MAX_CONTEXT_TOKENS,
-) -> Ranking:
-    """Rank up to ``width`` candidate lines for a hole between ``prefix`` and ``suffix`` (see the module)."""
+    should_stop: Callable[[], bool] | None = None,
+) -> Ranking | None:
+    """Rank up to ``width`` candidate lines for a hole between ``prefix`` and ``suffix`` (see the module).
+    ``should_stop`` is asked before every pass after the first; None is returned when it says yes."""
     if width < 1 or max_tokens < 1:
         raise ValueError("width and max_tokens must be positive")
     device = model.lm_head.weight.device
@@ -136,7 +141,11 @@ def rank_line(
     top = choose.topk(min(width, max(1, finite)))
     tokens = [[int(t)] for t in top.indices]
     budget = max_tokens + (1 if lead.startswith("\n") else 0)
-    passes = 1 + _continue(model, tokenizer, index, kvs, n, tokens, lead, budget, device)
+    stop = should_stop or (lambda: False)
+    made = _continue(model, tokenizer, index, kvs, n, tokens, lead, budget, device, stop)
+    if made is None or stop():
+        return None
+    passes = 1 + made
     texts = []
     for row in tokens:
         if row and row[-1] == tokenizer.eos_id:
@@ -149,8 +158,9 @@ def rank_line(
     return Ranking(tuple(scored[i] for i in order), passes + 1)
 
 
-def _continue(model, tokenizer, index, kvs, n, tokens, lead, budget, device) -> int:
-    """Extend every branch greedily until its line is written or ``budget`` tokens; returns passes made."""
+def _continue(model, tokenizer, index, kvs, n, tokens, lead, budget, device, stop) -> int | None:
+    """Extend every branch greedily until its line is written or ``budget`` tokens; returns passes made (None
+    when ``stop`` said to stop)."""
     b = len(tokens)
     if budget <= 1:
         return 0
@@ -171,6 +181,8 @@ def _continue(model, tokenizer, index, kvs, n, tokens, lead, budget, device) -> 
     for i in range(1, budget):
         if all(done):
             break
+        if stop():
+            return None
         m = n + i  # keys after this step: prefix, i - 1 written tokens, this one
         slots = [KVSlots(kb[:, :, :m], vb[:, :, :m]) for kb, vb in bufs]
         cur = torch.tensor([[row[-1]] for row in tokens], device=device)
@@ -240,3 +252,11 @@ def _score(model, tokenizer, kvs, n, first, lead, lines, suffix, prior_weight, s
         line_lp, suffix_lp = sum(per[:m]), sum(per[m:])
         out.append(RankedLine(lines[i], line_lp, suffix_lp, prior_weight * line_lp + suffix_lp))
     return out
+
+
+def rank_with(lm, prefix: str, suffix: str, **kwargs) -> Ranking | None:
+    """:func:`rank_line` with a loaded model: an adapted one (the bundled default) ranks as its base
+    (:mod:`diffucoder_lsp.model.base_view`), whose left-to-right judgement the adaptation did not wear down."""
+    view = base_view(lm)
+    with view.active() if view is not None else nullcontext():
+        return rank_line(lm.model, lm.tokenizer, prefix, suffix, **kwargs)

@@ -328,25 +328,18 @@ def ranked_fill_fn(
     from the model decoding causally, the one the code after the hole follows best. An adapted model (the
     bundled default) ranks as its base (:mod:`diffucoder_lsp.model.base_view`). A line's budget is ``length``
     tokens (oracle) or ``max_new_tokens`` (auto), as for :func:`ar_fill_fn`."""
-    from contextlib import nullcontext
-
     from ..engine import ranking
-    from ..model.base_view import base_view
-
-    view = base_view(lm)
 
     def fill(prefix: str, suffix: str, length: int | str) -> str:
-        with view.active() if view is not None else nullcontext():
-            result = ranking.rank_line(
-                lm.model,
-                lm.tokenizer,
-                prefix,
-                suffix,
-                width=width or ranking.WIDTH,
-                max_tokens=length if isinstance(length, int) else max_new_tokens,
-                prior_weight=ranking.PRIOR_WEIGHT if prior_weight is None else prior_weight,
-                max_context_tokens=max_context_tokens or ranking.MAX_CONTEXT_TOKENS,
-            )
+        result = ranking.rank_with(
+            lm,
+            prefix,
+            suffix,
+            width=width or ranking.WIDTH,
+            max_tokens=length if isinstance(length, int) else max_new_tokens,
+            prior_weight=ranking.PRIOR_WEIGHT if prior_weight is None else prior_weight,
+            max_context_tokens=max_context_tokens or ranking.MAX_CONTEXT_TOKENS,
+        )
         return result.best.text
 
     return fill

@@ -362,6 +362,10 @@ class EngineClient:
         text, window = self._completion_text(ctx, max_tokens)
         line_prefix, line_suffix, _ = split_at_cursor(prefix, suffix)
         block = decide_mode(line_prefix, line_suffix) != SINGLE
+        ranked = settings.rank_lines > 0 and line_prefix.strip() != ""
+        if ranked and self.lm is not None and not isinstance(self.lm, RemoteModel):
+            # the rest of a line the user is typing: one line, ranked (at a blank line a block is the diffusion's)
+            return self._ranked(ctx, settings, min(max_tokens, settings.max_tokens_single_line), should_stop)
         # shown up to its first line break, so a newline token ends it; not at the start of a line, where token
         # healing has the first token re-write the newline before the cursor
         single = not block and line_prefix.strip() != ""
@@ -393,6 +397,27 @@ class EngineClient:
             texts = [WithheldText(name, score, threshold)]
             log.debug("completion withheld: %s", texts[0].reason())
         return Fill(texts, fill.steps, fill.elapsed_ms, ctx.tokens, fill.tokens, score)
+
+    def _ranked(self, ctx, settings: Settings, max_tokens: int, should_stop: Callable[[], bool]) -> Fill:
+        """The rest of the cursor's line as the best of ``rankLines`` candidate lines (:mod:`..engine.ranking`)."""
+        import time
+
+        from ..engine.ranking import rank_with
+
+        start = time.perf_counter()
+        ranking = rank_with(
+            self.lm,
+            ctx.prefix,
+            ctx.suffix,
+            width=settings.rank_lines,
+            max_tokens=max_tokens,
+            max_context_tokens=settings.context_tokens,
+            should_stop=should_stop,
+        )
+        if ranking is None:
+            raise Cancelled("ranking stopped")
+        elapsed = (time.perf_counter() - start) * 1000.0
+        return Fill([ranking.best.text], ranking.passes, elapsed, ctx.tokens)
 
     def _context(self, prefix: str, suffix: str, settings: Settings):
         return build_context(

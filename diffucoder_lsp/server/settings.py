@@ -70,6 +70,10 @@ class Settings:
     speculate: bool = True  # after showing a completion, compute the one that follows it once accepted
     max_tokens: int = 48  # multi-line completion span
     max_tokens_single_line: int = 20
+    # a completion after code on the cursor's line: the rest of that line, the best of this many candidate lines
+    # by how well the code after the cursor follows each (engine/ranking.py; an adapted model ranks as its base).
+    # 0: off. Not gated by minConfidence (no calibrated score yet); ~2-3x a completion's time on a CPU
+    rank_lines: int = 0
     min_confidence: float | None = None  # withheld below this score; None: the model's calibrated threshold
     context_tokens: int = 512  # prefix + suffix budget (the bundled model trained on 512-token rows)
     prefix_share: float = 0.7
@@ -105,6 +109,7 @@ class Settings:
             self.warm_context,
             self.max_tokens,
             self.max_tokens_single_line,
+            self.rank_lines,
             self.min_confidence,  # a withheld completion is cached as withheld
             self.context_tokens,
             self.prefix_share,
@@ -305,6 +310,7 @@ VALIDATORS = {
     "speculate": _bool,
     "max_tokens": _int(1, MAX_SPAN_TOKENS),
     "max_tokens_single_line": _int(1, MAX_SPAN_TOKENS),
+    "rank_lines": _int(0, 64),
     "min_confidence": _min_confidence,
     "context_tokens": _int(16, 32768),
     "prefix_share": _float(0.0, 1.0),

@@ -89,9 +89,7 @@ def test_with_no_prior_the_suffix_alone_orders_the_candidates(lm):
     """prior_weight 0: the pick is the candidate the suffix follows best, whatever the suffix."""
     tok, model = lm.tokenizer, lm.model
     for suffix in ("\n    return a\n", "\n    return b * 2\n", "\n\nclass X:\n    pass\n"):
-        got = ranking.rank_line(
-            model, tok, PREFIXES[2], suffix, width=6, max_tokens=4, prior_weight=0
-        )
+        got = ranking.rank_line(model, tok, PREFIXES[2], suffix, width=6, max_tokens=4, prior_weight=0)
         order = [c.suffix_logprob for c in got.candidates]
         assert order == sorted(order, reverse=True) and len(order) > 1
 

@@ -26,6 +26,7 @@ export const SERVER_KEYS = [
   "speculate",
   "maxTokens",
   "maxTokensSingleLine",
+  "rankLines",
   "minConfidence",
   "contextTokens",
   "prefixShare",

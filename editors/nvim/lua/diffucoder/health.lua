@@ -51,7 +51,8 @@ end
 local KNOWN = {
   "model", "backendToken", "device", "dtype", "quant", "steps", "tokensPerStep", "temperature", "topP", "alg", "eosPenalty",
   "seed", "threshold", "entropyBound", "blockSize", "endEarly", "contextCache", "cacheRefreshEvery",
-  "contextReuse", "warmContext", "speculate", "maxTokens", "maxTokensSingleLine", "minConfidence",
+  "contextReuse", "warmContext", "speculate", "maxTokens", "maxTokensSingleLine", "rankLines",
+  "minConfidence",
   "contextTokens", "prefixShare", "debounceMs", "enabledLanguages", "maxDocumentChars", "cacheSize",
 }
 M.KNOWN = KNOWN

@@ -1,0 +1,58 @@
+"""``rankLines``: a single-line completion as the best of several candidate lines (engine/ranking.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from diffucoder_lsp.engine import ranking
+from diffucoder_lsp.server.engine_client import EngineClient
+from diffucoder_lsp.server.scheduler import Cancelled
+from diffucoder_lsp.server.settings import Settings, parse_settings
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tiny_ckpt):
+    from diffucoder_lsp.model.loading import load_model
+
+    return load_model(str(tiny_ckpt), device="cpu")
+
+
+def test_setting_is_off_by_default_validated_and_part_of_the_cache_key():
+    assert Settings().rank_lines == 0
+    s, problems = parse_settings({"rankLines": 8})
+    assert s.rank_lines == 8 and problems == []
+    kept, problems = parse_settings({"rankLines": 65}, s)
+    assert kept.rank_lines == 8 and "rankLines" in problems[0]
+    assert s.sampling_key() != Settings().sampling_key()
+
+
+@pytest.mark.parametrize("suffix", ["\n    return total\n", ")\n    return total\n"])
+def test_a_completion_after_code_on_its_line_is_the_rankings_best_line(tiny_lm, suffix):
+    """At the end of a line or mid-line: the completion is the engine's ranking of the same context."""
+    engine = EngineClient.for_model(tiny_lm)
+    prefix = "def add(a, b):\n    total = ("
+    settings = Settings(rank_lines=3, min_confidence=0.0)
+    fill = engine.complete(prefix, suffix, settings=settings, max_tokens=5, should_stop=lambda: False)
+    ctx = engine._context(prefix, suffix, settings)
+    want = ranking.rank_with(tiny_lm, ctx.prefix, ctx.suffix, width=3, max_tokens=5)
+    assert fill.texts == [want.best.text] and "\n" not in fill.texts[0]
+    assert fill.steps == want.passes and fill.tokens == () and fill.confidence is None
+    plain = engine.complete(prefix, suffix, settings=Settings(), max_tokens=5, should_stop=lambda: False)
+    assert plain.tokens  # rankLines 0: the diffusion path, scored as before
+
+
+def test_a_completion_on_a_blank_line_is_not_ranked_and_a_stopped_ranking_is_cancelled(tiny_lm):
+    engine = EngineClient.for_model(tiny_lm)
+    settings = Settings(rank_lines=3, min_confidence=0.0)
+    block = engine.complete("def f(x):\n    ", "", settings=settings, max_tokens=5, should_stop=lambda: False)
+    assert block.tokens  # nothing before the cursor on its line: the diffusion path
+    calls = []
+
+    def stop_after_first() -> bool:
+        calls.append(1)
+        return len(calls) > 1
+
+    with pytest.raises(Cancelled):
+        engine.complete(
+            "x = [1, 2, 3]\ny = ", "\n", settings=settings, max_tokens=6, should_stop=stop_after_first
+        )
