@@ -239,15 +239,15 @@ def _score(model, tokenizer, kvs, n, first, lead, lines, suffix, prior_weight, s
         extra_valid=torch.ones(r, n, dtype=torch.bool, device=device),
         causal=True,
     )
-    lp = project(model.lm_head, h).float().log_softmax(-1)
     for i, row in enumerate(rows):
         per = []
         if row:
             per = [float(first[row[0]])]
+            # row by row: every row's logits at once would be rows x tokens x vocabulary floats (~270 MB)
             if len(row) > 1:
-                per += lp[
-                    i, torch.arange(len(row) - 1, device=device), torch.tensor(row[1:], device=device)
-                ].tolist()
+                logits = project(model.lm_head, h[i, : len(row) - 1]).float()
+                targets = torch.tensor(row[1:], device=device)[:, None]
+                per += (logits.gather(-1, targets)[:, 0] - logits.logsumexp(-1)).tolist()
         m = len(heads[i])
         line_lp, suffix_lp = sum(per[:m]), sum(per[m:])
         out.append(RankedLine(lines[i], line_lp, suffix_lp, prior_weight * line_lp + suffix_lp))
