@@ -51,14 +51,18 @@ class RankedLine:
     line_logprob: float
     suffix_logprob: float
     score: float
+    token_ids: tuple[int, ...] = ()  # the tokens of lead + line, as scored
+    token_logprobs: tuple[float, ...] = ()  # each one's log-probability (what a confidence statistic reads)
 
 
 @dataclass(frozen=True)
 class Ranking:
-    """The candidates, best first; ``passes`` counts the model calls (prefix, decoding steps, scoring)."""
+    """The candidates, best first; ``passes`` counts the model calls (prefix, decoding steps, scoring);
+    ``lead`` is the prefix's text the lines' tokens re-spell first (token healing)."""
 
     candidates: tuple[RankedLine, ...]
     passes: int
+    lead: str = ""
 
     @property
     def best(self) -> RankedLine:
@@ -155,7 +159,7 @@ def rank_line(
     lines = list(dict.fromkeys(t for t in texts if t.strip())) or [""]  # greedy's line first
     scored = _score(model, tokenizer, kvs, n, first, lead, lines, suffix, prior_weight, suffix_tokens, device)
     order = sorted(range(len(lines)), key=lambda i: -scored[i].score)
-    return Ranking(tuple(scored[i] for i in order), passes + 1)
+    return Ranking(tuple(scored[i] for i in order), passes + 1, lead)
 
 
 def _continue(model, tokenizer, index, kvs, n, tokens, lead, budget, device, stop) -> int | None:
@@ -250,7 +254,8 @@ def _score(model, tokenizer, kvs, n, first, lead, lines, suffix, prior_weight, s
                 per += (logits.gather(-1, targets)[:, 0] - logits.logsumexp(-1)).tolist()
         m = len(heads[i])
         line_lp, suffix_lp = sum(per[:m]), sum(per[m:])
-        out.append(RankedLine(lines[i], line_lp, suffix_lp, prior_weight * line_lp + suffix_lp))
+        score = prior_weight * line_lp + suffix_lp
+        out.append(RankedLine(lines[i], line_lp, suffix_lp, score, tuple(heads[i]), tuple(per[:m])))
     return out
 
 

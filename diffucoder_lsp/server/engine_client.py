@@ -27,6 +27,7 @@ import dataclasses
 import gc
 import itertools
 import logging
+import math
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -365,7 +366,25 @@ class EngineClient:
         ranked = settings.rank_lines > 0 and line_prefix.strip() != ""
         if ranked and self.lm is not None and not isinstance(self.lm, RemoteModel):
             # the rest of a line the user is typing: one line, ranked (at a blank line a block is the diffusion's)
-            return self._ranked(ctx, settings, min(max_tokens, settings.max_tokens_single_line), should_stop)
+            fill = self._ranked(ctx, settings, min(max_tokens, settings.max_tokens_single_line), should_stop)
+        else:
+            fill = self._denoised(
+                prefix, suffix, text, window, block, line_prefix, settings, max_tokens, should_stop, stream
+            )
+        name, threshold = self.gate(settings)
+        score = fill.confidence  # a backend scored it already
+        if score is None and fill.tokens:
+            score = statistic(fill.tokens[0], name)
+        texts = fill.texts
+        if score is not None and threshold > 0 and score < threshold and texts[0].strip():
+            texts = [WithheldText(name, score, threshold)]
+            log.debug("completion withheld: %s", texts[0].reason())
+        return Fill(texts, fill.steps, fill.elapsed_ms, ctx.tokens, fill.tokens, score)
+
+    def _denoised(
+        self, prefix, suffix, text, window, block, line_prefix, settings, max_tokens, should_stop, stream
+    ):
+        """The completion through the diffusion engine (:meth:`infill`), cut where the editor cuts it."""
         # shown up to its first line break, so a newline token ends it; not at the start of a line, where token
         # healing has the first token re-write the newline before the cursor
         single = not block and line_prefix.strip() != ""
@@ -388,15 +407,7 @@ class EngineClient:
             # the unfinished line that decided the cut is not part of the completion, nor of what the cache
             # offers again after the user types part of it
             fill = dataclasses.replace(fill, texts=[trim_settled(fill.texts[0])])
-        name, threshold = self.gate(settings)
-        score = fill.confidence  # a backend scored it already
-        if score is None and fill.tokens:
-            score = statistic(fill.tokens[0], name)
-        texts = fill.texts
-        if score is not None and threshold > 0 and score < threshold and texts[0].strip():
-            texts = [WithheldText(name, score, threshold)]
-            log.debug("completion withheld: %s", texts[0].reason())
-        return Fill(texts, fill.steps, fill.elapsed_ms, ctx.tokens, fill.tokens, score)
+        return fill
 
     def _ranked(self, ctx, settings: Settings, max_tokens: int, should_stop: Callable[[], bool]) -> Fill:
         """The rest of the cursor's line as the best of ``rankLines`` candidate lines (:mod:`..engine.ranking`)."""
@@ -417,7 +428,11 @@ class EngineClient:
         if ranking is None:
             raise Cancelled("ranking stopped")
         elapsed = (time.perf_counter() - start) * 1000.0
-        return Fill([ranking.best.text], ranking.passes, elapsed, ctx.tokens)
+        best = ranking.best
+        # the gate reads the line's tokens as the base wrote them (their probabilities under it)
+        probs = [math.exp(lp) for lp in best.token_logprobs]
+        tokens = suggestion_tokens(best.token_ids, probs, "maskgit_plus", self.lm.tokenizer, ranking.lead)
+        return Fill([best.text], ranking.passes, elapsed, ctx.tokens, (tokens,))
 
     def _context(self, prefix: str, suffix: str, settings: Settings):
         return build_context(

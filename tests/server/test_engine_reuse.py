@@ -17,7 +17,7 @@ def engine(tiny_ckpt):
     from diffucoder_lsp.model.loading import load_model
 
     client = EngineClient(ls=None, scheduler=None)
-    client.lm = load_model(str(tiny_ckpt), device="cpu")
+    client.lm = load_model(str(tiny_ckpt), device="cpu", dtype="fp32")  # fp32 stores: the test halves them
     return client
 
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from diffucoder_lsp.engine import ranking
+from diffucoder_lsp.engine.confidence import DEFAULT_STATISTIC, statistic
 from diffucoder_lsp.server.engine_client import EngineClient
+from diffucoder_lsp.server.results import WithheldText
 from diffucoder_lsp.server.scheduler import Cancelled
 from diffucoder_lsp.server.settings import Settings, parse_settings
 
@@ -36,7 +40,22 @@ def test_a_completion_after_code_on_its_line_is_the_rankings_best_line(tiny_lm, 
     ctx = engine._context(prefix, suffix, settings)
     want = ranking.rank_with(tiny_lm, ctx.prefix, ctx.suffix, width=3, max_tokens=5)
     assert fill.texts == [want.best.text] and "\n" not in fill.texts[0]
-    assert fill.steps == want.passes and fill.tokens == () and fill.confidence is None
+    assert fill.steps == want.passes
+    # scored for the gate by the probabilities the ranking read: every token past the healed lead, in order
+    certainty = fill.tokens[0].certainty
+    assert certainty and all(0.0 < c <= 1.0 for c in certainty)
+    assert list(certainty) == pytest.approx(
+        [math.exp(x) for x in want.best.token_logprobs[-len(certainty) :]]
+    )
+    assert fill.confidence == statistic(fill.tokens[0], DEFAULT_STATISTIC)
+    held = engine.complete(
+        prefix,
+        suffix,
+        settings=Settings(rank_lines=3, min_confidence=1.0),
+        max_tokens=5,
+        should_stop=lambda: False,
+    )
+    assert isinstance(held.texts[0], WithheldText) and held.confidence == fill.confidence
     plain = engine.complete(prefix, suffix, settings=Settings(), max_tokens=5, should_stop=lambda: False)
     assert plain.tokens  # rankLines 0: the diffusion path, scored as before
 
