@@ -22,7 +22,7 @@ TEXTS = [
 def lm():
     from diffucoder_lsp.model.loading import load_model
 
-    return load_model("tiny", device="cpu")
+    return load_model("tiny", device="cpu", dtype="fp32")
 
 
 def drain(gen):
