@@ -466,7 +466,7 @@ def _server_completer(lm, settings):
             prefix, suffix, settings=settings, max_tokens=max_tokens, should_stop=lambda: False
         )
         shown = postprocess(fill.texts[0], prefix, suffix, mode)
-        # a ranked line (rankLines) carries no per-token confidences: every statistic reads it as unscored
+        # a fill without tokens (none written) is read as unscored by every statistic
         tokens = fill.tokens[0] if fill.tokens else SuggestionTokens(())
         return ("" if shown is None else shown.text), tokens
 

@@ -3,25 +3,33 @@
 Why: a left-to-right decoder writes the line its prefix makes likely and never looks at what comes after the
 hole, so it writes ``max_len = 0`` where the next lines use ``result``. The code after the hole is evidence
 about the line, and a causal language model can weigh it exactly: by Bayes,
-``p(line | prefix, suffix) ∝ p(line | prefix) · p(suffix | prefix, line)``. So: branch the line's first token
-``width`` ways (its most likely first tokens), continue each branch greedily to the end of its line (one batched
-pass per token), then score every distinct line by one causal pass over ``line + suffix`` on top of the prefix's
-keys/values, and keep the best.
+``p(line | prefix, suffix) ∝ p(line | prefix) · p(suffix | prefix, line)``. So: find the ``width`` likeliest
+lines by beam search (one batched pass per token), then score every distinct line by one causal pass over
+``line + suffix`` on top of the prefix's keys/values, and keep the best.
 
 The score is ``prior_weight · log p(line | prefix) + log p(suffix | prefix, line)``. With the plain joint
 (weight 1) short lines win too often (an empty line, a lone comment, a markdown fence are cheap to write and the
 suffix reads almost as well after them); with 0 the prefix's own judgement is lost. Measured with the bundled
-model's AR base (SmolLM2-135M) on every fifth HumanEval-Infilling single-line task (207, oracle length): greedy
-23.7 %, weight 1.0 27.1 %, 0.75 28.0 %, 0.5 and 0.25 29.0 %, 0 25.1 %; the default is 0.5.
+model's AR base (SmolLM2-135M) on every fifth HumanEval-Infilling single-line task (207, oracle length), when the
+candidates were the 8 likeliest first tokens each continued greedily: greedy 23.7 %, weight 1.0 27.1 %, 0.75
+28.0 %, 0.5 and 0.25 29.0 %, 0 25.1 %; the default is 0.5.
 
-A blank line is a candidate only when every branch is blank: an editor shows nothing for it, and the engine
-keeps holes from ending blank too (:mod:`.blank`). (On the 207 tasks above, blank lines were picked 40 times at
-weight 0.5, and 2 of them passed, where the tested line was redundant: 29.0 % with them, 28.0 % without.)
+What held that back was the candidates, not the score: one of those 8 lines passed in 60 of the 207 tasks, and
+the ranking picked one in 58. Such lines differ only in their first token, where ``max_len = 0`` and ``result
+= []`` differ later. A beam search keeps the likeliest lines whatever token they differ at: on the same tasks a
+passing line was among the beam's 8 in 98 (16 first tokens: 64; a beam of 4: 86), and the ranking picked one in
+85 (41.3 %; weight 0.25: 87, 1.0: 84). The bundled diffusion model's own fill as one more candidate made it 88:
+not worth a second decoder in every request.
+
+A blank line is a candidate only when every line found is blank: an editor shows nothing for it, and the engine
+keeps holes from ending blank too (:mod:`.blank`). (On the 207 tasks above, with the first-token branches, blank
+lines were picked 40 times at weight 0.5, and 2 of them passed, where the tested line was redundant: 29.0 % with
+them, 28.0 % without.)
 
 The model runs causally (``causal=True``): for a learned-lookahead model that is its AR self, without the
 lookahead. The prefix boundary is healed as the engine heals holes: a prefix ending in a newline and
 indentation is cut back to before the newline and the line must spell that lead first (BPE's usual
-newline+indent token); otherwise the prefix's last token is backed off (:func:`~.healing.back_off`). A branch
+newline+indent token); otherwise the prefix's last token is backed off (:func:`~.healing.back_off`). A beam
 whose lead is not yet spelled may only take tokens that carry on with it.
 """
 
@@ -37,7 +45,7 @@ from ..model.base_view import base_view
 from ..model.network import DreamModel, KVSlots, project
 from .healing import back_off, vocab_index
 
-WIDTH = 8  # first tokens branched
+WIDTH = 8  # beams: candidate lines
 PRIOR_WEIGHT = 0.5  # weight of log p(line | prefix) against log p(suffix | prefix, line)
 SUFFIX_TOKENS = 256  # tokens of the suffix scored (the rest of a function, typically)
 MAX_CONTEXT_TOKENS = 2048
@@ -105,7 +113,7 @@ def _never(tokenizer) -> list[int]:
 
 
 def line_of(text: str) -> str:
-    """A one-line hole's text from what a branch wrote: its first line, leading blank lines skipped."""
+    """A one-line hole's text from what a beam wrote: its first line, leading blank lines skipped."""
     return text.lstrip("\n").split("\n", 1)[0] if text.strip() else ""
 
 
@@ -141,79 +149,107 @@ def rank_line(
     first = project(model.lm_head, hidden[:, -1]).float().log_softmax(-1)[0]
     choose = _restricted(first, _allowed(index, lead).to(device)) if lead else first.clone()
     choose[_never(tokenizer)] = float("-inf")
-    finite = int(torch.isfinite(choose).sum())
-    top = choose.topk(min(width, max(1, finite)))
-    tokens = [[int(t)] for t in top.indices]
     budget = max_tokens + (1 if lead.startswith("\n") else 0)
     stop = should_stop or (lambda: False)
-    made = _continue(model, tokenizer, index, kvs, n, tokens, lead, budget, device, stop)
-    if made is None or stop():
+    found = _beam(model, tokenizer, index, kvs, n, choose, lead, budget, width, device, stop)
+    if found is None or stop():
         return None
-    passes = 1 + made
+    rows, passes = found
     texts = []
-    for row in tokens:
+    for row, _ in rows:
         if row and row[-1] == tokenizer.eos_id:
             row = row[:-1]
         text = tokenizer.decode(row)
         texts.append(line_of(text[len(lead) :] if text.startswith(lead) else text.lstrip("\n")))
-    lines = list(dict.fromkeys(t for t in texts if t.strip())) or [""]  # greedy's line first
+    lines = list(dict.fromkeys(t for t in texts if t.strip())) or [""]  # the likeliest line first
     scored = _score(model, tokenizer, kvs, n, first, lead, lines, suffix, prior_weight, suffix_tokens, device)
     order = sorted(range(len(lines)), key=lambda i: -scored[i].score)
-    return Ranking(tuple(scored[i] for i in order), passes + 1, lead)
+    return Ranking(tuple(scored[i] for i in order), 1 + passes + 1, lead)
 
 
-def _continue(model, tokenizer, index, kvs, n, tokens, lead, budget, device, stop) -> int | None:
-    """Extend every branch greedily until its line is written or ``budget`` tokens; returns passes made (None
-    when ``stop`` said to stop)."""
-    b = len(tokens)
-    if budget <= 1:
-        return 0
-    bufs = []
-    for k, v in kvs:
-        kb = k.new_empty(b, k.shape[1], n + budget, k.shape[3])
-        vb = v.new_empty(b, v.shape[1], n + budget, v.shape[3])
-        kb[:, :, :n] = k
-        vb[:, :, :n] = v
-        bufs.append((kb, vb))
-    texts = [tokenizer.decode(row) for row in tokens]
-    done = [
-        row[-1] == tokenizer.eos_id or (t.startswith(lead) and _line_done(t[len(lead) :]))
-        for row, t in zip(tokens, texts, strict=True)
-    ]
-    ones = torch.ones(b, 1, dtype=torch.bool, device=device)
+def _beam(model, tokenizer, index, kvs, n, choose, lead, budget, width, device, stop):
+    """The ``width`` most likely lines by beam search: ``(tokens, log p(tokens | prefix))`` pairs, best first,
+    and the passes made; None when ``stop`` said to stop.
+
+    Each step extends every open beam by its ``width`` likeliest next tokens and keeps the ``width`` best
+    extensions; an extension that ends its line leaves the beam as a finished candidate. The search ends when
+    every beam is finished, at ``budget`` tokens, or once ``width`` finished lines are likelier than any open
+    beam can become (a log-probability only falls as tokens are added). The prefix's keys/values are the same
+    in every beam, so reordering the beams moves only the keys/values of the tokens they wrote."""
+    never = _never(tokenizer)
+    top = choose.topk(min(width, max(1, int(torch.isfinite(choose).sum()))))
+    allowed: dict[str, torch.Tensor] = {}
+
+    def done(row: list[int]) -> bool:
+        text = tokenizer.decode(row)
+        return row[-1] == tokenizer.eos_id or (text.startswith(lead) and _line_done(text[len(lead) :]))
+
+    finished: list[tuple[list[int], float]] = []
+    beams: list[tuple[list[int], float]] = []
+    for value, token in zip(top.values.tolist(), top.indices.tolist(), strict=True):
+        (finished if done([token]) else beams).append(([token], value))
+    if beams and budget > 1:
+        bufs = []
+        for k, v in kvs:
+            kb = k.new_empty(width, k.shape[1], n + budget, k.shape[3])  # one open beam can become width
+            vb = v.new_empty(width, v.shape[1], n + budget, v.shape[3])
+            kb[:, :, :n] = k
+            vb[:, :, :n] = v
+            bufs.append((kb, vb))
     passes = 0
     for i in range(1, budget):
-        if all(done):
+        if not beams:
+            break
+        if len(finished) >= width and beams[0][1] < sorted(c for _, c in finished)[-width]:
             break
         if stop():
             return None
-        m = n + i  # keys after this step: prefix, i - 1 written tokens, this one
-        slots = [KVSlots(kb[:, :, :m], vb[:, :, :m]) for kb, vb in bufs]
-        cur = torch.tensor([[row[-1]] for row in tokens], device=device)
-        pos = torch.full((b, 1), m - 1, dtype=torch.long, device=device)
+        b, m = len(beams), n + i  # keys after this step: prefix, i - 1 written tokens, this one
+        slots = [KVSlots(kb[:b, :, :m], vb[:b, :, :m]) for kb, vb in bufs]
         h = model.hidden_states(
-            cur,
-            ones,
-            pos,
+            torch.tensor([[row[-1]] for row, _ in beams], device=device),
+            torch.ones(b, 1, dtype=torch.bool, device=device),
+            torch.full((b, 1), m - 1, dtype=torch.long, device=device),
             extra_kv=slots,
             extra_valid=torch.ones(b, m - 1, dtype=torch.bool, device=device),
             causal=True,
         )
         passes += 1
         lp = project(model.lm_head, h[:, -1]).float().log_softmax(-1)
-        lp[:, _never(tokenizer)] = float("-inf")
-        for r in range(b):
-            if done[r]:
-                continue
+        lp[:, never] = float("-inf")
+        options = []
+        for r, (row, cum) in enumerate(beams):
             row_lp = lp[r]
-            if not texts[r].startswith(lead):  # still spelling the lead: carry on with it
-                row_lp = _restricted(row_lp, _allowed(index, lead[len(texts[r]) :]).to(device))
-            tokens[r].append(int(row_lp.argmax()))
-            texts[r] = tokenizer.decode(tokens[r])
-            done[r] = tokens[r][-1] == tokenizer.eos_id or (
-                texts[r].startswith(lead) and _line_done(texts[r][len(lead) :])
-            )
-    return passes
+            written = tokenizer.decode(row)
+            if not written.startswith(lead):  # still spelling the lead: carry on with it
+                rest = lead[len(written) :]
+                if rest not in allowed:
+                    allowed[rest] = _allowed(index, rest).to(device)
+                row_lp = _restricted(row_lp, allowed[rest])
+            best = row_lp.topk(width)
+            options += [
+                (cum + value, r, token)
+                for value, token in zip(best.values.tolist(), best.indices.tolist(), strict=True)
+                if value > float("-inf")
+            ]
+        options.sort(key=lambda o: -o[0])
+        kept, parents = [], []
+        for cum, r, token in options:
+            if len(kept) == width:
+                break
+            row = beams[r][0] + [token]
+            if done(row):
+                finished.append((row, cum))
+            else:
+                kept.append((row, cum))
+                parents.append(r)
+        if parents and parents != list(range(len(parents))):
+            index_rows = torch.tensor(parents, device=device)
+            for kb, vb in bufs:  # only the written tokens' keys/values differ between beams
+                kb[: len(parents), :, n:m] = kb[index_rows, :, n:m]
+                vb[: len(parents), :, n:m] = vb[index_rows, :, n:m]
+        beams = kept
+    return sorted(finished + beams, key=lambda o: -o[1])[:width], passes
 
 
 def _score(model, tokenizer, kvs, n, first, lead, lines, suffix, prior_weight, suffix_tokens, device):

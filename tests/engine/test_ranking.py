@@ -17,7 +17,8 @@ def _logprobs(model, ids: list[int]) -> torch.Tensor:
 
 
 def _reference_lines(lm, prefix: str, width: int, budget: int) -> list[str]:
-    """Branch the first token ``width`` ways and continue each greedily, one full pass per token."""
+    """Beam search over the line, one full causal pass per beam per token: keep the ``width`` likeliest
+    extensions, set aside those that end their line, stop when ``width`` set-aside lines beat every open beam."""
     tok, model = lm.tokenizer, lm.model
     ids, lead = ranking.split_prefix(tok, prefix)
     texts = tok.token_texts
@@ -26,24 +27,39 @@ def _reference_lines(lm, prefix: str, width: int, budget: int) -> list[str]:
         s = texts[t] if 0 <= t < len(texts) else ""
         return t not in tok.special_ids and bool(s) and (s.startswith(rest) or rest.startswith(s))
 
-    def best(lp: torch.Tensor, written: str, k: int) -> list[int]:
+    def masked(lp: torch.Tensor, written: str) -> torch.Tensor:
         lp = lp.clone()
+        lp[tok.mask_id] = float("-inf")
         if not written.startswith(lead):
             rest = lead[len(written) :]
             keep = torch.tensor([fits(t, rest) for t in range(lp.numel())])
             if keep.any():
                 lp[~keep] = float("-inf")
-        k = min(k, int(torch.isfinite(lp).sum()))
-        return lp.topk(k).indices.tolist()
+        return lp
 
-    out = []
-    for first in best(_logprobs(model, ids)[-1], "", width):
-        row = [first]
-        for _ in range(budget - 1):
-            text = tok.decode(row)
-            if row[-1] == tok.eos_id or (text.startswith(lead) and "\n" in text[len(lead) :].lstrip("\n")):
+    def done(row: list[int]) -> bool:
+        text = tok.decode(row)
+        return row[-1] == tok.eos_id or (text.startswith(lead) and "\n" in text[len(lead) :].lstrip("\n"))
+
+    def extensions(row: list[int], cum: float) -> list[tuple[float, list[int]]]:
+        lp = masked(_logprobs(model, ids + row)[-1], tok.decode(row))
+        top = lp.topk(min(width, int(torch.isfinite(lp).sum())))
+        return [(cum + float(v), row + [int(t)]) for v, t in zip(top.values, top.indices, strict=True)]
+
+    finished, beams = [], []
+    for cum, row in extensions([], 0.0):
+        (finished if done(row) else beams).append((cum, row))
+    for _ in range(budget - 1):
+        if not beams or (len(finished) >= width and beams[0][0] < sorted(c for c, _ in finished)[-width]):
+            break
+        options = sorted((o for cum, row in beams for o in extensions(row, cum)), key=lambda o: -o[0])
+        beams = []
+        for cum, row in options:
+            if len(beams) == width:
                 break
-            row.append(best(_logprobs(model, ids + row)[-1], text, 1)[0])
+            (finished if done(row) else beams).append((cum, row))
+    out = []
+    for _, row in sorted(finished + beams, key=lambda o: -o[0])[:width]:
         if row[-1] == tok.eos_id:
             row = row[:-1]
         text = tok.decode(row)
@@ -55,8 +71,8 @@ PREFIXES = ["def add(a, b):\n    ", "def add(a, b):\n    return", "x = [1, 2, 3]
 
 
 @pytest.mark.parametrize("prefix", PREFIXES)
-def test_candidates_are_the_branches_a_plain_decoder_writes(lm, prefix):
-    """The batched, cached branches equal greedy decoding with a full pass per token, first token forced."""
+def test_candidates_are_the_lines_a_plain_beam_search_finds(lm, prefix):
+    """The batched, cached beam search (beams reordered in place) finds the lines an uncached one does."""
     got = ranking.rank_line(lm.model, lm.tokenizer, prefix, "\n    return z\n", width=4, max_tokens=6)
     budget = 6 + (1 if ranking.split_prefix(lm.tokenizer, prefix)[1].startswith("\n") else 0)
     want = [t for t in _reference_lines(lm, prefix, 4, budget) if t.strip()]
