@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server"))  # lsp_h
 def lm():
     from diffucoder_lsp.model.loading import load_model
 
-    return load_model("tiny", device="cpu", dtype="fp32")
+    return load_model("tiny", device="cpu")
 
 
 @pytest.fixture(scope="module")
