@@ -27,15 +27,12 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
-from .network import project
 
 log = logging.getLogger(__name__)
 
 
 class _BaseLinear(nn.Module):
-    """``layer(x) - (x A^T) B^T``: an adapted linear layer as its base computed it (factors kept in bf16). The
-    layer's own product goes through :func:`~.network.project`, as the unwrapped layer's would: a beam's
-    steps multiply a few rows, where ``F.linear`` takes a slower path."""
+    """``layer(x) - (x A^T) B^T``: an adapted linear layer as its base computed it (factors kept in bf16)."""
 
     def __init__(self, layer: nn.Module, a: torch.Tensor, b: torch.Tensor) -> None:
         super().__init__()
@@ -43,7 +40,7 @@ class _BaseLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a, b = self.a.to(x.dtype), self.b.to(x.dtype)
-        return project(self.layer, x) - (x @ a.t()) @ b.t()
+        return self.layer(x) - (x @ a.t()) @ b.t()
 
 
 class BaseView:
