@@ -72,7 +72,8 @@ class Settings:
     max_tokens_single_line: int = 20
     # a completion after code on the cursor's line: the rest of that line, the best of this many candidate lines
     # by how well the code after the cursor follows each (engine/ranking.py; an adapted model ranks as its base).
-    # 0: off. Not gated by minConfidence (no calibrated score yet); ~2-3x a completion's time on a CPU
+    # 0: off. Gated by minConfidence like any completion; ~2x a completion's time on a CPU. At most 16: each
+    # beam holds its own keys/values of the context (8 beams, 512 tokens: ~100 MB for the bundled model)
     rank_lines: int = 0
     min_confidence: float | None = None  # withheld below this score; None: the model's calibrated threshold
     context_tokens: int = 512  # prefix + suffix budget (the bundled model trained on 512-token rows)
@@ -310,7 +311,7 @@ VALIDATORS = {
     "speculate": _bool,
     "max_tokens": _int(1, MAX_SPAN_TOKENS),
     "max_tokens_single_line": _int(1, MAX_SPAN_TOKENS),
-    "rank_lines": _int(0, 64),
+    "rank_lines": _int(0, 16),
     "min_confidence": _min_confidence,
     "context_tokens": _int(16, 32768),
     "prefix_share": _float(0.0, 1.0),
