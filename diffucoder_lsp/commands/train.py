@@ -78,9 +78,10 @@ def register(subparsers) -> None:
     )
 
     k = sub.add_parser(
-        "package", help="write an adapt run as the shipped adaptation (low-rank bf16 delta + manifest)"
+        "package",
+        help="write an adapt run as the shipped adaptation (low-rank bf16 delta + manifest), or rescale one",
     )
-    k.add_argument("run_dir")
+    k.add_argument("run_dir", help="an adapt run folder (last.pt), or an adaptation folder to rescale")
     k.add_argument(
         "--base", default="smollm2", help="the base the run adapted: smollm2 or a checkpoint folder"
     )
@@ -88,6 +89,12 @@ def register(subparsers) -> None:
     k.add_argument("--out", required=True, help="folder to write (adaptation.json, adaptation.safetensors)")
     k.add_argument(
         "--rank", type=int, default=32, help="rank of each matrix's change (exact for LoRA <= rank)"
+    )
+    k.add_argument(
+        "--scale",
+        type=float,
+        default=1.0,
+        help="ship this share of the change, in (0, 1]: base + scale * (adapted - base) (default: 1.0)",
     )
     k.set_defaults(func=_package)
 
@@ -250,12 +257,19 @@ def _adapt(args: argparse.Namespace) -> int:
 
 
 def _package(args: argparse.Namespace) -> int:
+    from ..model.adaptation import MANIFEST, rescale_adaptation
     from ..model.loading import resolve_checkpoint
     from ..train.adapt import package_adaptation
 
     run = Path(args.run_dir)
+    if not 0.0 < args.scale <= 1.0:
+        raise BadInputError(f"--scale must be in (0, 1], got {args.scale}")
+    if not (run / "last.pt").is_file() and (run / MANIFEST).is_file():
+        manifest = rescale_adaptation(run, args.out, args.scale)  # an adaptation: its factors as they are
+        print(json.dumps({"out": str(args.out), **manifest["training"]}, indent=2))
+        return 0
     if not (run / "last.pt").is_file():
-        raise BadInputError(f"no last.pt in {run}: nothing to package")
+        raise BadInputError(f"no last.pt in {run}: nothing to package (nor an {MANIFEST} to rescale)")
     if args.rank < 1:
         raise BadInputError("--rank must be >= 1")
     if args.base == "smollm2":
@@ -264,7 +278,7 @@ def _package(args: argparse.Namespace) -> int:
         base = fetch_base(local=args.base_from)
     else:
         base = resolve_checkpoint(args.base)
-    summary = package_adaptation(run, base, args.out, args.rank)
+    summary = package_adaptation(run, base, args.out, args.rank, scale=args.scale)
     print(json.dumps(summary, indent=2))
     return 0
 

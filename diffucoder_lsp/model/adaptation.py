@@ -108,6 +108,46 @@ def make_adaptation(
     return out, report
 
 
+def scale_adaptation(tensors: dict[str, torch.Tensor], scale: float) -> dict[str, torch.Tensor]:
+    """The adaptation with its change scaled: merged, it gives ``base + scale * (adapted - base)``.
+
+    Why: a short adaptation can wear down what the base knew faster than it adds what it learns, and the
+    weights between the two can be better than either end (the bundled model measured so). Low-rank changes are
+    scaled through their ``B`` factor (the product scales exactly), vectors whole (a lookahead bias moves from
+    its causal start toward what it learned); replaced rows (the mask token's) are values, not changes, and are
+    kept. ``scale`` is in (0, 1]."""
+    if not isinstance(scale, (int, float)) or not 0.0 < float(scale) <= 1.0:
+        raise ValueError(f"scale must be in (0, 1], got {scale!r}")
+    out = {}
+    for key, t in tensors.items():
+        if key.endswith((".delta_b", ".delta")) and not key.endswith(".delta_a"):
+            out[key] = (t.float() * float(scale)).to(t.dtype)
+        else:
+            out[key] = t
+    return out
+
+
+def rescale_adaptation(src: str | Path, out: str | Path, scale: float) -> dict:
+    """Write ``src``'s adaptation scaled by ``scale`` (:func:`scale_adaptation`) to ``out`` (may be ``src``),
+    with the files it carries; the manifest's ``training.scale`` records the product of all scalings.
+    Returns the new manifest."""
+    src, out = Path(src), Path(out)
+    manifest, tensors = read_adaptation(src)
+    scaled = scale_adaptation(tensors, scale)
+    body = {k: v for k, v in manifest.items() if k not in ("format", "version", "weights_sha256")}
+    training = dict(body.get("training") or {})
+    before = training.get("scale", 1.0)
+    training["scale"] = round(float(before if isinstance(before, (int, float)) else 1.0) * float(scale), 6)
+    body["training"] = training
+    if out.resolve() != src.resolve():
+        out.mkdir(parents=True, exist_ok=True)
+        for name in CARRIED_FILES:
+            if (src / name).is_file():
+                shutil.copy2(src / name, out / name)
+    write_adaptation(out, scaled, body)
+    return read_manifest(out)
+
+
 def write_adaptation(folder: str | Path, tensors: dict[str, torch.Tensor], manifest: dict) -> Path:
     """Write the safetensors file and ``adaptation.json`` (format and version filled in)."""
     from safetensors.torch import save_file

@@ -98,7 +98,36 @@ def default_model_path(base_from: str | os.PathLike | None = None) -> Path:
     base = base_module.fetch_base(source, local=local)
     log.warning("building the default model once: merging %s into %s", BUNDLED_ADAPTATION_DIR.name, target)
     build_folder_atomically(target, lambda folder: build_adapted_folder(BUNDLED_ADAPTATION_DIR, base, folder))
+    remove_superseded(target)
     return target
+
+
+def remove_superseded(target: Path) -> list[str]:
+    """Remove the merged folders of earlier releases' adaptations beside ``target`` (same adaptation name, another
+    12-digit key): each is a full model (~540 MB for the bundled one) that nothing loads once a release ships a
+    new adaptation. Anything else in the cache is left alone; a folder that cannot be removed is logged and left.
+    Returns the names removed."""
+    import re
+    import shutil
+
+    name = target.name.rsplit("-", 1)[0]
+    pattern = re.compile(re.escape(name) + r"-[0-9a-f]{12}")
+    removed = []
+    for folder in sorted(target.parent.iterdir()):
+        if (
+            folder == target
+            or not pattern.fullmatch(folder.name)
+            or folder.is_symlink()
+            or not folder.is_dir()
+        ):
+            continue
+        try:
+            shutil.rmtree(folder)
+            removed.append(folder.name)
+            log.info("removed %s: the merged model of an earlier release", folder)
+        except OSError as exc:
+            log.warning("could not remove %s (an earlier release's merged model): %s", folder, exc)
+    return removed
 
 
 def tiny_model_path() -> Path:

