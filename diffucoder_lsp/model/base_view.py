@@ -3,8 +3,9 @@ copy of the weights.
 
 Why: ranking one-line fills (:mod:`diffucoder_lsp.engine.ranking`) needs a good left-to-right model, and at the
 bundled model's CPU scale the adaptation to masked diffusion made its causal self a worse one than the base it
-started from (HumanEval-Infilling single-line, every fifth task, greedy from the prefix: base 23.7 %, adapted
-15.0 %). The merged model holds ``W' = W + B A`` for each adapted matrix, so the base's ``W`` is ``W' - B A``:
+started from (HumanEval-Infilling single-line, every fifth task, greedy from the prefix: base 23.7 %, with the
+whole trained change 15.0 %; the bundled model ships half of that change, and the view gives the base either
+way). The merged model holds ``W' = W + B A`` for each adapted matrix, so the base's ``W`` is ``W' - B A``:
 holding ``W`` too would cost the layers' size again (~425 MB for the bundled model); the shipped factors cost
 27 MB (bf16) and, while the view is on, one low-rank product per linear layer.
 
