@@ -144,7 +144,16 @@ def rescale_adaptation(src: str | Path, out: str | Path, scale: float) -> dict:
         for name in CARRIED_FILES:
             if (src / name).is_file():
                 shutil.copy2(src / name, out / name)
-    write_adaptation(out, scaled, body)
+        write_adaptation(out, scaled, body)
+        return read_manifest(out)
+    # in place: written beside, then moved over (weights first: a stop between leaves a checksum error, not a
+    # half-written file the loaded tensors may still be reading)
+    tmp = out / ".rescale.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    write_adaptation(tmp, scaled, body)
+    os.replace(tmp / WEIGHTS, out / WEIGHTS)
+    os.replace(tmp / MANIFEST, out / MANIFEST)
+    shutil.rmtree(tmp, ignore_errors=True)
     return read_manifest(out)
 
 

@@ -102,6 +102,9 @@ def test_rescaled_adaptation_records_its_scale_and_carries_its_files(tmp_path):
     # in place, twice: the manifest keeps the product of the scalings
     rescale_adaptation(out, out, 0.5)
     assert read_manifest(out)["training"]["scale"] == 0.25
+    _, twice = read_adaptation(out)
+    assert torch.allclose(twice["lin.weight.delta_b"].float(), 0.25 * tensors["lin.weight.delta_b"].float())
+    assert sorted(p.name for p in out.iterdir()) == sorted([MANIFEST, WEIGHTS, "calibration.json"])
     assert read_manifest(src)["training"] == {"step": 3}  # the source is untouched
 
 
