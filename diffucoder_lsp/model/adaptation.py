@@ -120,7 +120,7 @@ def scale_adaptation(tensors: dict[str, torch.Tensor], scale: float) -> dict[str
         raise ValueError(f"scale must be in (0, 1], got {scale!r}")
     out = {}
     for key, t in tensors.items():
-        if key.endswith((".delta_b", ".delta")) and not key.endswith(".delta_a"):
+        if key.endswith((".delta_b", ".delta")):  # the changes; .delta_a, .rows, .row_ids as they are
             out[key] = (t.float() * float(scale)).to(t.dtype)
         else:
             out[key] = t
