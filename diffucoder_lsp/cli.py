@@ -69,7 +69,9 @@ def document_defaults(parser: argparse.ArgumentParser) -> None:
             if (
                 not action.option_strings
                 or action.help == argparse.SUPPRESS
-                or default in (None, argparse.SUPPRESS, False)
+                or default is None
+                or default is False  # 0 and 0.0 are defaults to show: `in` would take them for False
+                or default == argparse.SUPPRESS
                 or isinstance(
                     action, (argparse._HelpAction, argparse._VersionAction, argparse._StoreFalseAction)
                 )

@@ -13,7 +13,14 @@ from pathlib import Path
 from ..errors import BadInputError
 
 
-def _common(p: argparse.ArgumentParser, out_required: bool = True) -> None:
+# what SFTArgs / GRPOArgs apply when a flag is not given (a test holds these to the dataclasses): said in --help
+SFT_DEFAULTS = {"steps": 200, "lr": "2e-4 with LoRA, 1e-5 with --full", "ckpt_every": 50}
+GRPO_DEFAULTS = {"steps": 100, "lr": "1e-5 with LoRA, 1e-6 with --full", "ckpt_every": 20}
+
+
+def _common(p: argparse.ArgumentParser, defaults: dict, out_required: bool = True) -> None:
+    """The options sft and grpo share; ``defaults`` holds the command's own (steps, lr, ckpt_every), which its
+    args dataclass applies: the flags default to None so that a run's arguments say what was asked."""
     p.add_argument("--model", default=None, help="checkpoint folder or hub id (default: the bundled model)")
     p.add_argument(
         "--out", required=out_required, help="run folder: last.pt, metrics.jsonl, model/ and adapter/"
@@ -27,18 +34,29 @@ def _common(p: argparse.ArgumentParser, out_required: bool = True) -> None:
     )
     p.add_argument("--lora-r", type=int, default=16)
     p.add_argument("--lora-alpha", type=int, default=32)
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument(
-        "--lr", type=float, default=None, help="peak learning rate (default depends on --lora/--full)"
-    )
+    p.add_argument("--steps", type=int, default=None, help=f"optimizer steps (default: {defaults['steps']})")
+    p.add_argument("--lr", type=float, default=None, help=f"peak learning rate (default: {defaults['lr']})")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt when present")
     p.add_argument(
         "--device", default="auto", help="auto or cpu (under accelerate, the launcher assigns GPUs)"
     )
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--ckpt-every", type=int, default=None, help="steps between checkpoints")
-    p.add_argument("--time-limit", type=float, default=None, metavar="MINUTES", help="stop cleanly and save")
+    p.add_argument(
+        "--threads", type=int, default=None, help="CPU threads (default: torch's choice, one per core)"
+    )
+    p.add_argument(
+        "--ckpt-every",
+        type=int,
+        default=None,
+        help=f"steps between checkpoints (default: {defaults['ckpt_every']})",
+    )
+    p.add_argument(
+        "--time-limit",
+        type=float,
+        default=None,
+        metavar="MINUTES",
+        help="stop cleanly and save after this many minutes of training (default: no limit)",
+    )
     p.add_argument(
         "--export",
         choices=["merged", "adapter", "both", "none"],
@@ -57,7 +75,11 @@ def register(sub) -> None:
         "--languages", default="python", help="comma-separated: python,javascript,go,... or .suffix"
     )
     s.add_argument(
-        "--holdout", action="append", default=[], metavar="GLOB", help="held-out files (repeatable)"
+        "--holdout",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="held-out files (repeatable; default: none, --holdout-fraction chooses them)",
     )
     s.add_argument(
         "--holdout-fraction",
@@ -74,6 +96,13 @@ def register(sub) -> None:
         default=0.0,
         help="share of repository rows that are plain windows with every token trained (the rest: one hole each)",
     )
+    s.add_argument(
+        "--ordered-fraction",
+        type=float,
+        default=0.0,
+        help="share of rows whose hole is masked as left-to-right decoding sees it: written up to a point, "
+        "masked after it (the rest: masked at random)",
+    )
     s.add_argument("--warmup", type=int, default=10)
     s.add_argument(
         "--eval-lines",
@@ -85,7 +114,7 @@ def register(sub) -> None:
     s.add_argument(
         "--humaneval", type=int, default=0, metavar="N", help="also HumanEval-Infilling on N tasks"
     )
-    _common(s)
+    _common(s, SFT_DEFAULTS)
     s.set_defaults(func=_sft)
 
     g = sub.add_parser("grpo", help="coupled-GRPO with unit-test rewards in the sandbox")
@@ -140,7 +169,8 @@ def register(sub) -> None:
         "--eval-rounds", type=int, default=2, help="fixed-seed rollout rounds before/after (0: skip)"
     )
     g.add_argument("--no-plot", action="store_true")
-    _common(g, out_required=False)  # the handler asks for --out: --list-tasks trains nothing and needs none
+    # the handler asks for --out: --list-tasks trains nothing and needs none
+    _common(g, GRPO_DEFAULTS, out_required=False)
     g.add_argument(
         "--unsafe-exec",
         action="store_true",
@@ -162,8 +192,12 @@ def _sft(args: argparse.Namespace) -> int:
 
     if args.repo and not Path(args.repo).is_dir():
         raise BadInputError(f"no such repository folder: {args.repo}")
-    if not 0.0 <= args.window_fraction <= 1.0:
-        raise BadInputError(f"--window-fraction must be between 0 and 1, got {args.window_fraction}")
+    for flag, value in (
+        ("--window-fraction", args.window_fraction),
+        ("--ordered-fraction", args.ordered_fraction),
+    ):
+        if not 0.0 <= value <= 1.0:
+            raise BadInputError(f"{flag} must be between 0 and 1, got {value}")
     sargs = SFTArgs(
         out=args.out,
         repo=args.repo,
@@ -179,6 +213,7 @@ def _sft(args: argparse.Namespace) -> int:
         grad_accum=args.grad_accum,
         seq_len=args.seq_len,
         window_fraction=args.window_fraction,
+        ordered_fraction=args.ordered_fraction,
         warmup=args.warmup,
         seed=args.seed,
         resume=args.resume,

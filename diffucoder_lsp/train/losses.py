@@ -59,6 +59,23 @@ def apply_noise(
     return torch.where(masked, torch.full_like(input_ids, mask_id), input_ids), masked
 
 
+def apply_ordered_noise(
+    input_ids: torch.Tensor, trainable: torch.Tensor, t: torch.Tensor, mask_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mask the last ``t`` share of each row's trainable tokens (at least one when the row has any): the canvas
+    left-to-right decoding sees, the hole written up to a point and masked after it.
+
+    Why: the editor and ``fill`` decode a hole left to right, one token per step, so every prediction they make
+    is of the first masked token after a written stretch. Random masks (:func:`apply_noise`) put such a state in
+    a row only by chance, scattered masks are what the model learns to read, and fine-tuning on them raised a
+    repository's masked-token accuracy without moving its held-out lines. Returns (noisy ids, masked)."""
+    order = trainable.long().cumsum(1)  # 1-based rank of each trainable token within its row
+    count = order[:, -1:]
+    keep = ((1.0 - t[:, None]) * count).floor().clamp(max=(count - 1).clamp(min=0))
+    masked = trainable & (order > keep)
+    return torch.where(masked, torch.full_like(input_ids, mask_id), input_ids), masked
+
+
 def masked_diffusion_loss(
     model,
     input_ids: torch.Tensor,

@@ -32,7 +32,7 @@ from ..errors import BadInputError
 from .coupled import MaskedHead
 from .data import line_end_table
 from .lora import export_checkpoint, merge_lora, save_adapter
-from .losses import apply_noise, masked_diffusion_loss, sample_t
+from .losses import apply_noise, apply_ordered_noise, masked_diffusion_loss, sample_t
 from .pretrain import Horizon
 from .repo_data import RepoExampleSampler, load_repo, read_instructions, split_summary, write_heldout
 from .tuning import (
@@ -51,15 +51,22 @@ from .tuning import (
 log = logging.getLogger(__name__)
 
 
-def head_diffusion_loss(head, ids, trainable, valid, generator, mask_id: int):
+def head_diffusion_loss(head, ids, trainable, valid, generator, mask_id: int, ordered_fraction: float = 0.0):
     """The masked diffusion loss (:func:`losses.masked_diffusion_loss`) computed through a :class:`MaskedHead`.
 
     Same noise, weights and normalisation; the network runs inside ``head.forward`` so DDP/FSDP wrappers work.
+    A share ``ordered_fraction`` of the rows is masked as left-to-right decoding sees a hole
+    (:func:`losses.apply_ordered_noise`: its last ``t`` share), the rest at random.
     Returns (loss, unweighted mean cross-entropy of the masked tokens as a float).
     """
     trainable = trainable & valid
     t = sample_t(ids.shape[0], generator, device=ids.device)
     noisy, masked = apply_noise(ids, trainable, t, mask_id, generator)
+    if ordered_fraction > 0.0:  # drawn only then, so runs without it see the noise they always saw
+        rows = torch.rand(ids.shape[0], generator=generator, device=ids.device) < ordered_fraction
+        o_noisy, o_masked = apply_ordered_noise(ids, trainable, t, mask_id)
+        noisy = torch.where(rows[:, None], o_noisy, noisy)
+        masked = torch.where(rows[:, None], o_masked, masked)
     logits = head(noisy, valid, masked)
     ce = torch.nn.functional.cross_entropy(logits, ids[masked], reduction="none")
     weights = (1.0 / t)[:, None].expand_as(masked)[masked]
@@ -101,6 +108,7 @@ class SFTArgs:
     grad_accum: int = 1
     seq_len: int = 512
     window_fraction: float = 0.0  # share of rows that are plain windows with every token trained
+    ordered_fraction: float = 0.0  # share of rows masked as left-to-right decoding sees a hole
     lr: float | None = None  # default: 2e-4 with LoRA, 1e-5 full
     warmup: int = 10
     weight_decay: float = 0.0
@@ -266,7 +274,9 @@ class SFTTrainer:
             )
             with sync:
                 with self.acc.autocast() if self.acc else self._autocast():
-                    loss, value = head_diffusion_loss(self.model, ids, tr, va, gen, self.lm.tokenizer.mask_id)
+                    loss, value = head_diffusion_loss(
+                        self.model, ids, tr, va, gen, self.lm.tokenizer.mask_id, a.ordered_fraction
+                    )
                 loss = loss / a.grad_accum
                 if self.acc:
                     self.acc.backward(loss)

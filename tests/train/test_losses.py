@@ -9,7 +9,7 @@ import torch
 
 from diffucoder_lsp.model.network import DreamModel
 from diffucoder_lsp.model.tiny import tiny_config
-from diffucoder_lsp.train.losses import EPS, apply_noise, masked_diffusion_loss, sample_t
+from diffucoder_lsp.train.losses import EPS, apply_noise, apply_ordered_noise, masked_diffusion_loss, sample_t
 
 MASK_ID, EOS_ID, VOCAB = 4, 0, 50
 
@@ -92,6 +92,57 @@ def test_noise_rate_follows_t_and_respects_trainable():
     rates = masked[:, 1000:].float().mean(1)
     assert torch.allclose(rates, t, atol=0.03)
     assert (noisy[masked] == MASK_ID).all() and (noisy[~masked] == ids[~masked]).all()
+
+
+def test_ordered_noise_masks_the_last_t_share_of_each_rows_trainable_tokens():
+    """The canvas left-to-right decoding sees: the hole written up to a point, every token after it masked."""
+    ids = torch.arange(10, 10 + 2 * 12).view(2, 12)
+    trainable = torch.zeros(2, 12, dtype=torch.bool)
+    trainable[0, 2:10] = True  # 8 hole tokens
+    trainable[1, 5:9] = True  # 4 hole tokens
+    t = torch.tensor([0.5, 0.001])
+    noisy, masked = apply_ordered_noise(ids, trainable, t, MASK_ID)
+    assert masked[0].nonzero().flatten().tolist() == [6, 7, 8, 9]  # the last half: 4 of 8
+    assert masked[1].nonzero().flatten().tolist() == [8]  # a tiny t still masks one token
+    assert (noisy[masked] == MASK_ID).all() and (noisy[~masked] == ids[~masked]).all()
+    _, whole = apply_ordered_noise(ids, trainable, torch.tensor([1.0, 1.0]), MASK_ID)
+    assert (whole == trainable).all()
+    empty = torch.zeros_like(trainable)
+    _, none = apply_ordered_noise(ids, empty, t, MASK_ID)
+    assert not none.any()
+
+
+def test_sft_rows_take_ordered_noise_in_the_share_asked():
+    """``ordered_fraction`` 1: every row's masks are one stretch at the end of its hole; 0: the random masks
+    drawn as before (the same generator draws, so earlier runs' noise is unchanged)."""
+    from diffucoder_lsp.train.coupled import MaskedHead
+    from diffucoder_lsp.train.sft import head_diffusion_loss
+
+    seen = []
+
+    class Spy(MaskedHead):
+        def forward(self, noisy, valid, masked):
+            seen.append(masked.clone())
+            return super().forward(noisy, valid, masked)
+
+    torch.manual_seed(0)
+    head = Spy(DreamModel(tiny_config(VOCAB, MASK_ID, EOS_ID)))
+    ids = torch.randint(6, VOCAB, (16, 20), generator=torch.Generator().manual_seed(1))
+    trainable = torch.zeros_like(ids, dtype=torch.bool)
+    trainable[:, 4:16] = True
+    valid = torch.ones_like(trainable)
+    for frac in (1.0, 0.0):
+        head_diffusion_loss(head, ids, trainable, valid, torch.Generator().manual_seed(3), MASK_ID, frac)
+    ordered, plain = seen
+    for row in ordered:
+        cols = row.nonzero().flatten().tolist()
+        assert cols and cols == list(range(cols[0], 16))  # one stretch ending where the hole ends
+    shapes = [r.nonzero().flatten().tolist() for r in plain if r.any()]
+    assert any(c != list(range(c[0], 16)) for c in shapes)  # random masks are not all such stretches
+    g = torch.Generator().manual_seed(3)
+    t = sample_t(16, g)
+    _, expected = apply_noise(ids, trainable, t, MASK_ID, g)
+    assert torch.equal(plain, expected)
 
 
 def test_sample_t_range():
