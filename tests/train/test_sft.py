@@ -168,12 +168,13 @@ def test_cli_sft_writes_a_loadable_model(tiny_ckpt_fp32, tmp_path, capsys):
     assert main(["train", "sft", "--out", str(out)]) == 2  # neither --repo nor --instructions
 
 
-def test_a_window_fraction_outside_0_1_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys):
+@pytest.mark.parametrize("flag", ["--window-fraction", "--ordered-fraction"])
+def test_a_fraction_outside_0_1_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, flag):
     out = tmp_path / "run"
-    rc = main(["train", "sft", "--repo", str(tmp_path), "--out", str(out), "--window-fraction", "1.5"])
+    rc = main(["train", "sft", "--repo", str(tmp_path), "--out", str(out), flag, "1.5"])
     assert rc == 2 and not out.exists()
     err = capsys.readouterr().err.strip().splitlines()
-    assert err and "--window-fraction must be between 0 and 1, got 1.5" in err[-1]
+    assert err and f"{flag} must be between 0 and 1, got 1.5" in err[-1]
 
 
 def test_sharded_setups_are_refused_with_the_way_out():
