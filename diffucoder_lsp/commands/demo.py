@@ -53,7 +53,8 @@ def register(sub) -> None:
         choices=DECODINGS,
         default=None,
         help="fast (default): fill's and the editor's decoding (context cache, ending at the end token) in blocks "
-        "of 8 (the editor's are 1 token wide: the order would be left to right), "
+        "of 8 so that the order shows (the editor's 1 for a model with a learned lookahead, as the bundled one, "
+        "which writes well only left to right), holes stopping once the editor's cut is decided, "
         "a first fill in seconds; plain: a full-canvas pass per step, every hole at once (slower, the textbook "
         "loop); exact: the reference decoder. Explicit flags override the mode's values",
     )
@@ -79,6 +80,7 @@ def build_app(args: argparse.Namespace):
     if args.file == "-":
         raise BadInputError("the demo is interactive: pass a file path, not standard input")
     source = read_input(args.file) if args.file else None
+    lookahead_blocks = None
     if (
         args.block_size is None
         and args.decoding in (None, "fast")
@@ -86,6 +88,10 @@ def build_app(args: argparse.Namespace):
         and args.alg != "origin"
     ):
         args.block_size = DEMO_BLOCK_SIZE  # the editor's blocks of 1 would hide the order the demo is for
+        # ...except for a model that writes well only in that order (the bundled default: see EngineRunner)
+        from ..server.settings import Settings
+
+        lookahead_blocks = Settings().block_size or None
     use_cache = resolve_decoding(args)
     settings = DemoSettings(options=sampling_options(args), length=args.length)
     from ..engine.remote import is_url
@@ -100,8 +106,28 @@ def build_app(args: argparse.Namespace):
             quant=args.quant,
             max_context_tokens=args.context_tokens,
             cache=use_cache,
+            lookahead_block_size=lookahead_blocks,
+            settle=hole_settle_tests,
+            cut=editor_cut,
         )
     return DemoApp(runner, source, filename=args.file, settings=settings)
+
+
+def hole_settle_tests(text: str) -> list:
+    """Per hole of ``text``, whether what it wrote so far decides where the editor would cut it
+    (:func:`~diffucoder_lsp.server.postprocess.settled`, the other holes left as markers): the hole then stops
+    there, as ``fill`` stops a lone hole, instead of writing on to its full width (the built-in sample: 29 steps
+    instead of 96 with the bundled model)."""
+    from ..engine.canvas import DEFAULT_MARKER as MARKER
+    from ..engine.canvas import split_holes
+    from ..server.postprocess import settled
+
+    parts = split_holes(text, MARKER)
+    tests = []
+    for j in range(len(parts) - 1):
+        prefix, suffix = MARKER.join(parts[: j + 1]), MARKER.join(parts[j + 1 :])
+        tests.append(lambda written, p=prefix, s=suffix: settled(written, p, s))
+    return tests
 
 
 class _HeldRecords(logging.Handler):
@@ -141,3 +167,11 @@ def run(args: argparse.Namespace) -> int:
     with terminal_logs_held():
         app.run()
     return 0 if app.return_code is None else int(app.return_code)
+
+
+def editor_cut(text: str, fills: list[str]) -> list[str]:
+    """Each hole's fill as the editor would insert it (what ``fill`` prints): the demo strikes through the rest."""
+    from ..engine.canvas import DEFAULT_MARKER, split_holes
+    from ..server.postprocess import edited_text
+
+    return edited_text(split_holes(text, DEFAULT_MARKER), fills)[1]

@@ -12,7 +12,6 @@ from pathlib import Path
 
 from ..errors import BadInputError
 
-
 # what SFTArgs / GRPOArgs apply when a flag is not given (a test holds these to the dataclasses): said in --help
 SFT_DEFAULTS = {"steps": 200, "lr": "2e-4 with LoRA, 1e-5 with --full", "ckpt_every": 50}
 GRPO_DEFAULTS = {"steps": 100, "lr": "1e-5 with LoRA, 1e-6 with --full", "ckpt_every": 20}

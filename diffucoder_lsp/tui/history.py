@@ -71,6 +71,9 @@ class FillHistory:
     step_times: list[float] = field(default_factory=list)
     status: str = "running"  # running | done | cancelled | failed
     elapsed: float = 0.0
+    # per hole, how many of its positions the editor would keep of what was written (None: all); set when a run
+    # ends (:meth:`cut_at`), drawn struck through after that point
+    kept: list[int | None] | None = None
 
     def __post_init__(self) -> None:
         n = len(self.canvas.ids)
@@ -112,6 +115,30 @@ class FillHistory:
             self.elapsed = elapsed
         if status == "done":
             self.total_steps = self.steps_done
+
+    def cut_at(self, shown: list[str | None], token_text) -> None:
+        """Record where the editor would cut each hole: ``shown[j]`` is hole j's text as the editor would insert
+        it (its lead included), ``token_text`` a token's text. Hole j keeps the positions whose text makes up
+        ``shown[j]``; where what was written does not start with it (the cut re-indented a line, say), or the
+        hole has no ``shown`` text, the hole is left whole."""
+        kept: list[int | None] = []
+        for j, (a, b) in enumerate(self.canvas.hole_spans):
+            target = shown[j] if j < len(shown) else None
+            if target is None:
+                kept.append(None)
+                continue
+            written, n = "", None
+            for i, pos in enumerate(range(a, b)):
+                tok = self.tokens[pos]
+                if len(written) >= len(target) or tok is None:
+                    n = i
+                    break
+                written += token_text(tok)
+            if not written.startswith(target) and not target.startswith(written):
+                kept.append(None)
+            else:
+                kept.append(b - a if n is None else n)
+        self.kept = kept
 
     # --- reading at a view step ----------------------------------------------------------------------------
 

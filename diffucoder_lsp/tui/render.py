@@ -35,6 +35,7 @@ STEP_STOPS = ("#440154", "#3b528b", "#21918c", "#5ec962", "#fde725")  # viridis:
 HEAT_STOPS = ("#d73027", "#fc8d59", "#fee08b", "#d9ef8b", "#1a9850")  # red (unsure) -> green (sure)
 MASKED_STYLE = Style(color="#7a7a7a", bgcolor="#2b2b2b")
 HOLE_STYLE = Style(color="#c678dd", bgcolor="#3a2a42")  # a marked hole before any run
+CUT_STYLE = Style(strike=True, dim=True)  # written, but past where the editor would cut the hole
 THEME = PygmentsSyntaxTheme("monokai")
 
 ColourMode = str  # "step" or "heat"
@@ -170,22 +171,34 @@ def run_pieces(
     token_text: Callable[[int], str],
     alg: str,
 ) -> list[Piece]:
-    """The document as it stood after ``view`` steps of a run: revealed tokens coloured, the rest masked."""
+    """The document as it stood after ``view`` steps of a run: revealed tokens coloured, the rest masked.
+
+    A run of end tokens shows as one ``⌀`` (a hole that ended early has its whole remaining width ended); once
+    the run is over, what the editor would cut of a hole (``history.kept``) is struck through."""
     canvas = history.canvas
     total = max(history.total_steps, 1)
     span = certainty_range(history, alg) if mode == "heat" else None
     pieces = [Piece(canvas.kept_prefix)]
     for j, hole in enumerate(history.holes_at(view)):
         pieces.append(Piece(canvas.segments[j]))
-        for cell in hole:
+        kept = history.kept[j] if history.kept and j < len(history.kept) else None
+        ended = False
+        for i, cell in enumerate(hole):
             if cell.token is None:
                 pieces.append(Piece(PLACEHOLDER, MASKED_STYLE, masked=True))
+                ended = False
                 continue
+            text = token_text(cell.token) or "·"
+            if text == STOP_GLYPH and ended:
+                continue
+            ended = text == STOP_GLYPH
             if mode == "heat":
                 style = heat_style(scaled(certainty(cell.confidence or 0.0, alg), span))
             else:
                 style = step_style(cell.step or 0, total)
-            pieces.append(Piece(token_text(cell.token) or "·", style))
+            if kept is not None and i >= kept and not ended:
+                style = style + CUT_STYLE
+            pieces.append(Piece(text, style))
     pieces.append(Piece(canvas.segments[-1]))
     pieces.append(Piece(canvas.kept_suffix))
     return [p for p in pieces if p.text]

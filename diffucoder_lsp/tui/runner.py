@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -104,7 +104,18 @@ class EngineRunner:
 
     ``cache``: denoise with the context key/value cache (``fill``'s and the editor's fast decoding); each step
     then costs a pass over the holes' block instead of the whole canvas, so the sample's first fill takes
-    seconds, not a minute, and still reveals one token per step in the sampler's order."""
+    seconds, not a minute, and still reveals one token per step in the sampler's order.
+
+    ``lookahead_block_size``: the block width to decode in instead of the settings' when the model has a learned
+    lookahead (the bundled default): its heads read little past a mask, so it writes well only left to right, as
+    ``fill`` and the editors decode it (in the demo's blocks of 8 the built-in sample came out as ``a, = b,``).
+    None keeps the settings' width for every model (the user chose it).
+
+    ``settle``: text -> one test per hole (or None) of whether the hole's cut, as the editor would cut it, is
+    decided (:func:`~diffucoder_lsp.engine.infill.infill_stream`); a hole then stops instead of writing on to its
+    full width. ``cut``: (text, the holes' fills) -> each hole's text as the editor would insert it, which the
+    screen shows by striking through the rest. The caller supplies both, the tests and the cut being the
+    language server's."""
 
     def __init__(
         self,
@@ -115,9 +126,15 @@ class EngineRunner:
         quant: str = "none",
         max_context_tokens: int | None = None,
         cache: bool = False,
+        lookahead_block_size: int | None = None,
+        settle: Callable[[str], list | None] | None = None,
+        cut: Callable[[str, list[str]], list[str]] | None = None,
     ) -> None:
         self.model_spec = model
         self.cache = cache
+        self.lookahead_block_size = lookahead_block_size
+        self.settle = settle
+        self.cut = cut  # the screen strikes through what the editor would cut (None: nothing struck)
         self.device = device
         self.dtype = dtype
         self.quant = quant
@@ -139,6 +156,10 @@ class EngineRunner:
                     and default_model_status()["kind"] == "tiny-fallback"
                 ):
                     note = "tiny random fallback model: its output is noise"
+                elif self._left_to_right(lm):
+                    note = (
+                        "decoded left to right: this model reads little past a mask (--block-size N to widen)"
+                    )
                 self._lm = lm
                 local = lm.name == "default" or Path(lm.name).expanduser().exists()
                 self._info = RunnerInfo(
@@ -149,22 +170,33 @@ class EngineRunner:
                 )
             return self._info
 
+    def _left_to_right(self, lm) -> bool:
+        return self.lookahead_block_size is not None and bool(getattr(lm.config, "learned_lookahead", False))
+
     def stream(self, text: str, settings: DemoSettings) -> FillStream:
         from ..engine.infill import infill_stream
 
         self.load()
+        options = settings.options
         denoiser = None
-        if self.cache and not settings.options.exact:  # the reference decoder reads the full canvas
+        if self.cache and not options.exact:  # the reference decoder reads the full canvas
             from ..engine.cache import CachedContextDenoiser
 
             denoiser = CachedContextDenoiser(self._lm.model, 0)
+        if self._left_to_right(self._lm) and not options.exact and options.alg != "origin":
+            options = dataclasses.replace(options, block_size=self.lookahead_block_size)
+        # the reference decoder stays the reference; a fixed length asks for every position
+        settle = (
+            self.settle(text) if self.settle and not options.exact and settings.length == "auto" else None
+        )
         return infill_stream(
             self._lm,
             text,
             length=settings.length,
-            options=settings.options,
+            options=options,
             max_context_tokens=self.max_context_tokens,
             denoiser=denoiser,
+            settle=settle,
         )
 
     def token_text(self, token_id: int) -> str:

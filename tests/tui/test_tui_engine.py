@@ -129,3 +129,83 @@ def test_demo_decodes_as_fill_does_by_default_and_plain_on_request():
     assert build_app(parse("--no-cache")).runner.cache is False
     with pytest.raises(BadInputError):
         build_app(parse("--exact", "--cache"))
+
+
+def _capture_stream(monkeypatch, runner, config, settings, text=SRC):
+    """Run ``runner.stream`` on a stand-in model with ``config``; returns the keyword arguments that reached
+    ``infill_stream``."""
+    from types import SimpleNamespace
+
+    import diffucoder_lsp.engine.infill as infill
+
+    seen = {}
+    monkeypatch.setattr(infill, "infill_stream", lambda lm, text, **kw: seen.update(kw) or iter(()))
+    runner._lm = SimpleNamespace(config=config, model=None)
+    runner._info = object()  # loaded
+    runner.stream(text, settings)
+    return seen
+
+
+def test_a_learned_lookahead_model_is_decoded_left_to_right_unless_the_user_chose_a_width(monkeypatch):
+    """The bundled model reads little past a mask: in the demo's blocks of 8 the sample came out as broken code
+    (``a, = b,``). Its default width is the editor's (1); a bidirectional model keeps 8; an explicit
+    ``--block-size`` is kept for every model."""
+    from types import SimpleNamespace
+
+    eight = DemoSettings(SamplingOptions(temperature=0.0, block_size=8))
+    lookahead, full = SimpleNamespace(learned_lookahead=True), SimpleNamespace(learned_lookahead=False)
+    auto = EngineRunner(lookahead_block_size=1)
+    assert _capture_stream(monkeypatch, auto, lookahead, eight)["options"].block_size == 1
+    assert _capture_stream(monkeypatch, auto, full, eight)["options"].block_size == 8
+    chosen = EngineRunner(lookahead_block_size=None)
+    assert _capture_stream(monkeypatch, chosen, lookahead, eight)["options"].block_size == 8
+    exact = DemoSettings(SamplingOptions(temperature=0.0, exact=True))
+    assert _capture_stream(monkeypatch, auto, lookahead, exact)["options"].block_size is None
+
+
+def test_build_app_asks_for_left_to_right_only_when_the_width_is_its_default():
+    from diffucoder_lsp.server.settings import Settings
+
+    assert build_app(parse()).runner.lookahead_block_size == Settings().block_size == 1
+    assert build_app(parse("--block-size", "8")).runner.lookahead_block_size is None
+    assert build_app(parse("--decoding", "plain")).runner.lookahead_block_size is None
+
+
+def test_the_demo_settles_holes_as_the_editor_cuts_them(monkeypatch):
+    """Each hole of the sample gets the language server's test of whether its cut is decided (the other hole
+    left as a marker); a fixed length or the reference decoder asks for every position, so no test then."""
+    from types import SimpleNamespace
+
+    from diffucoder_lsp.commands.demo import hole_settle_tests
+
+    tests = hole_settle_tests(SAMPLE_CODE)
+    assert len(tests) == 2
+    assert not tests[0]("        a, b = b, a + b")
+    assert tests[0]("        a, b = b, a + b\n    return b\n\ndef fib")  # left the function: cut decided
+    assert not tests[1]("text.lower()")
+    assert tests[1]("text.lower()\n    return cleaned == cleaned[::-1]\n")  # repeats the next line
+    runner = EngineRunner(settle=hole_settle_tests)
+    cfg = SimpleNamespace(learned_lookahead=False)
+    auto = _capture_stream(
+        monkeypatch, runner, cfg, DemoSettings(SamplingOptions(temperature=0.0)), SAMPLE_CODE
+    )
+    assert len(auto["settle"]) == 2
+    fixed = DemoSettings(SamplingOptions(temperature=0.0), length=5)
+    assert _capture_stream(monkeypatch, runner, cfg, fixed, SAMPLE_CODE)["settle"] is None
+
+
+def test_a_settled_hole_stops_the_real_engine_early(tiny_ckpt):
+    """The settle tests reach the sampler: a test that is satisfied by any text ends the hole after its first
+    written token instead of denoising all of its width."""
+    runner = EngineRunner(str(tiny_ckpt), device="cpu", dtype="fp32", settle=lambda text: [lambda w: bool(w)])
+    settings = DemoSettings(SamplingOptions(temperature=0.0))
+    stream = runner.stream(SRC, settings)
+    steps = 0
+    try:
+        while True:
+            next(stream)
+            steps += 1
+    except StopIteration as stop:
+        result = stop.value
+    width = DemoSettings().hole_width
+    assert 1 <= steps < width and result.steps == steps

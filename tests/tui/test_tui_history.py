@@ -105,3 +105,40 @@ def test_control_characters_never_reach_the_terminal():
     lines = document_lines([Piece("x = "), Piece("\x1b[31mred", masked=False), Piece("\n")], "python")
     assert lines[0].plain == "x = ␛[31mred"
     assert all(ord(ch) >= 0x20 for line in lines for ch in line.plain)
+
+
+TEXTS = {1: "a", 2: ", b", 3: "\n", 4: "return", 5: "⌀"}
+
+
+def _done(tokens: list[int]) -> FillHistory:
+    h = FillHistory(canvas(len(tokens)))
+    h.apply(record(0, list(range(1, 1 + len(tokens))), tokens, total=1))
+    h.finish("done")
+    return h
+
+
+def test_cut_at_keeps_the_positions_that_spell_what_the_editor_shows():
+    h = _done([1, 2, 3, 4, 5, 5])
+    h.cut_at(["a, b"], TEXTS.get)
+    assert h.kept == [2]  # "a" ", b" kept; the newline, "return" and the ends are past the cut
+    h.cut_at(["a, b\nreturn⌀⌀"], TEXTS.get)
+    assert h.kept == [6]  # all of it
+    h.cut_at([None], TEXTS.get)
+    assert h.kept == [None]
+    h.cut_at(["    a, b"], TEXTS.get)  # the cut re-indented the line: not a prefix of what was written
+    assert h.kept == [None]
+
+
+def test_run_pieces_strike_what_is_cut_and_show_a_run_of_ends_once():
+    from rich.style import Style
+
+    from diffucoder_lsp.tui.render import run_pieces
+
+    h = _done([1, 2, 3, 4, 5, 5])
+    plain = run_pieces(h, 1, "step", TEXTS.get, "entropy")
+    assert "".join(p.text for p in plain) == "aa, b\nreturn⌀b"  # two end tokens, one glyph
+    assert not any(p.style and p.style.strike for p in plain)
+    h.cut_at(["a, b"], TEXTS.get)
+    pieces = run_pieces(h, 1, "step", TEXTS.get, "entropy")
+    struck = [p.text for p in pieces if isinstance(p.style, Style) and p.style.strike]
+    assert struck == ["\n", "return"]

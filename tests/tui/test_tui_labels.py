@@ -13,6 +13,9 @@ from diffucoder_lsp.tui.widgets import Legend
 def test_the_legend_explains_every_glyph_the_code_view_draws():
     text = str(Legend().render())
     assert f"{PLACEHOLDER} masked" in text and f"{STOP_GLYPH} end" in text
+    legend = Legend().render()
+    struck = [legend.plain[s.start : s.end] for s in legend.spans if getattr(s.style, "strike", False)]
+    assert struck == ["struck"] and "struck the editor cuts" in text  # what run_pieces strikes through
 
 
 def test_the_side_panel_reports_the_pace_actually_used():

@@ -329,3 +329,28 @@ async def test_code_view_repaints_only_the_lines_a_step_changed(monkeypatch):
         assert whole
         await pilot.pause()
         assert code.plain_lines[1] == "    y = ABCX"
+
+
+async def test_what_the_editor_would_cut_is_struck_through_when_the_run_ends():
+    """A runner that knows the editor's cut (the engine runner: the language server's) gets the run's fills at
+    the end; the code view then strikes through the rest of each hole. A runner without one strikes nothing."""
+    seen = []
+
+    class Cutting(ScriptedRunner):
+        def cut(self, text, fills):
+            seen.append((text, fills))
+            return [fill[:2] for fill in fills]  # keep "AB" of "ABCD"
+
+    app = make_app(Cutting())
+    async with app.run_test(size=SIZE) as pilot:
+        await run_to_end(app, pilot)
+        await pilot.pause()
+        assert seen == [(SRC, ["ABCD"])] and app.demo.history.kept == [2]
+        line = app.demo.query_one(CodeView).line_text(1)
+        assert line.plain == "    y = ABCD"
+        struck = [c for i, c in enumerate(line.plain) if line.get_style_at_offset(app.console, i).strike]
+        assert struck == ["C", "D"]
+    plain = make_app()
+    async with plain.run_test(size=SIZE) as pilot:
+        await run_to_end(plain, pilot)
+        assert plain.demo.history.kept is None

@@ -110,6 +110,7 @@ class DemoScreen(Screen):
         self.load_error = ""
         self.history: FillHistory | None = None
         self.run_settings = settings
+        self.run_text: str | None = None  # the text the current run fills (the source may change meanwhile)
         self.run_id = 0
         self.running = False
         self.pending_run = False
@@ -215,7 +216,24 @@ class DemoScreen(Screen):
 
     def on_fill_finished(self, message: FillFinished) -> None:
         if message.run_id == self.run_id:
+            self._mark_cut(message.result)
             self._end_run("done", message.elapsed)
+
+    def _mark_cut(self, result) -> None:
+        """Strike through what the editor would cut of each hole (a runner that knows the editor's cut offers
+        ``cut(text, fills) -> shown``; a scripted or remote one may not)."""
+        cut = getattr(self.runner, "cut", None)
+        if cut is None or self.history is None or self.run_text is None:
+            return
+        try:
+            shown = cut(self.run_text, [h.text for h in result.holes])
+        except Exception:  # a display nicety: never let it end the run badly
+            log.debug("no cut for this run", exc_info=True)
+            return
+        canvas = self.history.canvas
+        self.history.cut_at(
+            [None if t is None else canvas.lead(j) + t for j, t in enumerate(shown)], self.runner.token_text
+        )
 
     def on_fill_cancelled(self, message: FillCancelled) -> None:
         if message.run_id == self.run_id:
@@ -269,6 +287,7 @@ class DemoScreen(Screen):
         self.history = None
         self.showing_run = False
         self.run_settings = self.settings
+        self.run_text = self.source
         self.view_step = 0
         self._refresh()
         self._fill(self.source, self.settings, self.run_id)

@@ -20,13 +20,13 @@ from textual.message import Message
 from textual.reactive import reactive
 from textual.widget import Widget
 
-from ..render import MASKED_STYLE, PLACEHOLDER, STOP_GLYPH, legend_cells
+from ..render import CUT_STYLE, MASKED_STYLE, PLACEHOLDER, STOP_GLYPH, legend_cells
 
 SWATCHES = 24
 
 
 class Legend(Widget):
-    """One line: ``reveal step  1 ▇▇▇…▇ N  ░ masked  ⌀ end``, or in heat mode the run's certainty range:
+    """One line: ``reveal step  1 ▇▇▇…▇ N  ░ masked  ⌀ end  struck the editor cuts``, or in heat mode the run's certainty range:
     every glyph the code view draws is explained here."""
 
     DEFAULT_CSS = """
@@ -59,7 +59,9 @@ class Legend(Widget):
         out.append(PLACEHOLDER, MASKED_STYLE)
         out.append(" masked  ")
         out.append(STOP_GLYPH)
-        out.append(" end")
+        out.append(" end  ")
+        out.append("struck", CUT_STYLE)
+        out.append(" the editor cuts")
         return out
 
 
