@@ -132,3 +132,28 @@ def test_bad_arguments_are_refused(lm):
 def test_empty_prefix_and_suffix_still_rank(lm):
     got = ranking.rank_line(lm.model, lm.tokenizer, "", "", width=3, max_tokens=3)
     assert 1 <= len(got.candidates) <= 3
+
+
+def test_only_the_first_suffix_tokens_are_scored(lm):
+    """``suffix_tokens`` caps the code after the line that the score reads: its first N tokens count, what
+    follows them changes nothing (the default is small: far tokens add noise, not evidence)."""
+    tok, model = lm.tokenizer, lm.model
+    near = "\n    return a + b\n"
+    n = len(tok.encode(near))
+    a = ranking.rank_line(
+        model, tok, PREFIXES[0], near + "\nprint(1)\n", width=4, max_tokens=4, suffix_tokens=n
+    )
+    b = ranking.rank_line(
+        model, tok, PREFIXES[0], near + "\nx = [9] * 3\n", width=4, max_tokens=4, suffix_tokens=n
+    )
+    assert [(c.text, c.suffix_logprob) for c in a.candidates] == [
+        (c.text, c.suffix_logprob) for c in b.candidates
+    ]
+    ids, lead = ranking.split_prefix(tok, PREFIXES[0])
+    tail = tok.encode(near + "\nprint(1)\n")[:n]  # the suffix's own tokens, cut: not near's alone
+    for c in a.candidates:
+        head = tok.encode(lead + c.text)
+        lp = _logprobs(model, ids + head + tail)
+        want = sum(float(lp[len(ids) - 1 + len(head) + i, t]) for i, t in enumerate(tail))
+        assert c.suffix_logprob == pytest.approx(want, abs=1e-3)
+    assert 0 < ranking.SUFFIX_TOKENS <= 64
