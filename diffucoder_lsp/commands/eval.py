@@ -16,6 +16,7 @@ torch and the engine are imported only when a model is actually loaded.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import platform
 import sys
@@ -484,6 +485,16 @@ def run_calibrate(args) -> int:
     if not 0.0 <= args.target_precision <= 1.0:
         raise BadInputError(f"--target-precision must be in [0, 1], got {args.target_precision}")
     settings = _calibration_settings(args)
+    existing = None
+    if args.write_calibration and settings.rank_lines > 0:
+        from ..engine.confidence import read_calibration
+
+        existing = read_calibration(args.write_calibration)
+        if existing is None:  # said before the run, not after its minutes
+            raise BadInputError(
+                f"no calibration.json in {args.write_calibration} to store the ranked gate beside: calibrate the "
+                "default completions first (without rankLines)"
+            )
     if args.files:
         docs, data = cal.documents_from_folder(args.files), f"files {args.files}"
     else:
@@ -521,6 +532,9 @@ def run_calibrate(args) -> int:
             raise BadInputError(
                 f"no threshold reaches precision {args.target_precision}: calibration.json not written"
             )
+        if existing is not None:  # the ranked lines' gate, beside the default one (engine.confidence)
+            ranked = dataclasses.replace(calibration, decoding={**decoding, "rankLines": settings.rank_lines})
+            calibration = dataclasses.replace(existing, ranked=ranked)
         path = write_calibration(args.write_calibration, calibration)
         print(f"calibration written to {path}", file=sys.stderr)
     return 0

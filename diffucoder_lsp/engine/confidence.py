@@ -176,6 +176,11 @@ class Calibration:
     measured with (a confidence measured under one unmasking algorithm means something else under another, so
     the server applies the calibrated default only under the same ``alg``); ``measured`` what the calibration run
     saw (free-form: requests, coverage, precision, data, seed).
+
+    ``ranked`` (optional, same fields): the gate of ranked one-line completions (the server's ``rankLines``),
+    whose suggestions are scored by the base's token probabilities, another scale than the diffusion's; it is
+    measured with ``eval calibrate --settings '{"rankLines": N}' --write-calibration DIR`` and stored beside the
+    default gate.
     """
 
     statistic: str
@@ -183,6 +188,7 @@ class Calibration:
     target_precision: float | None = None
     decoding: dict[str, Any] = field(default_factory=dict)
     measured: dict[str, Any] = field(default_factory=dict)
+    ranked: Calibration | None = None
 
     @property
     def alg(self) -> str | None:
@@ -190,7 +196,7 @@ class Calibration:
         return alg if isinstance(alg, str) else None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "format": CALIBRATION_FORMAT,
             "statistic": self.statistic,
             "min_confidence": self.min_confidence,
@@ -198,6 +204,9 @@ class Calibration:
             "decoding": self.decoding,
             "measured": self.measured,
         }
+        if self.ranked is not None:
+            out["ranked"] = {k: v for k, v in self.ranked.to_json().items() if k != "format"}
+        return out
 
     @classmethod
     def from_json(cls, raw: Any) -> Calibration:
@@ -215,7 +224,15 @@ class Calibration:
             raise ValueError(f"target_precision must be a number, got {target!r}")
         decoding = raw.get("decoding") if isinstance(raw.get("decoding"), dict) else {}
         measured = raw.get("measured") if isinstance(raw.get("measured"), dict) else {}
-        return cls(name, float(value), None if target is None else float(target), decoding, measured)
+        ranked = None
+        if raw.get("ranked") is not None:
+            if not isinstance(raw["ranked"], dict) or "ranked" in raw["ranked"]:
+                raise ValueError("ranked must be a calibration object (without a ranked part of its own)")
+            try:
+                ranked = cls.from_json(raw["ranked"])
+            except ValueError as exc:
+                raise ValueError(f"ranked: {exc}") from None
+        return cls(name, float(value), None if target is None else float(target), decoding, measured, ranked)
 
 
 def read_calibration(folder: str | Path | None) -> Calibration | None:

@@ -317,11 +317,17 @@ class EngineClient:
             return lm.count_tokens(text)
         return len(lm.tokenizer.encode(text)) if text else 0
 
-    def gate(self, settings: Settings) -> tuple[str, float]:
+    def gate(self, settings: Settings, ranked: bool = False) -> tuple[str, float]:
         """(statistic, threshold) of the confidence gate: ``minConfidence`` when set, else the model's calibrated
         threshold when it was measured under the same unmasking algorithm and temperature (a confidence means
-        something else under another), else 0 (off). The statistic is the calibration's, else the shipped default."""
+        something else under another), else 0 (off). The statistic is the calibration's, else the shipped default.
+        ``ranked``: the completion is a ranked line (``rankLines``), gated by the calibration's ranked part when
+        it has one (a beam search: no unmasking algorithm or temperature to match)."""
         cal = self.calibration
+        if ranked and cal is not None and cal.ranked is not None:
+            cal = cal.ranked
+            name = cal.statistic
+            return name, (cal.min_confidence if settings.min_confidence is None else settings.min_confidence)
         name = cal.statistic if cal is not None else DEFAULT_STATISTIC
         if settings.min_confidence is not None:
             return name, settings.min_confidence
@@ -364,14 +370,15 @@ class EngineClient:
         line_prefix, line_suffix, _ = split_at_cursor(prefix, suffix)
         block = decide_mode(line_prefix, line_suffix) != SINGLE
         ranked = settings.rank_lines > 0 and line_prefix.strip() != ""
-        if ranked and self.lm is not None and not isinstance(self.lm, RemoteModel):
+        ranked_fill = ranked and self.lm is not None and not isinstance(self.lm, RemoteModel)
+        if ranked_fill:
             # the rest of a line the user is typing: one line, ranked (at a blank line a block is the diffusion's)
             fill = self._ranked(ctx, settings, min(max_tokens, settings.max_tokens_single_line), should_stop)
         else:
             fill = self._denoised(
                 prefix, suffix, text, window, block, line_prefix, settings, max_tokens, should_stop, stream
             )
-        name, threshold = self.gate(settings)
+        name, threshold = self.gate(settings, ranked=ranked_fill)
         score = fill.confidence  # a backend scored it already
         if score is None and fill.tokens:
             score = statistic(fill.tokens[0], name)

@@ -130,6 +130,23 @@ def test_calibration_round_trips_and_a_bad_file_is_ignored(tmp_path, caplog):
     assert "ignoring" in caplog.text
 
 
+def test_a_ranked_part_round_trips_and_a_bad_one_is_named(tmp_path, caplog):
+    ranked = Calibration("first_line_min", 0.106, 0.6, {"rankLines": 8}, {"coverage": 0.53})
+    cal = Calibration("first_line_min", 0.14, 0.6, {"alg": "entropy"}, {"requests": 200}, ranked)
+    path = write_calibration(tmp_path / "model", cal)
+    raw = json.loads(path.read_text())
+    assert raw["ranked"]["min_confidence"] == 0.106 and "format" not in raw["ranked"]
+    assert read_calibration(tmp_path / "model") == cal
+    for bad in (
+        {"statistic": "median", "min_confidence": 0.1},
+        [1],
+        {**raw["ranked"], "ranked": raw["ranked"]},
+    ):
+        path.write_text(json.dumps({**raw, "ranked": bad}))
+        assert read_calibration(tmp_path / "model") is None
+    assert "ranked" in caplog.text
+
+
 def test_the_bundled_models_merged_folder_reads_the_calibration_the_package_ships(tmp_path, monkeypatch):
     """A calibration shipped after a user's first merge still applies: the merged folder is named after the
     adaptation, not its calibration, so the package's copy is read when the folder has none."""

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from diffucoder_lsp.cli import main
-from diffucoder_lsp.engine.confidence import STATISTICS, read_calibration
+from diffucoder_lsp.engine.confidence import STATISTICS, Calibration, read_calibration, write_calibration
 from diffucoder_lsp.eval.calibrate import (
     Outcome,
     area,
@@ -145,6 +145,28 @@ def test_calibrate_end_to_end_on_a_tiny_model(tiny_ckpt, tmp_path, capsys):
     cal = read_calibration(card)
     assert cal is not None and cal.statistic in STATISTICS and cal.decoding["maxTokens"] == 8
     assert cal.measured["requests"] == 5 and cal.target_precision == 0.0
+
+
+def test_calibrating_ranked_lines_stores_their_gate_beside_the_default_one(tiny_ckpt, tmp_path, capsys):
+    """--settings with rankLines and --write-calibration: the ranked part is written into the folder's existing
+    calibration, which is kept; a folder without one is refused before anything runs."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    rows = [{"path": f"m{i}.py", "sha": str(i), "text": CODE} for i in range(2)]
+    (corpus / "valid.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    card = tmp_path / "card"
+    default = Calibration("all_mean", 0.3, 0.6, {"alg": "entropy"}, {"requests": 9})
+    argv = ["eval", "calibrate", "--corpus", str(corpus), "--split", "valid", "--limit", "4", "--seed", "1"]
+    argv += ["--model", str(tiny_ckpt), "--device", "cpu", "--out", str(tmp_path / "r.json")]
+    argv += ["--settings", '{"rankLines": 2}', "--target-precision", "0", "--write-calibration", str(card)]
+    assert main(argv) == 2 and not card.exists()
+    assert "calibrate the default completions first" in capsys.readouterr().err
+    write_calibration(card, default)
+    assert main(argv) == 0
+    cal = read_calibration(card)
+    assert (cal.statistic, cal.min_confidence, cal.measured) == ("all_mean", 0.3, {"requests": 9})
+    assert cal.ranked is not None and cal.ranked.decoding["rankLines"] == 2
+    assert cal.ranked.measured["requests"] == 4
 
 
 def test_calibrate_bad_input_exits_2(tmp_path, capsys):

@@ -162,3 +162,39 @@ def test_the_real_engine_scores_its_completions(tiny_lm):
     assert 0.0 < shown.confidence < 1.0
     held = engine.complete("x = ", "\n", settings=Settings(**sampling, min_confidence=1.0), **base)
     assert isinstance(held.texts[0], WithheldText) and held.confidence == shown.confidence
+
+
+def test_ranked_lines_are_gated_by_the_calibrations_ranked_part():
+    """A ranked line is scored by the base's token probabilities, another scale: the calibration's ranked part
+    gates it (whatever the unmasking algorithm or temperature, which a beam search does not use); without one
+    the default gate applies as before; minConfidence still wins."""
+    engine = EngineClient(ls=None, scheduler=None)
+    ranked = Calibration("first_line_min", 0.106, 0.6, {"rankLines": 8})
+    engine.calibration = Calibration(
+        "first_line_min", 0.14, 0.6, {"alg": "entropy", "temperature": 0.0}, {}, ranked
+    )
+    assert engine.gate(Settings()) == ("first_line_min", 0.14)
+    assert engine.gate(Settings(), ranked=True) == ("first_line_min", 0.106)
+    assert engine.gate(Settings(temperature=0.2), ranked=True) == ("first_line_min", 0.106)
+    assert engine.gate(Settings(min_confidence=0.5), ranked=True) == ("first_line_min", 0.5)
+    engine.calibration = Calibration("first_line_min", 0.14, 0.6, {"alg": "entropy"})
+    assert engine.gate(Settings(), ranked=True) == ("first_line_min", 0.14)
+
+
+def test_a_ranked_completion_goes_through_the_ranked_gate(tiny_lm):
+    """Through the real path: with rankLines on, the rest of a line is a ranked line, withheld by a ranked
+    threshold of 1 while the default gate (0) would show it; without rankLines the default gate applies."""
+    engine = EngineClient.for_model(tiny_lm)
+    engine.calibration = Calibration(
+        "first_line_min",
+        0.0,
+        0.6,
+        {"alg": "entropy", "temperature": 0.0},
+        {},
+        Calibration("first_line_min", 1.0),
+    )
+    base = dict(max_tokens=6, should_stop=lambda: False)
+    held = engine.complete("x = foo(", ")\n", settings=Settings(rank_lines=2, temperature=0.0), **base)
+    assert isinstance(held.texts[0], WithheldText) and held.texts[0].threshold == 1.0
+    plain = engine.complete("x = foo(", ")\n", settings=Settings(temperature=0.0, eos_penalty=100.0), **base)
+    assert not isinstance(plain.texts[0], WithheldText)
