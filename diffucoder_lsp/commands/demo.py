@@ -26,6 +26,7 @@ from .fill import (
     DECODINGS,
     add_model_options,
     add_sampling_options,
+    hole_settle_tests,
     parse_length,
     read_input,
     resolve_decoding,
@@ -111,23 +112,6 @@ def build_app(args: argparse.Namespace):
             cut=editor_cut,
         )
     return DemoApp(runner, source, filename=args.file, settings=settings)
-
-
-def hole_settle_tests(text: str) -> list:
-    """Per hole of ``text``, whether what it wrote so far decides where the editor would cut it
-    (:func:`~diffucoder_lsp.server.postprocess.settled`, the other holes left as markers): the hole then stops
-    there, as ``fill`` stops a lone hole, instead of writing on to its full width (the built-in sample: 29 steps
-    instead of 96 with the bundled model)."""
-    from ..engine.canvas import DEFAULT_MARKER as MARKER
-    from ..engine.canvas import split_holes
-    from ..server.postprocess import settled
-
-    parts = split_holes(text, MARKER)
-    tests = []
-    for j in range(len(parts) - 1):
-        prefix, suffix = MARKER.join(parts[: j + 1]), MARKER.join(parts[j + 1 :])
-        tests.append(lambda written, p=prefix, s=suffix: settled(written, p, s))
-    return tests
 
 
 class _HeldRecords(logging.Handler):

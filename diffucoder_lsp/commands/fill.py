@@ -281,13 +281,25 @@ def settle_tests(text: str, args: argparse.Namespace):
     that left its scope, a mid-line hole that reached its line's end). Several holes' cuts depend on each
     other's fills, the raw fills and the reference decoder are printed whole: those decode every position."""
     from ..engine.canvas import split_holes  # torch-free: a backend's client calls this too
+
+    if len(split_holes(text, args.marker)) != 2 or args.length != "auto" or args.raw or args.exact:
+        return None
+    return hole_settle_tests(text, args.marker)
+
+
+def hole_settle_tests(text: str, marker: str = "<|mask|>") -> list:
+    """Per hole of ``text``, whether what it wrote so far decides where the editor would cut it
+    (:func:`~diffucoder_lsp.server.postprocess.settled`, the other holes left as markers). ``fill`` asks it for a
+    lone hole; the demo for every hole, whose fill then stops there instead of writing on to its full width."""
+    from ..engine.canvas import split_holes
     from ..server.postprocess import settled
 
-    parts = split_holes(text, args.marker)
-    if len(parts) != 2 or args.length != "auto" or args.raw or args.exact:
-        return None
-    prefix, suffix = parts
-    return [lambda written: settled(written, prefix, suffix)]
+    parts = split_holes(text, marker)
+    tests = []
+    for j in range(len(parts) - 1):
+        prefix, suffix = marker.join(parts[: j + 1]), marker.join(parts[j + 1 :])
+        tests.append(lambda written, p=prefix, s=suffix: settled(written, p, s))
+    return tests
 
 
 def remote_body(args: argparse.Namespace, text: str, use_cache: bool) -> dict:

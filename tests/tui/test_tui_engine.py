@@ -176,7 +176,7 @@ def test_the_demo_settles_holes_as_the_editor_cuts_them(monkeypatch):
     left as a marker); a fixed length or the reference decoder asks for every position, so no test then."""
     from types import SimpleNamespace
 
-    from diffucoder_lsp.commands.demo import hole_settle_tests
+    from diffucoder_lsp.commands.fill import hole_settle_tests
 
     tests = hole_settle_tests(SAMPLE_CODE)
     assert len(tests) == 2
