@@ -7,6 +7,10 @@ server's default decoding, a 20-token single-line or 48-token block span at a li
 repository, cut to the server's 512-token context), pausing ``--think-ms`` between them as a user typing does.
 Reports throughput (completions per second over the run) and latency percentiles of each mode, and their ratios.
 
+``--typing K``: after each cursor's request the editor types the next K characters of the file there, one
+request per keystroke, all in its own ``X-Request-Group``: the load an editor really sends, where the backend
+starts each request from its group's last context (``--context-stores``; 0 turns that off in both modes).
+
     .venv/bin/python scripts/bench_backend.py --model tiny            # the tiny random model, CPU
     .venv/bin/python scripts/bench_backend.py --editors 16 --json out.json
 
@@ -62,7 +66,18 @@ def cursors(n: int, seed: int) -> list[tuple[str, str, int]]:
     return out
 
 
-def start_backend(model: str | None, max_batch: int, gather_ms: float) -> tuple[subprocess.Popen, str]:
+def typed(points: list[tuple[str, str, int]], keys: int) -> list[tuple[str, str, int]]:
+    """Each cursor, then the file's next ``keys`` characters typed there one at a time (a request each)."""
+    out = []
+    for prefix, suffix, span in points:
+        for k in range(min(keys, len(suffix)) + 1):
+            out.append((prefix + suffix[:k], suffix[k:], span))
+    return out
+
+
+def start_backend(
+    model: str | None, max_batch: int, gather_ms: float, context_stores: int = 32
+) -> tuple[subprocess.Popen, str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -76,7 +91,8 @@ def start_backend(model: str | None, max_batch: int, gather_ms: float) -> tuple[
         "--max-batch",
         str(max_batch),
     ]
-    cmd += ["--gather-ms", str(gather_ms)] + (["--model", model] if model else [])
+    cmd += ["--gather-ms", str(gather_ms), "--context-stores", str(context_stores)]
+    cmd += ["--model", model] if model else []
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
     proc = subprocess.Popen(
         cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env
@@ -153,20 +169,28 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None, help="the model to serve (default: the bundled one)")
     p.add_argument("--editors", type=int, default=16)
-    p.add_argument("--requests", type=int, default=4, help="completions per editor")
+    p.add_argument(
+        "--requests",
+        type=int,
+        default=4,
+        help="cursors per editor (a completion each, and one per --typing key)",
+    )
     p.add_argument("--think-ms", type=float, default=100.0, help="mean pause between an editor's requests")
     p.add_argument("--max-batch", type=int, default=16)
     p.add_argument("--gather-ms", type=float, default=5.0)
+    p.add_argument("--typing", type=int, default=0, help="keystrokes typed after each cursor, a request each")
+    p.add_argument("--context-stores", type=int, default=32, help="the backend's flag, in both modes")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="also write the results here")
     args = p.parse_args()
     points = cursors(args.editors * args.requests, args.seed)
-    work = [points[i :: args.editors] for i in range(args.editors)]
+    work = [typed(points[i :: args.editors], args.typing) for i in range(args.editors)]
     results = {}
     for name, max_batch in (("batched", args.max_batch), ("one_at_a_time", 1)):
-        proc, url = start_backend(args.model, max_batch, args.gather_ms)
+        proc, url = start_backend(args.model, max_batch, args.gather_ms, args.context_stores)
         try:
-            run_load(url, [w[:1] for w in work], args.think_ms)  # warm-up: first-call costs, not measured
+            # warm-up: first-call costs, not measured (another file, so no editor's context is kept from it)
+            run_load(url, [[("x = 1\n" * 40, "\n", w[0][2])] for w in work], args.think_ms)
             results[name] = run_load(url, work, args.think_ms)
         finally:
             proc.terminate()
@@ -191,7 +215,17 @@ def main() -> int:
     if args.json:
         config = {
             k: getattr(args, k)
-            for k in ("model", "editors", "requests", "think_ms", "max_batch", "gather_ms", "seed")
+            for k in (
+                "model",
+                "editors",
+                "requests",
+                "typing",
+                "context_stores",
+                "think_ms",
+                "max_batch",
+                "gather_ms",
+                "seed",
+            )
         }
         Path(args.json).write_text(json.dumps({"config": config, **results, **summary}, indent=2) + "\n")
     return 0

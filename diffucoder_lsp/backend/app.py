@@ -75,6 +75,8 @@ class Backend:
         self.metrics.gauges = {
             "diffucoder_queue_depth": self.batcher.queue_depth,
             "diffucoder_running_rows": self.batcher.running_rows,
+            "diffucoder_context_stores": lambda: self.batcher.stored_contexts()[0],
+            "diffucoder_context_store_bytes": lambda: self.batcher.stored_contexts()[1],
         }
         self.window = min(config.limits.max_context_tokens, lm.config.max_position_embeddings)
         self.calibration = read_calibration(getattr(lm, "path", None))

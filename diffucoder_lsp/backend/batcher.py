@@ -12,6 +12,14 @@ Cancellation: a job is cancelled when its client disconnects or a newer request 
 A waiting job just leaves the queue; a running one is retired from its batch at the next step, so it costs no
 more forward-pass work, and a batch whose rows are all gone stops at once. Its handler is told immediately.
 
+Context reuse: the requests of one ``X-Request-Group`` (an editor document) come one keystroke apart and share
+almost all of their context, so the thread keeps each group's last canvas and its keys/values (a
+:class:`~diffucoder_lsp.engine.reuse.ContextStore`, the language server's in-process reuse) for the group's
+next request, ``context_stores`` groups at most, the least recently used dropped first. A batch starts each row
+from its own group's store (:mod:`~diffucoder_lsp.engine.batch_reuse`). The stores are a cache: a request
+served by another backend, or after its group's store was dropped, pays a full context pass and gets an
+equivalent answer.
+
 Failures: out of memory (on a GPU: a batch too wide for what is free) splits the batch in two and runs the
 halves, down to single rows; a single row that still does not fit answers 507 and the thread goes on serving.
 A row that already streamed steps cannot be replayed and answers 507 too. Any other exception fails the rows
@@ -24,7 +32,7 @@ import gc
 import logging
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable
 from typing import Any
 
@@ -32,6 +40,7 @@ from ..engine.batch import BatchRow, infill_batch
 from ..engine.cache import CachedContextDenoiser
 from ..engine.infill import InfillCanvas
 from ..engine.memory import release_free_memory
+from ..engine.reuse import ContextStore
 from .config import BackendConfig
 from .metrics import Metrics
 
@@ -106,7 +115,8 @@ class Batcher:
         self.lm = lm
         self.config = config
         self.metrics = metrics
-        self.make_denoiser = make_denoiser or self._denoiser
+        self.make_denoiser = make_denoiser
+        self._stores: OrderedDict[str, ContextStore] = OrderedDict()  # per group, least recently used first
         self._cond = threading.Condition()
         self._pending: deque[Job] = deque()
         self._running: list[Job] = []
@@ -226,8 +236,41 @@ class Batcher:
             self._running = taken
             return taken
 
-    def _denoiser(self, job: Job):
-        return CachedContextDenoiser(self.lm.model, job.refresh_every) if job.cache else None
+    def _denoiser(self, jobs: list[Job]):
+        head = jobs[0]
+        if self.make_denoiser is not None:
+            return self.make_denoiser(head)
+        if not head.cache:
+            return None
+        stores = self._stores_for(jobs)
+        return CachedContextDenoiser(self.lm.model, head.refresh_every, stores=stores)
+
+    def _stores_for(self, jobs: list[Job]) -> list[ContextStore | None] | None:
+        """Each row's group store (made on first use, marked most recently used), or None for every row when
+        context reuse is off; a row without a group gets none. Least recently used groups beyond
+        ``context_stores`` are dropped (the rows of this batch were just used, so they stay)."""
+        cap = self.config.context_stores
+        if cap <= 0 or not any(j.group for j in jobs):
+            return None
+        out: list[ContextStore | None] = []
+        for job in jobs:
+            if not job.group:
+                out.append(None)
+                continue
+            with self._cond:
+                store = self._stores.pop(job.group, None) or ContextStore()
+                self._stores[job.group] = store
+            out.append(store)
+        with self._cond:
+            while len(self._stores) > max(cap, len(jobs)):
+                self._stores.popitem(last=False)
+        return out
+
+    def stored_contexts(self) -> tuple[int, int]:
+        """(groups with a stored context, bytes they hold): what ``/metrics`` reports."""
+        with self._cond:
+            stores = list(self._stores.values())
+        return sum(1 for s in stores if s.entry is not None), sum(s.nbytes for s in stores)
 
     def _run(self, jobs: list[Job]) -> None:
         jobs = [j for j in jobs if j.open]
@@ -240,7 +283,7 @@ class Batcher:
                 self.lm,
                 [BatchRow(j.canvas, j.end_early, j.settle) for j in jobs],
                 options=head.options,
-                denoiser=self.make_denoiser(head),
+                denoiser=self._denoiser(jobs),
                 end_ids=self._newline_ends if head.end_at_newline else None,
             )
             retire: set[int] | None = None

@@ -51,13 +51,16 @@ class BackendConfig:
     ``max_batch``: rows denoised together in one pass. ``gather_ms``: how long the model thread waits after the
     first request of a batch for others to join it (a few milliseconds: far less than one step, enough for
     editors typing at the same moment). ``token``: the bearer token every request but ``/health`` must carry
-    (None: no auth, allowed on a loopback address only)."""
+    (None: no auth, allowed on a loopback address only). ``context_stores``: how many ``X-Request-Group``
+    streams (editor documents) keep their last request's context keys/values for the next one (least recently
+    used dropped first; 0: none, every request pays a full context pass)."""
 
     host: str = "127.0.0.1"
     port: int = 8765
     token: str | None = None
     max_batch: int = 16
     gather_ms: float = 5.0
+    context_stores: int = 32
     limits: Limits = field(default_factory=Limits)
 
     def __post_init__(self) -> None:
@@ -67,6 +70,8 @@ class BackendConfig:
             raise BadInputError(f"--max-batch must be in 1..1024, got {self.max_batch}")
         if not 0 <= self.gather_ms <= 1000:
             raise BadInputError(f"--gather-ms must be in 0..1000, got {self.gather_ms}")
+        if not 0 <= self.context_stores <= 4096:
+            raise BadInputError(f"--context-stores must be in 0..4096, got {self.context_stores}")
         if self.token is not None and (not self.token or any(c.isspace() for c in self.token)):
             raise BadInputError("the token must be non-empty and contain no whitespace")
         if self.token is None and not is_loopback(self.host):

@@ -5,7 +5,9 @@ The set is small and fixed, so a client library would add a dependency for a few
 * ``diffucoder_requests_total{endpoint, status}``: answered requests.
 * ``diffucoder_request_seconds{endpoint}``: latency histogram, from the body read to the last byte queued.
 * ``diffucoder_batch_rows``: histogram of the rows each batch started with (how well batching works).
-* ``diffucoder_queue_depth`` / ``diffucoder_running_rows``: gauges, read when scraped.
+* ``diffucoder_queue_depth`` / ``diffucoder_running_rows``: gauges, read when scraped; so are
+  ``diffucoder_context_stores`` / ``diffucoder_context_store_bytes`` (editor documents whose last context is
+  kept for their next request, and the memory it holds).
 * ``diffucoder_errors_total{kind}``: failures by kind (``oom``, ``internal``, ``bad_request``, ``queue_full``,
   ``unauthorized``, ``cancelled``, ``superseded``).
 * ``diffucoder_steps_total``, ``diffucoder_tokens_total``, ``diffucoder_batches_total``: work done.

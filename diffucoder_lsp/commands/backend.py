@@ -32,6 +32,12 @@ def register(sub) -> None:
     p.add_argument(
         "--gather-ms", type=float, default=5.0, help="how long a batch waits for more requests to join it"
     )
+    p.add_argument(
+        "--context-stores",
+        type=int,
+        default=32,
+        help="editor documents (X-Request-Group) whose last context is kept for their next request (0: none)",
+    )
     p.add_argument("--max-queue", type=int, default=256, help="rows that may wait; beyond, 429")
     p.add_argument(
         "--max-context-tokens",
@@ -56,6 +62,7 @@ def config_from(args: argparse.Namespace):
         token=token,
         max_batch=args.max_batch,
         gather_ms=args.gather_ms,
+        context_stores=args.context_stores,
         limits=limits,
     )
 

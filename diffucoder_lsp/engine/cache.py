@@ -29,7 +29,7 @@ dropped from every cached tensor at the next call, so the steps after it run the
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -95,6 +95,7 @@ class CachedContextDenoiser:
         store: ContextStore | None = None,
         between_layers: Callable[[], object] | None = None,
         draft_tokens: int = DRAFT_TOKENS,
+        stores: Sequence[ContextStore | None] | None = None,
     ) -> None:
         """``between_layers``: called before every layer of a full pass (the first step's, and refreshes). The
         language server passes a long job's step-boundary check, so a completion asked for during the first
@@ -103,7 +104,11 @@ class CachedContextDenoiser:
 
         ``draft_tokens``: at blocks of one position, how many tokens a speculative step may guess (looked up in
         the canvas, :mod:`.lookup`); 0 never speculates. The outputs are the same either way (see
-        :meth:`_speculate`) up to floating-point rounding; only the number of passes changes."""
+        :meth:`_speculate`) up to floating-point rounding; only the number of passes changes.
+
+        ``stores``: one store (or None) per row of a batch, each the stream of requests that row belongs to
+        (the HTTP backend's ``X-Request-Group``): the batch's first call starts every row it can from its
+        store (:func:`~.batch_reuse.start_batch`). ``store`` is the one-row form."""
         if refresh_every < 0:
             raise ValueError("refresh_every must be >= 0")
         if draft_tokens < 0:
@@ -113,6 +118,7 @@ class CachedContextDenoiser:
         self._lookahead = model.config.learned_lookahead
         self.refresh_every = refresh_every
         self.store = store
+        self.stores = list(stores) if stores is not None else None
         self.draft_tokens = draft_tokens
         self.forward_passes = 0  # passes of the model; a call a speculation answers runs none
         self.speculated = 0  # calls answered by a speculative step's guesses
@@ -166,12 +172,54 @@ class CachedContextDenoiser:
             # the pass's own keys/values (48 MB each at 1k tokens for the bundled model)
             self.store.clear()
             return None
-        reused, kvs, chain = hit  # (a hole's predecessor is needed, so never among the reused)
+        self._use_hits(valid, masked, [hit])
+        return hit[2]
+
+    def _use_hits(self, valid: torch.Tensor, masked: torch.Tensor, hits: list) -> None:
+        """Set up a reused start: row ``i`` takes the context keys/values of ``hits[i]`` (a store lookup's
+        answer for that row, unpadded); everything else is active. Each row's reused positions come out of
+        :func:`_padded_index` in canvas order, as a lookup hands out their keys/values."""
+        needed = self._needed(valid, masked)
+        reused = torch.zeros_like(valid)
+        for i, (row_reused, _, _) in enumerate(hits):  # (a hole's predecessor is needed, so never reused)
+            reused[i, : row_reused.shape[1]] = row_reused[0]
         self._set_active(valid, needed | (valid & ~reused))
+        if len(hits) == 1:
+            kvs = hits[0][1]
+        else:  # one block per layer, each row's reused keys/values first, padded to the most reused
+            m = self._ctx_idx.shape[1]
+            kvs = []
+            for layer in range(len(hits[0][1])):
+                k0, v0 = hits[0][1][layer]
+                k = k0.new_zeros(len(hits), k0.shape[1], m, k0.shape[3])
+                v = v0.new_zeros(len(hits), v0.shape[1], m, v0.shape[3])
+                for i, (_, row_kvs, _) in enumerate(hits):
+                    rk, rv = row_kvs[layer]
+                    k[i, :, : rk.shape[2]] = rk[0]
+                    v[i, :, : rv.shape[2]] = rv[0]
+                kvs.append((k, v))
         self._set_context(kvs)
         self.reused_tokens = int(reused.sum())
         self._since_refresh = 1
-        return chain
+
+    def start_reused(
+        self, x: torch.Tensor, valid: torch.Tensor, masked: torch.Tensor, hits: list
+    ) -> torch.Tensor:
+        """The first call of a batch whose every row has a store hit (``hits``, one per row): one pass over the
+        positions the stores could not supply. Returns the logits as :meth:`__call__` does; saves nothing (the
+        caller keeps each row's canvas in its own store)."""
+        self.forward_passes += 1
+        if x.shape[0] > 1:
+            self._rows = torch.arange(x.shape[0], device=x.device)
+        self._masked_before = masked
+        self._use_hits(valid, masked, hits)
+        hidden, own = self._active_pass(
+            x, self._act_idx, self._act_valid, self._slots, self._ctx_idx, self._ctx_valid, True
+        )
+        self._kv_full, self._kv_shared = self._stitch(x, own), False
+        self._slots = self._ctx_kv = None
+        rows, cols = shifted_rows(masked)
+        return project(self.model.lm_head, hidden[rows, self._slot[rows, cols]]).float()
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, valid: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
@@ -183,6 +231,12 @@ class CachedContextDenoiser:
                 return answer
         self.forward_passes += 1
         first = self._kv_full is None
+        if first and self.stores is not None:
+            if self._rows is not None:  # a batch (its rows may be padded): each row from its own store
+                from .batch_reuse import start_batch
+
+                return start_batch(self, x, valid, masked, [self.stores[int(r)] for r in self._rows])
+            self.store = self.stores[0]  # a batch of one: the one-row path, speculation included
         revealed = None if first else self._masked_before & ~masked
         self._masked_before = masked
         chain = self._start_from_store(x, valid, masked) if first else None
@@ -413,12 +467,20 @@ class CachedContextDenoiser:
         spec.used = i
 
     def _stitch(self, x: torch.Tensor, own_kvs) -> list:
-        """Complete per-layer keys/values over the canvas: the context block plus the active positions'."""
+        """Complete per-layer keys/values over the canvas: the context block plus the active positions', row by
+        row (each row's real entries lead its padded index)."""
+        rows = []
+        for i in range(x.shape[0]):
+            ctx = self._ctx_idx[i][self._ctx_valid[i]]
+            act = self._act_idx[i][self._act_valid[i]]
+            rows.append((ctx, act))
         out = []
         for (ck, cv), (ak, av) in zip(self._ctx_kv, own_kvs, strict=True):
-            ctx, act = self._ctx_idx[0].to(ck.device), self._act_idx[0].to(ck.device)
-            shape = (1, ck.shape[1], x.shape[1], ck.shape[3])
-            k = ck.new_zeros(shape).index_copy_(2, ctx, ck).index_copy_(2, act, ak)
-            v = cv.new_zeros(shape).index_copy_(2, ctx, cv).index_copy_(2, act, av)
+            shape = (x.shape[0], ck.shape[1], x.shape[1], ck.shape[3])
+            k, v = ck.new_zeros(shape), cv.new_zeros(shape)
+            for i, (ctx, act) in enumerate(rows):
+                ctx, act = ctx.to(ck.device), act.to(ck.device)
+                k[i].index_copy_(1, ctx, ck[i, :, : len(ctx)]).index_copy_(1, act, ak[i, :, : len(act)])
+                v[i].index_copy_(1, ctx, cv[i, :, : len(ctx)]).index_copy_(1, act, av[i, :, : len(act)])
             out.append((k, v))
         return out

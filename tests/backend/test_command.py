@@ -22,6 +22,7 @@ from diffucoder_lsp.engine.options import SamplingOptions
         (["--host", "0.0.0.0"], "needs --token-file"),
         (["--model", "http://127.0.0.1:1"], "not another backend's URL"),
         (["--max-batch", "0"], "--max-batch"),
+        (["--context-stores", "-1"], "--context-stores must be in 0..4096"),
         (["--token-file", "/nonexistent/token"], "cannot read the token file"),
     ],
 )
