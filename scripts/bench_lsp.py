@@ -12,6 +12,9 @@ again after each (kind ``typing``: what cross-request context reuse serves; the 
 text, so the completion cache rarely answers). ``--compare-reuse`` runs everything twice in one invocation,
 with ``contextReuse`` on and off, and prints the ratio.
 
+``--invoked``: every request as the editor's manual trigger sends it (``rankInvoked`` applies: ranked lines
+with the bundled model), instead of as typing does.
+
 ``--pause S``: after opening a file, send a code-action request at the cursor (what VS Code does wherever the
 cursor lands) and wait S seconds before the first request: the user reading before typing, time the server
 uses to warm the context there (``--no-warm``: setting ``warmContext`` false, for comparison).
@@ -111,6 +114,9 @@ def percentile(values: list[float], q: float) -> float:
     return values[lo] + (values[hi] - values[lo]) * (k - lo)
 
 
+TRIGGER = [types.InlineCompletionTriggerKind.Automatic]  # --invoked: what the editor's manual trigger sends
+
+
 async def request(client, uri: str, line: int, character: int) -> tuple[float, str, bool]:
     """One inlineCompletion at (line, character): (milliseconds, first item's text, empty?)."""
     ms, item = await request_item(client, uri, line, character)
@@ -122,7 +128,7 @@ async def request_item(client, uri: str, line: int, character: int):
     params = types.InlineCompletionParams(
         text_document=types.TextDocumentIdentifier(uri=uri),
         position=types.Position(line=line, character=character),
-        context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Automatic),
+        context=types.InlineCompletionContext(trigger_kind=TRIGGER[0]),
     )
     t0 = time.perf_counter()
     result = await client.text_document_inline_completion_async(params)
@@ -339,11 +345,18 @@ def main() -> int:
     p.add_argument("--max-tokens-single-line", dest="maxTokensSingleLine", type=int, default=None)
     p.add_argument("--context-tokens", dest="contextTokens", type=int, default=None)
     p.add_argument("--steps", type=int, default=None)
+    p.add_argument(
+        "--invoked",
+        action="store_true",
+        help="requests as the manual trigger sends them (rankInvoked applies)",
+    )
     p.add_argument("--typing", type=int, default=0, help="keystrokes typed after each request (kind typing)")
     p.add_argument("--compare-reuse", action="store_true", help="run with contextReuse on, then off")
     p.add_argument("--json", default=None, help="also write the summary here")
     p.add_argument("-v", "--verbose", action="store_true", help="one line per request on stderr")
     args = p.parse_args()
+    if args.invoked:
+        TRIGGER[0] = types.InlineCompletionTriggerKind.Invoked
     runs = {"reuse on": asyncio.run(run(args, reuse=True))}
     if args.compare_reuse:
         runs["reuse off"] = asyncio.run(run(args, reuse=False))

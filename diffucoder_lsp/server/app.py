@@ -199,7 +199,7 @@ class DiffuCoderServer(LanguageServer):
         doc = self.usable_document(uri)
         if doc is None or not self.engine.ready:
             return None
-        s = self.settings
+        s = self.settings if automatic else self.engine.invoked(self.settings)  # asked for by hand: ranked
         version, text = doc.version, doc.text
         offset = self.position_to_offset(doc, position)
         doc.cursor = offset

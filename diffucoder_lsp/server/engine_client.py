@@ -317,6 +317,21 @@ class EngineClient:
             return lm.count_tokens(text)
         return len(lm.tokenizer.encode(text)) if text else 0
 
+    def invoked(self, settings: Settings) -> Settings:
+        """The settings of a request the user made by hand: ranked lines ``rankInvoked`` wide (None: the width
+        the model's calibration measured them at, when it did), else ``settings`` unchanged. Ranking runs the
+        model in process, so a backend's model is not ranked."""
+        width = settings.rank_invoked
+        cal = self.calibration
+        if width is None:
+            measured = (
+                (cal.ranked.decoding or {}).get("rankLines") if cal is not None and cal.ranked else None
+            )
+            width = measured if isinstance(measured, int) and 0 < measured <= 16 else 0
+        if width <= 0 or width == settings.rank_lines or isinstance(self.lm, RemoteModel):
+            return settings
+        return dataclasses.replace(settings, rank_lines=width)
+
     def gate(self, settings: Settings, ranked: bool = False) -> tuple[str, float]:
         """(statistic, threshold) of the confidence gate: ``minConfidence`` when set, else the model's calibrated
         threshold when it was measured under the same unmasking algorithm and temperature (a confidence means

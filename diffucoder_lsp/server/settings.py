@@ -75,6 +75,10 @@ class Settings:
     # 0: off. Gated by minConfidence like any completion; ~2x a completion's time on a CPU. At most 16: each
     # beam holds its own keys/values of the context (8 beams, 512 tokens: ~100 MB for the bundled model)
     rank_lines: int = 0
+    # the same for a request the user made by hand (the editor's manual trigger, an invoked completion menu), who
+    # waits for it: None takes the width the model's calibration measured ranked lines at (the bundled model: 8),
+    # off for a model without one; 0: as automatic requests (rankLines)
+    rank_invoked: int | None = None
     min_confidence: float | None = None  # withheld below this score; None: the model's calibrated threshold
     context_tokens: int = 512  # prefix + suffix budget (the bundled model trained on 512-token rows)
     prefix_share: float = 0.7
@@ -312,6 +316,7 @@ VALIDATORS = {
     "max_tokens": _int(1, MAX_SPAN_TOKENS),
     "max_tokens_single_line": _int(1, MAX_SPAN_TOKENS),
     "rank_lines": _int(0, 16),
+    "rank_invoked": _int(0, 16, optional=True),
     "min_confidence": _min_confidence,
     "context_tokens": _int(16, 32768),
     "prefix_share": _float(0.0, 1.0),

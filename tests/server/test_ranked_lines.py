@@ -7,7 +7,7 @@ import math
 import pytest
 
 from diffucoder_lsp.engine import ranking
-from diffucoder_lsp.engine.confidence import DEFAULT_STATISTIC, statistic
+from diffucoder_lsp.engine.confidence import DEFAULT_STATISTIC, Calibration, statistic
 from diffucoder_lsp.server.engine_client import EngineClient
 from diffucoder_lsp.server.results import WithheldText
 from diffucoder_lsp.server.scheduler import Cancelled
@@ -75,3 +75,63 @@ def test_a_completion_on_a_blank_line_is_not_ranked_and_a_stopped_ranking_is_can
         engine.complete(
             "x = [1, 2, 3]\ny = ", "\n", settings=settings, max_tokens=6, should_stop=stop_after_first
         )
+
+
+def test_rank_invoked_setting_defaults_to_the_calibrated_width():
+    assert Settings().rank_invoked is None
+    s, problems = parse_settings({"rankInvoked": 4})
+    assert s.rank_invoked == 4 and problems == []
+    kept, problems = parse_settings({"rankInvoked": 17}, s)
+    assert kept.rank_invoked == 4 and "rankInvoked" in problems[0]
+    back, problems = parse_settings({"rankInvoked": None}, s)
+    assert back.rank_invoked is None and problems == []
+
+    engine = EngineClient(None, None)
+    assert engine.invoked(Settings()) == Settings()  # no calibration: no ranked lines
+    engine.calibration = Calibration("first_line_min", 0.1, 0.6, {}, {}, Calibration("first_line_min", 0.1))
+    assert engine.invoked(Settings()).rank_lines == 0  # a ranked part without its width: none either
+    engine.calibration = Calibration(
+        "first_line_min", 0.1, 0.6, {}, {}, Calibration("first_line_min", 0.1, 0.6, {"rankLines": 8})
+    )
+    assert engine.invoked(Settings()).rank_lines == 8
+    assert engine.invoked(Settings(rank_invoked=3)).rank_lines == 3
+    assert engine.invoked(Settings(rank_invoked=0, rank_lines=2)).rank_lines == 2  # 0: as automatic requests
+
+
+async def test_a_request_made_by_hand_is_ranked_and_an_automatic_one_is_not(tiny_lm, monkeypatch):
+    """Over the server's real path: the manual trigger gets ranked lines at the calibrated width, typing does
+    not (it must stay fast), and the two are cached apart."""
+    from lsprotocol import types
+
+    from diffucoder_lsp.server.app import build_server
+    from diffucoder_lsp.server.engine_client import READY
+
+    widths = []
+    real = ranking.rank_with
+
+    def spy(lm, prefix, suffix, **kwargs):
+        widths.append(kwargs["width"])
+        return real(lm, prefix, suffix, **kwargs)
+
+    monkeypatch.setattr(ranking, "rank_with", spy)
+    ls = build_server()
+    try:
+        ls.apply_settings(
+            {"debounceMs": 0, "speculate": False, "warmContext": False, "minConfidence": 0.0}, initial=True
+        )
+        ls.engine.lm, ls.engine.state = tiny_lm, READY
+        ls.engine.calibration = Calibration(
+            "first_line_min", 0.0, 0.6, {}, {}, Calibration("first_line_min", 0.0, 0.6, {"rankLines": 3})
+        )
+        uri = "file:///ranked.py"
+        ls.documents.open(uri, "def add(a, b):\n    total = (\n    return total\n", 1, "python")
+        at = types.Position(line=1, character=13)
+        await ls.complete_at(uri, at, automatic=True)
+        assert widths == []
+        await ls.complete_at(uri, at, automatic=False)
+        assert widths == [3]
+        ls.apply_settings({"rankInvoked": 0})
+        await ls.complete_at(uri, at, automatic=False)
+        assert widths == [3]  # 0: as typing (rankLines 0), answered from the cache of the automatic request
+    finally:
+        ls.scheduler.shutdown()

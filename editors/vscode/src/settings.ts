@@ -27,6 +27,7 @@ export const SERVER_KEYS = [
   "maxTokens",
   "maxTokensSingleLine",
   "rankLines",
+  "rankInvoked",
   "minConfidence",
   "contextTokens",
   "prefixShare",

@@ -51,7 +51,7 @@ end
 local KNOWN = {
   "model", "backendToken", "device", "dtype", "quant", "steps", "tokensPerStep", "temperature", "topP", "alg", "eosPenalty",
   "seed", "threshold", "entropyBound", "blockSize", "endEarly", "contextCache", "cacheRefreshEvery",
-  "contextReuse", "warmContext", "speculate", "maxTokens", "maxTokensSingleLine", "rankLines",
+  "contextReuse", "warmContext", "speculate", "maxTokens", "maxTokensSingleLine", "rankLines", "rankInvoked",
   "minConfidence",
   "contextTokens", "prefixShare", "debounceMs", "enabledLanguages", "maxDocumentChars", "cacheSize",
 }
