@@ -241,6 +241,9 @@ class DiffuCoderServer(LanguageServer):
             doc.completed_version = version
             raw = fill.texts[0]
             self.cache.put(key, prefix, suffix, raw)
+            if s is not self.settings and not isinstance(raw, WithheldText):
+                # a suggestion asked for by hand stays while the user types through it (automatic requests)
+                self.cache.put((self.settings.sampling_key(), mode), prefix, suffix, raw)
         if self.documents.get(uri) is not doc or doc.version != version:
             return None  # the document moved on while the model was working
         if isinstance(raw, WithheldText):

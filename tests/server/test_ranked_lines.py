@@ -133,5 +133,20 @@ async def test_a_request_made_by_hand_is_ranked_and_an_automatic_one_is_not(tiny
         ls.apply_settings({"rankInvoked": 0})
         await ls.complete_at(uri, at, automatic=False)
         assert widths == [3]  # 0: as typing (rankLines 0), answered from the cache of the automatic request
+
+        # typing through a ranked suggestion keeps it: the automatic requests after it are served from the cache
+        ls.cache.clear()
+        ls.apply_settings({"rankInvoked": None})
+        shown = await ls.complete_at(uri, at, automatic=False)
+        assert widths == [3, 3] and shown is not None and len(shown.completion.text) > 1
+        text = shown.completion.text
+        ls.documents.open(
+            uri, "def add(a, b):\n    total = (" + text[0] + "\n    return total\n", 2, "python"
+        )
+        calls = []
+        real_infill = ls.engine.infill
+        ls.engine.infill = lambda *a, **k: calls.append(1) or real_infill(*a, **k)
+        typed = await ls.complete_at(uri, types.Position(line=1, character=14), automatic=True)
+        assert typed is not None and typed.completion.text == text[1:] and calls == [] and widths == [3, 3]
     finally:
         ls.scheduler.shutdown()
