@@ -155,7 +155,21 @@ def run_load(url: str, work: list[list[tuple[str, str, int]]], think_ms: float) 
         "p50_s": round(qs[49], 3),
         "p95_s": round(qs[94], 3),
         "mean_batch_rows": _mean_batch(batches),
+        "context_reused_share": _reused_share(metrics),
     }
+
+
+def _reused_share(metrics: str) -> float | None:
+    """Share of the first passes' canvas positions taken from stored contexts (over the backend's life)."""
+    counts = {}
+    for line in metrics.splitlines():
+        if line.startswith(
+            ("diffucoder_context_computed_tokens_total", "diffucoder_context_reused_tokens_total")
+        ):
+            name, value = line.rsplit(" ", 1)
+            counts[name] = float(value)
+    total = sum(counts.values())
+    return round(counts.get("diffucoder_context_reused_tokens_total", 0.0) / total, 3) if total else None
 
 
 def _mean_batch(lines: list[str]) -> float | None:
@@ -199,6 +213,7 @@ def main() -> int:
         print(
             f"{name:>14}: {r['requests']} completions in {r['wall_s']:.1f} s = {r['throughput_rps']:.2f}/s, "
             f"p50 {r['p50_s']:.2f} s, p95 {r['p95_s']:.2f} s, mean batch {r['mean_batch_rows']}, "
+            f"context reused {r['context_reused_share']}, "
             f"failures {len(r['failures'])}",
             flush=True,
         )

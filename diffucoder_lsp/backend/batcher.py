@@ -279,19 +279,24 @@ class Batcher:
         head = jobs[0]
         self.metrics.batch(len(jobs))
         try:
+            denoiser = self._denoiser(jobs)
             gen = infill_batch(
                 self.lm,
                 [BatchRow(j.canvas, j.end_early, j.settle) for j in jobs],
                 options=head.options,
-                denoiser=self._denoiser(jobs),
+                denoiser=denoiser,
                 end_ids=self._newline_ends if head.end_at_newline else None,
             )
             retire: set[int] | None = None
+            first = True
             while True:
                 try:
                     steps = gen.send(retire)
                 except StopIteration:
                     break
+                if first and isinstance(denoiser, CachedContextDenoiser):
+                    self.metrics.context(denoiser.tokens_processed, denoiser.reused_tokens)
+                first = False
                 self.metrics.step(sum(len(s.tokens) for s in steps))
                 for s in steps:
                     job = jobs[s.row]

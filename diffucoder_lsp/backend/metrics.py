@@ -10,7 +10,9 @@ The set is small and fixed, so a client library would add a dependency for a few
   kept for their next request, and the memory it holds).
 * ``diffucoder_errors_total{kind}``: failures by kind (``oom``, ``internal``, ``bad_request``, ``queue_full``,
   ``unauthorized``, ``cancelled``, ``superseded``).
-* ``diffucoder_steps_total``, ``diffucoder_tokens_total``, ``diffucoder_batches_total``: work done.
+* ``diffucoder_steps_total``, ``diffucoder_tokens_total``, ``diffucoder_batches_total``: work done;
+  ``diffucoder_context_computed_tokens_total`` / ``diffucoder_context_reused_tokens_total``: canvas positions
+  the first passes computed, and those taken from stored contexts instead (how well context reuse works).
 
 Updated from the event loop and the model thread alike, hence the lock.
 """
@@ -62,6 +64,8 @@ class Metrics:
         self.steps = 0
         self.tokens = 0
         self.batches = 0
+        self.context_tokens = 0  # canvas positions whose keys/values a batch's first call computed
+        self.reused_tokens = 0  # ... and those it took from a group's stored context instead
         self.gauges: dict[str, Callable[[], float]] = {}
 
     def request(self, endpoint: str, status: int, seconds: float) -> None:
@@ -82,6 +86,11 @@ class Metrics:
         with self._lock:
             self.steps += 1
             self.tokens += tokens
+
+    def context(self, computed: int, reused: int) -> None:
+        with self._lock:
+            self.context_tokens += computed
+            self.reused_tokens += reused
 
     def render(self) -> str:
         with self._lock:
@@ -110,6 +119,16 @@ class Metrics:
                 ("diffucoder_batches_total", self.batches, "Batches run."),
                 ("diffucoder_steps_total", self.steps, "Denoising steps run (one forward pass each)."),
                 ("diffucoder_tokens_total", self.tokens, "Tokens revealed."),
+                (
+                    "diffucoder_context_computed_tokens_total",
+                    self.context_tokens,
+                    "Canvas positions a batch's first pass computed.",
+                ),
+                (
+                    "diffucoder_context_reused_tokens_total",
+                    self.reused_tokens,
+                    "Canvas positions taken from an editor document's stored context instead.",
+                ),
             ):
                 out += [f"# HELP {name} {help_text}", f"# TYPE {name} counter", f"{name} {value}"]
             gauges = list(self.gauges.items())

@@ -39,6 +39,13 @@ def test_an_editors_next_keystroke_reuses_its_context(lm):
         metrics = httpx.get(served.url + "/metrics").text
         assert "diffucoder_context_stores 1" in metrics
         assert f"diffucoder_context_store_bytes {store.nbytes}" in metrics
+        counts = dict(
+            line.rsplit(" ", 1) for line in metrics.splitlines() if line.startswith("diffucoder_context_")
+        )
+        computed = int(counts["diffucoder_context_computed_tokens_total"])
+        assert (
+            int(counts["diffucoder_context_reused_tokens_total"]) > computed / 2
+        )  # one full pass, one mostly reused
         infill(served.url, " +", None, client)  # no group: no store used or made
         assert len(stores(served)) == 1 and store.hits == 1
 
