@@ -84,8 +84,10 @@ class MaskedHead(torch.nn.Module):
         super().__init__()
         self.core = core
 
-    def forward(self, noisy: torch.Tensor, valid: torch.Tensor | None, masked: torch.Tensor) -> torch.Tensor:
-        hidden = self.core.hidden_states(noisy, valid)
+    def forward(
+        self, noisy: torch.Tensor, valid: torch.Tensor | None, masked: torch.Tensor, causal: bool = False
+    ) -> torch.Tensor:
+        hidden = self.core.hidden_states(noisy, valid, causal=causal)
         rows, cols = masked.nonzero(as_tuple=True)
         return self.core.lm_head(hidden[rows, (cols - 1).clamp(min=0)]).float()
 

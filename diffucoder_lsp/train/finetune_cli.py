@@ -102,6 +102,13 @@ def register(sub) -> None:
         help="share of rows whose hole is masked as left-to-right decoding sees it: written up to a point, "
         "masked after it (the rest: masked at random)",
     )
+    s.add_argument(
+        "--causal-fraction",
+        type=float,
+        default=0.0,
+        help="share of batches trained as a left-to-right LM (causal attention, no masks, every trained token "
+        "predicted from the ones before it; the rest: the masked diffusion loss)",
+    )
     s.add_argument("--warmup", type=int, default=10)
     s.add_argument(
         "--eval-lines",
@@ -194,6 +201,7 @@ def _sft(args: argparse.Namespace) -> int:
     for flag, value in (
         ("--window-fraction", args.window_fraction),
         ("--ordered-fraction", args.ordered_fraction),
+        ("--causal-fraction", args.causal_fraction),
     ):
         if not 0.0 <= value <= 1.0:
             raise BadInputError(f"{flag} must be between 0 and 1, got {value}")
@@ -213,6 +221,7 @@ def _sft(args: argparse.Namespace) -> int:
         seq_len=args.seq_len,
         window_fraction=args.window_fraction,
         ordered_fraction=args.ordered_fraction,
+        causal_fraction=args.causal_fraction,
         warmup=args.warmup,
         seed=args.seed,
         resume=args.resume,

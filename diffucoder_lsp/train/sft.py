@@ -74,6 +74,20 @@ def head_diffusion_loss(head, ids, trainable, valid, generator, mask_id: int, or
     return loss, float(loss.detach())
 
 
+def head_causal_loss(head, ids, trainable, valid):
+    """The left-to-right LM loss through a :class:`MaskedHead`: causal attention over the unmasked row, each
+    trainable token (after the first position) predicted from the tokens before it, mean cross-entropy.
+
+    Why: the editors and ``fill`` decode a line left to right, where a model with a learned lookahead reads
+    almost only what comes before; this trains exactly that reading, with every trained token a target (the
+    masked loss trains a random share of them). Returns (loss, its value as a float)."""
+    targets = trainable & valid
+    targets[:, 0] = False
+    logits = head(ids, valid, targets, causal=True)
+    loss = torch.nn.functional.cross_entropy(logits, ids[targets])
+    return loss, float(loss.detach())
+
+
 def heldout_lines(docs: list[dict], limit: int) -> list:
     """``limit`` lines of the held-out files, spread over them: each file gives an equal share, and where small
     files run out of lines the share grows until the limit is met (or every eligible line is taken)."""
@@ -109,6 +123,7 @@ class SFTArgs:
     seq_len: int = 512
     window_fraction: float = 0.0  # share of rows that are plain windows with every token trained
     ordered_fraction: float = 0.0  # share of rows masked as left-to-right decoding sees a hole
+    causal_fraction: float = 0.0  # share of batches trained as a left-to-right LM (head_causal_loss)
     lr: float | None = None  # default: 2e-4 with LoRA, 1e-5 full
     warmup: int = 10
     weight_decay: float = 0.0
@@ -274,9 +289,15 @@ class SFTTrainer:
             )
             with sync:
                 with self.acc.autocast() if self.acc else self._autocast():
-                    loss, value = head_diffusion_loss(
-                        self.model, ids, tr, va, gen, self.lm.tokenizer.mask_id, a.ordered_fraction
+                    causal = (
+                        a.causal_fraction > 0.0 and float(torch.rand(1, generator=gen)) < a.causal_fraction
                     )
+                    if causal:
+                        loss, value = head_causal_loss(self.model, ids, tr, va)
+                    else:
+                        loss, value = head_diffusion_loss(
+                            self.model, ids, tr, va, gen, self.lm.tokenizer.mask_id, a.ordered_fraction
+                        )
                 loss = loss / a.grad_accum
                 if self.acc:
                     self.acc.backward(loss)

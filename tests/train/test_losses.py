@@ -145,6 +145,33 @@ def test_sft_rows_take_ordered_noise_in_the_share_asked():
     assert torch.equal(plain, expected)
 
 
+def test_the_causal_loss_predicts_each_trained_token_from_the_ones_before_it(model):
+    """``head_causal_loss`` (``train sft --causal-fraction``): the mean cross-entropy of every trainable token after
+    the first from a causal pass over the unmasked row; no later token can change it."""
+    from diffucoder_lsp.train.coupled import MaskedHead
+    from diffucoder_lsp.train.sft import head_causal_loss
+
+    ids, trainable, _, _ = _batch()
+    valid = torch.ones_like(trainable)
+    loss, value = head_causal_loss(MaskedHead(model), ids, trainable, valid)
+    logits = model.lm_head(model.hidden_states(ids, valid, causal=True)).float()
+    want = []
+    for b in range(ids.shape[0]):
+        for i in range(1, ids.shape[1]):
+            if trainable[b, i]:
+                want.append(-torch.log_softmax(logits[b, i - 1], -1)[ids[b, i]])
+    assert loss.item() == pytest.approx(torch.stack(want).mean().item(), rel=1e-5) and value == pytest.approx(
+        loss.item()
+    )
+    later = ids.clone()
+    later[1, 7] = (later[1, 7] + 1) % VOCAB  # after row 1's last trained token: nothing it predicts changes
+    row1 = trainable.clone()
+    row1[0] = False
+    a, _ = head_causal_loss(MaskedHead(model), ids, row1, valid)
+    b, _ = head_causal_loss(MaskedHead(model), later, row1, valid)
+    assert a.item() == pytest.approx(b.item(), rel=1e-6)
+
+
 def test_sample_t_range():
     t = sample_t(10000, torch.Generator().manual_seed(0))
     assert float(t.min()) >= EPS and float(t.max()) <= 1.0

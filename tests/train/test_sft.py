@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -168,7 +169,7 @@ def test_cli_sft_writes_a_loadable_model(tiny_ckpt_fp32, tmp_path, capsys):
     assert main(["train", "sft", "--out", str(out)]) == 2  # neither --repo nor --instructions
 
 
-@pytest.mark.parametrize("flag", ["--window-fraction", "--ordered-fraction"])
+@pytest.mark.parametrize("flag", ["--window-fraction", "--ordered-fraction", "--causal-fraction"])
 def test_a_fraction_outside_0_1_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, flag):
     out = tmp_path / "run"
     rc = main(["train", "sft", "--repo", str(tmp_path), "--out", str(out), flag, "1.5"])
@@ -247,3 +248,27 @@ def test_sft_progress_ends_where_the_time_limit_stops_it(tiny_ckpt_fp32, tmp_pat
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     lrs = [r["lr"] for r in lines if "lr" in r and "event" not in r]
     assert lrs[-1] > 0.9 * max(lrs)  # the schedule spans --steps: a short run keeps learning (tuning.py)
+
+
+def test_causal_batches_train_as_a_left_to_right_lm(tiny_ckpt_fp32, tmp_path, monkeypatch):
+    """``causal_fraction`` 1: every batch takes the causal loss (none the masked one), and the run trains."""
+    from diffucoder_lsp.train import sft
+
+    calls = {"causal": 0, "masked": 0}
+    causal, masked = sft.head_causal_loss, sft.head_diffusion_loss
+
+    def count(name, fn):
+        def wrapped(*a, **k):
+            calls[name] += 1
+            return fn(*a, **k)
+
+        return wrapped
+
+    monkeypatch.setattr(sft, "head_causal_loss", count("causal", causal))
+    monkeypatch.setattr(sft, "head_diffusion_loss", count("masked", masked))
+    trainer = sft.SFTTrainer(_args(tiny_ckpt_fp32, tmp_path / "run", steps=3, causal_fraction=1.0))
+    first = trainer.train_step()
+    for _ in range(2):
+        last = trainer.train_step()
+    assert calls == {"causal": 3, "masked": 0}
+    assert math.isfinite(first["loss"]) and last["loss"] < first["loss"]
