@@ -24,7 +24,7 @@ other.
 A batch of canvases (B > 1, padded, as the HTTP backend runs them) works the same way row by row, each row's
 positions padded to the longest; a row with nothing left to ask for (finished, or retired by the sampler) is
 dropped from every cached tensor at the next call, so the steps after it run the remaining rows only. A
-:class:`ContextStore` serves one row only.
+:class:`ContextStore` serves one row: a batch takes one store per row (``stores``, :mod:`.batch_reuse`).
 """
 
 from __future__ import annotations
@@ -223,7 +223,7 @@ class CachedContextDenoiser:
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, valid: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
-        if x.shape[0] > 1:  # (a store neither serves nor keeps batches: see ContextStore.lookup)
+        if x.shape[0] > 1:  # (``store`` serves one row; a batch's rows have ``stores``: batch_reuse.py)
             x, valid, masked = self._live_rows(x, valid, masked)
         if self._spec is not None:  # (a batch down to its last live row speculates as a single canvas)
             answer = self._from_speculation(x, valid, masked)
