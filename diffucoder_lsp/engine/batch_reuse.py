@@ -34,17 +34,13 @@ def start_batch(
     """The first call of ``den`` (a :class:`~.cache.CachedContextDenoiser`) for a batch of rows laid out from
     the left (``valid`` a prefix of each row), ``stores[i]`` row ``i``'s store or None. Returns the logits of
     every masked position in row-major order, as the denoiser's call does, and leaves ``den`` ready to step."""
-    cfg = den.model.config
     lengths = valid.sum(1).tolist()
     hits: list = []
     for i, store in enumerate(stores):
         hit = None
         n = lengths[i]
         if isinstance(store, ContextStore) and bool(valid[i, :n].all()):
-            row = (x[i : i + 1, :n], valid[i : i + 1, :n], masked[i : i + 1, :n])
-            hit = store.lookup(cfg, *row, exclude=den._needed(row[1], row[2]))
-            if hit is None:
-                store.clear()  # replaced below anyway: not held alongside this batch's keys/values
+            hit = den.lookup(store, x[i : i + 1, :n], valid[i : i + 1, :n], masked[i : i + 1, :n])
         hits.append(hit)
     parts = []
     for reuse in (False, True):

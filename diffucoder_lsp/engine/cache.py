@@ -165,15 +165,21 @@ class CachedContextDenoiser:
         """Take the context keys/values from the store when it can supply them; returns the chain length."""
         if self.store is None:
             return None
-        needed = self._needed(valid, masked)
-        hit = self.store.lookup(self.model.config, x, valid, masked, exclude=needed)
+        hit = self.lookup(self.store, x, valid, masked)
         if hit is None:
-            # this request's full pass replaces the stored canvas anyway: freed now, it is not held alongside
-            # the pass's own keys/values (48 MB each at 1k tokens for the bundled model)
-            self.store.clear()
             return None
         self._use_hits(valid, masked, [hit])
         return hit[2]
+
+    def lookup(self, store: ContextStore, x: torch.Tensor, valid: torch.Tensor, masked: torch.Tensor):
+        """``store``'s answer for a one-row unpadded canvas (the positions a first call computes anyway are
+        never reused), or None; on a miss the store is cleared: the full pass that follows replaces the stored
+        canvas anyway, so it is freed now and not held alongside the pass's own keys/values (48 MB each at 1k
+        tokens for the bundled model)."""
+        hit = store.lookup(self.model.config, x, valid, masked, exclude=self._needed(valid, masked))
+        if hit is None:
+            store.clear()
+        return hit
 
     def _use_hits(self, valid: torch.Tensor, masked: torch.Tensor, hits: list) -> None:
         """Set up a reused start: row ``i`` takes the context keys/values of ``hits[i]`` (a store lookup's
@@ -209,9 +215,6 @@ class CachedContextDenoiser:
         positions the stores could not supply. Returns the logits as :meth:`__call__` does; saves nothing (the
         caller keeps each row's canvas in its own store)."""
         self.forward_passes += 1
-        if x.shape[0] > 1:
-            self._rows = torch.arange(x.shape[0], device=x.device)
-        self._masked_before = masked
         self._use_hits(valid, masked, hits)
         hidden, own = self._active_pass(
             x, self._act_idx, self._act_valid, self._slots, self._ctx_idx, self._ctx_valid, True
